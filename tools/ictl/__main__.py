@@ -1,0 +1,5 @@
+import sys
+
+from ictl.cli import main
+
+sys.exit(main())
