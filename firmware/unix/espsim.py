@@ -1,0 +1,168 @@
+# The simulated ESP32 behind the stand-in `esp32` and `machine` modules on the
+# unix port. One device is one directory on the host:
+#
+#   device.json  identity and the partition table (written by `ictl device create`)
+#   flash.bin    the whole SPI flash, byte for byte (partitions at their offsets)
+#   reset        why the last run ended, for machine.reset_cause()
+#
+# Flash behaves like NOR flash: erasing a 4 KiB sector sets it to 0xFF, and a
+# write can only clear bits (the stored byte becomes old AND new), so code that
+# forgets to erase corrupts data exactly as it would on a board.
+#
+# Fault injection (environment variable ESPSIM_FAULT, read at start-up):
+#   cut:N     power is cut just before flash operation N (1-based)
+#   tear:N:K  operation N is torn: only its first K bytes land, then power is cut
+# A flash operation is one sector erase or one write call. Power loss and
+# machine.reset() end the process at once, with SIGKILL: no `finally`, no
+# atexit, nothing after it runs, as on the chip. The next boot is a new process
+# on the same directory. ESPSIM_TRACE=path appends one line per operation.
+import os
+import json
+import binascii
+from micropython import const
+
+SECTOR = const(4096)
+_CHUNK = const(256)  # small: the flash driver is not the app's heap
+
+_ERR_INVALID_SIZE = const(-260)  # ESP_ERR_INVALID_SIZE, as check_esp_err raises it
+_ERR_INVALID_ARG = const(22)  # EINVAL
+
+_flash = None
+
+
+class SimError(Exception):
+    """The device directory is missing or corrupt: a set-up error, not a device error."""
+
+
+def devdir():
+    return os.getenv("ESPSIM_DIR") or "device"
+
+
+def _die():
+    # Power is gone: kill our own process (sh's parent) with SIGKILL.
+    os.system("kill -9 $PPID")
+    while True:  # pragma: no cover - never reached
+        pass
+
+
+class Flash:
+    def __init__(self, path):
+        try:
+            with open(path + "/device.json") as f:
+                cfg = json.load(f)
+            self.size = int(cfg["flash_size"])
+            self.parts = cfg["partitions"]
+            self.uid = binascii.unhexlify(cfg["unique_id"])
+            self.f = open(path + "/flash.bin", "r+b")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
+        self.f.seek(0, 2)
+        if self.f.tell() != self.size:
+            raise SimError("device directory %r: flash.bin is not %d bytes: recreate it with `ictl device create`" % (path, self.size))
+        self.path = path
+        self.ops = 0
+        self.cut_at = 0
+        self.tear_bytes = -1
+        fault = os.getenv("ESPSIM_FAULT")
+        if fault:
+            p = fault.split(":")
+            self.cut_at = int(p[1])
+            if p[0] == "tear":
+                self.tear_bytes = int(p[2])
+            elif p[0] != "cut":
+                raise SimError("ESPSIM_FAULT must be cut:N or tear:N:K, not %r" % fault)
+        tr = os.getenv("ESPSIM_TRACE")
+        self.trace = open(tr, "a") if tr else None
+        self.ff = b"\xff" * _CHUNK
+        self.buf = bytearray(_CHUNK)
+        # The reset marker says why the previous run ended; it is read once per boot.
+        try:
+            with open(path + "/reset", "rb") as f:
+                self.reset_cause = f.read().decode() or "PWRON"
+        except OSError:
+            self.reset_cause = "PWRON"
+        self.reset_file = open(path + "/reset", "wb")  # truncates: a cut next time reads as PWRON
+
+    def _op(self, kind, addr, n):
+        """Count one flash operation; return how many of its n bytes land."""
+        self.ops += 1
+        if self.trace:
+            self.trace.write("%d %s %x %d\n" % (self.ops, kind, addr, n))
+        if self.ops == self.cut_at:
+            if self.tear_bytes < 0:
+                _die()
+            return min(self.tear_bytes, n)
+        return n
+
+    def _check(self, addr, n):
+        if addr < 0 or n < 0 or addr + n > self.size:
+            raise OSError(_ERR_INVALID_SIZE, "ESP_ERR_INVALID_SIZE")
+
+    def read(self, addr, buf):
+        self._check(addr, len(buf))
+        self.f.seek(addr)
+        self.f.readinto(buf)
+
+    def erase(self, addr, n):
+        """Erase whole sectors; each sector is one operation."""
+        if addr % SECTOR or n % SECTOR:
+            raise OSError(_ERR_INVALID_ARG, "erase not sector aligned")
+        self._check(addr, n)
+        for a in range(addr, addr + n, SECTOR):
+            land = self._op("E", a, SECTOR)
+            self.f.seek(a)
+            while land > 0:
+                k = min(land, _CHUNK)
+                self.f.write(self.ff if k == _CHUNK else self.ff[:k])
+                land -= k
+            if self.f.tell() < a + SECTOR:
+                _die()
+
+    def write(self, addr, data):
+        """One write operation: each stored byte becomes old AND new."""
+        n = len(data)
+        self._check(addr, n)
+        land = self._op("W", addr, n)
+        mv = memoryview(data)
+        buf = self.buf
+        done = 0
+        while done < land:
+            k = min(_CHUNK, land - done)
+            old = buf if k == _CHUNK else memoryview(buf)[:k]
+            self.f.seek(addr + done)
+            self.f.readinto(old)
+            new = mv[done : done + k]
+            if (buf != self.ff) if k == _CHUNK else (buf[:k] != self.ff[:k]):
+                # AND in C through big ints, not a Python loop per byte.
+                v = int.from_bytes(old, "big") & int.from_bytes(new, "big")
+                new = v.to_bytes(k, "big")
+            self.f.seek(addr + done)
+            self.f.write(new)
+            done += k
+        if land < n:
+            _die()
+
+    def set_reset_cause(self, cause):
+        self.reset_file.seek(0)
+        self.reset_file.write(cause.encode())
+
+    def partition(self, label):
+        for p in self.parts:
+            if p["label"] == label:
+                return p
+        return None
+
+
+def flash():
+    """The device's flash, opened on first use from $ESPSIM_DIR."""
+    global _flash
+    if _flash is None:
+        _flash = Flash(devdir())
+    return _flash
+
+
+def reset(cause):
+    """End the process as a reset does; the next boot reports `cause`."""
+    f = flash()
+    f.set_reset_cause(cause)
+    _die()

@@ -1,0 +1,54 @@
+# The unix port's stand-in for the ESP32 firmware start-up (main.c and the
+# frozen _boot.py): open the simulated flash, run the simulated bootloader,
+# mount littlefs from the "vfs" partition at / (formatting it on first boot, as
+# MicroPython's inisetup does), expose the frozen modules read-only at
+# /.frozen, then run the frozen boot.py and, unless the board was soft-reset
+# into the raw REPL, the frozen main.py. Run as:
+#   ESPSIM_DIR=<device dir> micropython -i firmware/unix/start.py
+import os
+import sys
+import vfs
+
+import espsim
+
+# The repo root: what an ESP32 build freezes (boot.py, main.py, lib/).
+_FW = os.getenv("ESPSIM_FIRMWARE") or sys.argv[0].rsplit("/firmware/", 1)[0]
+
+
+def _mount():
+    import esp32
+
+    esp32.Partition(esp32.Partition.RUNNING)  # the bootloader runs before anything else
+    bdev = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="vfs")[0]
+    try:
+        fs = vfs.VfsLfs2(bdev)
+    except OSError:
+        vfs.VfsLfs2.mkfs(bdev)
+        fs = vfs.VfsLfs2(bdev)
+    vfs.mount(vfs.VfsPosix(_FW), "/.frozen", readonly=True)
+    vfs.umount("/")
+    vfs.mount(fs, "/")
+    os.chdir("/")
+    sys.path[:] = ["", "/.frozen/lib/ironclad", "/.frozen/firmware/unix", "/lib"]
+
+
+def _run(name):
+    path = "/.frozen/" + name
+    try:
+        os.stat(path)
+    except OSError:
+        return
+    g = {"__name__": "__main__", "__file__": path}
+    with open(path) as f:
+        exec(f.read(), g)
+
+
+try:
+    espsim.flash()
+except espsim.SimError as e:
+    print("device: " + str(e))
+    sys.exit(1)
+_mount()
+_run("boot.py")
+if not os.getenv("ESPSIM_RAW_REPL"):
+    _run("main.py")

@@ -1,0 +1,162 @@
+"""The stand-ins across processes: persistence, resets, the simulated
+bootloader's rollback, and fault injection cutting and tearing exactly where asked."""
+import json
+import os
+
+import pytest
+
+from mphelp import SIGKILL_RC, boot, run_mp
+from ictl import device as sim_device
+
+
+@pytest.fixture
+def dev(tmp_path):
+    d = tmp_path / "dev"
+    sim_device.create(str(d))
+    return d
+
+
+def flash_at(dev, label, off, n):
+    cfg = json.load(open(dev / "device.json"))
+    p = next(p for p in cfg["partitions"] if p["label"] == label)
+    with open(dev / "flash.bin", "rb") as f:
+        f.seek(p["offset"] + off)
+        return f.read(n)
+
+
+WRITES = """
+import esp32
+p = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="app_a")[0]
+p.ioctl(6, 0)                      # op 1: erase sector 0
+p.writeblocks(0, b"A" * 64, 0)     # op 2
+p.writeblocks(0, b"B" * 64, 64)    # op 3
+p.writeblocks(0, b"C" * 64, 128)   # op 4
+print("done")
+"""
+
+
+def test_no_fault_runs_all_ops(dev):
+    r = run_mp(WRITES, dev)
+    assert r.returncode == 0 and "done" in r.stdout, r.stderr
+    assert flash_at(dev, "app_a", 0, 192) == b"A" * 64 + b"B" * 64 + b"C" * 64
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_cut_before_operation_n(dev, n):
+    # Make the sector dirty first, so "erase did not happen" is visible.
+    run_mp("import esp32\nesp32.Partition.find(1, label='app_a')[0].writeblocks(0, b'\\x00' * 192, 0)", dev)
+    r = run_mp(WRITES, dev, fault="cut:%d" % n)
+    assert r.returncode == SIGKILL_RC and "done" not in r.stdout
+    got = flash_at(dev, "app_a", 0, 192)
+    if n == 1:
+        assert got == b"\x00" * 192  # nothing happened, not even the erase
+    else:
+        landed = n - 2  # writes that completed before the cut
+        want = b"A" * 64 + b"B" * 64 + b"C" * 64
+        assert got == want[:64 * landed] + b"\xff" * (192 - 64 * landed)
+
+
+@pytest.mark.parametrize("k", [0, 1, 17, 63])
+def test_tear_operation_n_at_byte_k(dev, k):
+    r = run_mp(WRITES, dev, fault="tear:3:%d" % k)
+    assert r.returncode == SIGKILL_RC and "done" not in r.stdout
+    got = flash_at(dev, "app_a", 64, 64)
+    assert got == b"B" * k + b"\xff" * (64 - k)
+    assert flash_at(dev, "app_a", 0, 64) == b"A" * 64
+
+
+def test_torn_erase(dev):
+    run_mp("import esp32\nesp32.Partition.find(1, label='app_a')[0].writeblocks(0, b'\\x00' * 4096, 0)", dev)
+    r = run_mp(WRITES, dev, fault="tear:1:100")
+    assert r.returncode == SIGKILL_RC
+    assert flash_at(dev, "app_a", 0, 4096) == b"\xff" * 100 + b"\x00" * 3996
+
+
+def test_state_persists_across_reboot(dev):
+    r = run_mp("import esp32\nn=esp32.NVS('t'); n.set_i32('x', 42); n.commit()\n"
+               "esp32.Partition.find(1, label='app_b')[0].writeblocks(2, b'persist')", dev)
+    assert r.returncode == 0, r.stderr
+    r = run_mp("import esp32\nprint(esp32.NVS('t').get_i32('x'))\n"
+               "b=bytearray(7); esp32.Partition.find(1, label='app_b')[0].readblocks(2, b); print(bytes(b))", dev)
+    assert r.stdout.split() == ["42", "b'persist'"], r.stderr
+
+
+def test_uncommitted_nvs_is_lost_on_reset(dev):
+    r = run_mp("import esp32, machine\nn=esp32.NVS('t'); n.set_i32('a', 1); n.commit(); n.set_i32('a', 2)\n"
+               "machine.reset()\nprint('after reset')", dev)
+    assert r.returncode == SIGKILL_RC and "after reset" not in r.stdout
+    r = run_mp("import esp32, machine\nprint(esp32.NVS('t').get_i32('a'), machine.reset_cause() == machine.SOFT_RESET)", dev)
+    assert r.stdout.split() == ["1", "True"], r.stderr
+    r = run_mp("import machine\nprint(machine.reset_cause() == machine.PWRON_RESET)", dev)
+    assert r.stdout.split() == ["True"]
+
+
+NVS_WRITE = """
+import esp32
+n = esp32.NVS("ks")
+for i in range(int(ROUNDS)):
+    n.set_blob("v", b"%04d" % i * 30)
+    n.set_i32("i", i)
+    n.commit()
+print("done")
+"""
+
+
+def test_nvs_power_cut_sweep(dev):
+    """Cut power before every flash operation of many commits (compaction
+    included) and tear each one: afterwards the two keys always come from the
+    same committed batch, the last one that completed or the one before."""
+    base = dev.parent / "base"
+    sim_device.create(str(base))
+    code = NVS_WRITE.replace("int(ROUNDS)", "40")
+    trace = dev.parent / "trace"
+    r = run_mp(code, base, env={"ESPSIM_TRACE": str(trace)})
+    assert r.returncode == 0, r.stderr
+    total = len(open(trace).readlines())
+    assert total > 40
+    check = ("import esp32\nn=esp32.NVS('ks')\ntry:\n i=n.get_i32('i')\nexcept OSError:\n i=-1\n"
+             "b=bytearray(200)\nif i>=0:\n  L=n.get_blob('v', b); assert bytes(b[:L]) == b'%04d' % i * 30\nprint(i)")
+    flash0 = open(base / "flash.bin", "rb").read()
+    for n in range(1, total + 1):
+        for fault in ("cut:%d" % n, "tear:%d:5" % n):
+            open(base / "flash.bin", "wb").write(flash0)
+            run_mp(code, base, fault=fault)
+            r = run_mp(check, base)
+            assert r.returncode == 0, (fault, r.stdout, r.stderr)
+            assert int(r.stdout) >= -1
+
+
+def test_bootloader_trial_and_rollback(dev):
+    arm = ("import esp32\nP=esp32.Partition\nn=P(P.RUNNING).get_next_update()\n"
+           "n.writeblocks(0, b'\\xe9' + b'\\x00'*31)\nn.set_boot()")
+    running = "import esp32\nprint(esp32.Partition(esp32.Partition.RUNNING).info()[4])"
+    assert run_mp(arm, dev).returncode == 0
+    assert run_mp(running, dev).stdout.strip() == "ota_1"  # trial boot
+    assert run_mp(running, dev).stdout.strip() == "ota_0"  # not confirmed: rolled back
+    assert run_mp(arm, dev).returncode == 0
+    r = run_mp(running + "\nesp32.Partition.mark_app_valid_cancel_rollback()", dev)
+    assert r.stdout.strip() == "ota_1"
+    assert run_mp(running, dev).stdout.strip() == "ota_1"  # confirmed: stays
+
+
+def _one_line_error(r):
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode != 0 and len(out) == 1, out
+    assert "Traceback" not in out[0]
+    return out[0]
+
+
+def test_missing_device_dir_is_one_line(tmp_path):
+    line = _one_line_error(boot(tmp_path / "nothing"))
+    assert "missing or corrupt" in line and "ictl device create" in line
+
+
+def test_corrupt_device_dir_is_one_line(dev):
+    (dev / "device.json").write_text("{not json")
+    assert "missing or corrupt" in _one_line_error(boot(dev))
+
+
+def test_truncated_flash_is_one_line(dev):
+    with open(dev / "flash.bin", "r+b") as f:
+        f.truncate(1000)
+    assert "flash.bin is not" in _one_line_error(boot(dev))
