@@ -75,13 +75,24 @@ class Flash:
         self.trace = open(tr, "a") if tr else None
         self.ff = b"\xff" * _CHUNK
         self.buf = bytearray(_CHUNK)
-        # The reset marker says why the previous run ended; it is read once per boot.
+        # The reset record says why this boot happened. machine.reset() writes
+        # the cause for the next boot; a boot writes "BOOT:<cause>", so a run
+        # that ends with no record of its own (a power cut) reads as PWRON next
+        # time, while a soft reboot (MicroPython restarts, the chip does not)
+        # keeps the cause. Fixed width: the file cannot be reopened once the
+        # root filesystem is the device's own.
         try:
             with open(path + "/reset", "rb") as f:
-                self.reset_cause = f.read().decode() or "PWRON"
+                rec = f.read().decode().strip()
         except OSError:
-            self.reset_cause = "PWRON"
-        self.reset_file = open(path + "/reset", "wb")  # truncates: a cut next time reads as PWRON
+            rec = ""
+        if os.getenv("ESPSIM_SOFT_REBOOT"):
+            cause = rec[5:] if rec.startswith("BOOT:") else (rec or "PWRON")
+        else:
+            cause = "PWRON" if (not rec or rec.startswith("BOOT:")) else rec
+        self.reset_cause = cause
+        self.reset_file = open(path + "/reset", "wb")
+        self.set_reset_cause("BOOT:" + cause)
 
     def _op(self, kind, addr, n):
         """Count one flash operation; return how many of its n bytes land."""
@@ -144,7 +155,7 @@ class Flash:
 
     def set_reset_cause(self, cause):
         self.reset_file.seek(0)
-        self.reset_file.write(cause.encode())
+        self.reset_file.write(("%-16s" % cause).encode())
 
     def partition(self, label):
         for p in self.parts:

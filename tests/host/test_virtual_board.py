@@ -1,0 +1,83 @@
+"""The real mpremote against the virtual board, as against an ESP32 on USB."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mphelp import MPREMOTE, ROOT
+from ictl import board as vboard
+from ictl import device as sim_device
+
+
+def mpremote(port, *args, timeout=30):
+    r = subprocess.run([MPREMOTE, "connect", port, *args], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+@pytest.fixture
+def board(tmp_path):
+    d = tmp_path / "dev"
+    sim_device.create(str(d))
+    with vboard.VirtualBoard(str(d)) as b:
+        yield b
+
+
+def test_copy_list_run_and_soft_reset(board, tmp_path):
+    src = tmp_path / "hello.py"
+    src.write_text("print('hello from', __name__)\n")
+    mpremote(board.port, "cp", str(src), ":hello.py")
+    assert "hello.py" in mpremote(board.port, "ls", "/")
+    assert "hello from __main__" in mpremote(board.port, "run", str(src))
+    out = mpremote(board.port, "exec", "import os; print(sorted(os.listdir('/')))")
+    assert "'hello.py'" in out
+    boots = board.boots
+    mpremote(board.port, "soft-reset")
+    assert board.boots > boots  # a new device process on the same state
+    # with and without resume, the file is still there after the reset
+    assert "hello.py" in mpremote(board.port, "resume", "ls", "/")
+    assert "hello.py" in mpremote(board.port, "ls", "/")
+
+
+def test_filesystem_is_littlefs_on_the_vfs_partition(board):
+    out = mpremote(board.port, "exec",
+                   "import os\nf=open('/big.bin','wb'); f.write(b'\\x5a'*5000); f.close()\nprint(os.statvfs('/')[0])")
+    assert out.split()[-1] == "4096"
+    # The bytes really live in the vfs partition of the simulated flash.
+    cfg = sim_device.load(board.devdir)
+    vfs = next(p for p in cfg["partitions"] if p["label"] == "vfs")
+    with open(os.path.join(board.devdir, "flash.bin"), "rb") as f:
+        f.seek(vfs["offset"])
+        data = f.read(vfs["size"])
+    assert b"\x5a" * 4096 in data and b"littlefs" in data
+
+
+def test_state_survives_reset_and_board_restart(tmp_path):
+    d = tmp_path / "dev"
+    sim_device.create(str(d))
+    with vboard.VirtualBoard(str(d)) as b:
+        mpremote(b.port, "exec", "with open('/keep.txt','w') as f: f.write('kept')")
+        boots = b.boots
+        # `mpremote reset` calls machine.reset(): the device process ends and
+        # the board boots again.
+        mpremote(b.port, "reset")
+        out = mpremote(b.port, "exec", "import machine; print(open('/keep.txt').read(), machine.reset_cause())")
+        assert b.boots > boots
+        assert out.split() == ["kept", "5"]  # SOFT_RESET, as esp_restart() reads back
+    with vboard.VirtualBoard(str(d)) as b:
+        assert "kept" in mpremote(b.port, "exec", "print(open('/keep.txt').read())")
+
+
+def test_ctrl_c_interrupts_a_running_app(board):
+    # main.py runs the agent at boot; mpremote's Ctrl-C must still get a prompt.
+    out = mpremote(board.port, "exec", "print('at the prompt')")
+    assert "at the prompt" in out
+
+
+def test_missing_device_dir_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ictl", "board", "run", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ictl device create" in lines[0]
