@@ -171,12 +171,16 @@ def read_state(state_dir):
         return {}
 
 
-def _pid_is_mosquitto(pid):
+def _pid_is_mosquitto(pid, config_path=None):
+    """True if pid is a live mosquitto (started with config_path, if given)."""
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"mosquitto" in f.read()
+            args = f.read().split(b"\0")
     except (OSError, TypeError):
         return False
+    if not args or not os.path.basename(args[0]).startswith(b"mosquitto"):
+        return False
+    return config_path is None or os.fsencode(config_path) in args
 
 
 def proc_memory_kib(pid):
@@ -190,14 +194,22 @@ def proc_memory_kib(pid):
     return out
 
 
+def _load_prctl():
+    try:
+        import ctypes
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # looked up in the parent: the forked child only calls it
+
+
 def _die_with_parent():
     # preexec_fn: SIGTERM the broker if the thread that started it dies, so a
     # crashed test run leaves no mosquitto behind.
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Broker:
@@ -292,7 +304,7 @@ class Broker:
     def _check_not_running_elsewhere(self):
         st = read_state(self.state_dir)
         pid = st.get("pid")
-        if pid and pid != self.pid and _pid_is_mosquitto(pid):
+        if pid and pid != self.pid and _pid_is_mosquitto(pid, self.config_path):
             raise ToolError("a broker from %s is already running (pid %d, port %s): stop it first" % (self.state_dir, pid, st.get("port")))
 
     def _write_state(self):
@@ -335,7 +347,7 @@ class Broker:
         self.proc = subprocess.Popen(
             [exe, "-c", self.config_path], stdin=subprocess.DEVNULL, stdout=self._stderr,
             stderr=self._stderr, cwd=self.state_dir, start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None)
+            preexec_fn=_die_with_parent if self.die_with_parent and _PRCTL else None)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

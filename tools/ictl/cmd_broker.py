@@ -81,7 +81,7 @@ def do_status(args):
     if not st:
         raise ToolError("no broker has been started from %s: run `ictl broker start --dir %s`" % (args.dir, args.dir))
     pid = st.get("pid")
-    if pid and broker._pid_is_mosquitto(pid):
+    if pid and broker._pid_is_mosquitto(pid, st.get("config")):
         mem = broker.proc_memory_kib(pid)
         print("running on %s:%s, pid %d, VmRSS %d KiB, CA %s" % (st["host"], st["port"], pid, mem.get("VmRSS", 0), st["ca"]))
     else:
