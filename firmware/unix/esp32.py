@@ -418,3 +418,11 @@ class NVS:
         if self._pending:
             batch, self._pending = self._pending, []
             _nvs_store().commit(batch)
+
+
+def mcu_temperature():
+    """The chip's internal temperature in degrees C (ESP32-S2/S3/C3 have it);
+    simulated: a slow drift around 40."""
+    import time
+
+    return 40 + (time.time() % 60) // 6

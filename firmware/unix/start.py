@@ -29,7 +29,9 @@ def _mount():
     vfs.umount("/")
     vfs.mount(fs, "/")
     os.chdir("/")
-    sys.path[:] = ["", "/.frozen/lib/ironclad", "/.frozen/firmware/unix", "/lib"]
+    # Frozen code only: nothing on the writable filesystem is ever imported
+    # (a dropped /ironclad/ directory or main.py must not shadow the firmware).
+    sys.path[:] = [".frozen", "/.frozen/lib/ironclad", "/.frozen/firmware/unix"]
 
 
 def _run(name):
