@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "update",
     "console",
     "run",
+    "package",
     "bench",
     "soak",
 )
