@@ -120,6 +120,19 @@ def test_fixed_and_variable_base_agree():
     assert not p256._mul(0, gx, gy)[2]
 
 
+def test_blinded_inverse():
+    for m in (_P, _N):
+        for a in (1, 2, m - 1, int.from_bytes(os.urandom(32), "big") % m or 3):
+            assert p256._inv(a, m) * a % m == 1, a
+        for a in (0, m):
+            try:
+                p256._inv(a, m)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError("inverted 0")
+
+
 def test_ecdh_agrees_and_rejects_invalid_points():
     d1, d2 = p256.generate(), p256.generate()
     p1, p2 = p256.public_key(d1), p256.public_key(d2)
