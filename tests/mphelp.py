@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 DEFAULT_HEAP_KIB = 96
-MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix", "tests/device"))
+MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix", "tests/device")])
 VECTORS_SRC = os.path.join(ROOT, "tests", "vectors", "wycheproof")
 VECTORS_DIR = os.path.join(ROOT, "build", "vectors")
 START = os.path.join(ROOT, "firmware", "unix", "start.py")

@@ -11,7 +11,7 @@ from ictl import ROOT
 from ictl import device as sim_device
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
-MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix"))
+MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix")])
 
 
 def run_device(code, devdir, fault=None, heap_kib=96, env=None, timeout=120):
