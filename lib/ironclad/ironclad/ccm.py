@@ -1,24 +1,27 @@
 # AES-CCM (RFC 3610, NIST SP 800-38C) over cryptolib.
 #
 # cryptolib has AES-ECB and AES-CBC only, but CCM needs nothing else:
-#   * CTR: the keystream S_i = E(A_i) is one ECB call over all counter blocks
-#     A_0..A_m laid out in one buffer;
+#   * CTR: the keystream S_i = E(A_i) is one ECB call over all the counter
+#     blocks A_0..A_m laid out in one buffer;
 #   * CBC-MAC: the MAC is the last block of a CBC encryption (IV 0) of
-#     B_0 || encoded AAD || payload, so it is one CBC call over one buffer.
-# Both passes therefore run in C over the whole message. The per-byte work that
-# is left (filling the counter blocks, XOR of keystream and data) is done by two
-# small viper functions, 32 bits at a time, so no Python loop runs per byte or per
-# block. Everything else is a fixed number of Python steps per message.
+#     B_0 || encoded AAD || padded payload, one CBC call over one buffer.
+# So both AES passes run in C over the whole message. The byte work around them
+# (counter blocks, XOR of keystream and data, padding, tag check) is done by
+# small viper functions, by 32-bit words where the buffers allow; no Python loop
+# runs per byte or per block, and the rest is a fixed number of Python steps per
+# message.
 #
-# Buffers: a CCM object keeps its two work buffers (keystream, MAC input) and
-# grows them only when a longer message comes; data is copied in with slice
-# assignment (memcpy), so the XOR always runs on word-aligned internal memory
-# whatever alignment the caller's memoryviews have (the ESP32 faults on an
-# unaligned 32-bit load).
+# Memory: a CCM object keeps its ECB key schedule and its two work buffers
+# (keystream, MAC input), which grow to the longest message seen and are then
+# reused. The word-wise paths check alignment and fall back to bytes, because
+# the ESP32 faults on an unaligned 32-bit access and a caller's memoryview can
+# start anywhere.
 #
-# Key sizes: 128 and 256 bits. cryptolib rejects 192-bit keys (its key schedule
-# is the axTLS/mbedTLS wrapper restricted to 16 and 32 bytes), so AES-192-CCM is
-# not offered rather than emulated in Python.
+# Needs the native emitter (viper): present on the unix port and on ESP32
+# (xtensawin); code frozen into firmware must be built with mpy-cross -march.
+#
+# Key sizes: 128 and 256 bits. cryptolib refuses 192-bit keys, so AES-192-CCM
+# is not offered (rather than done with AES in Python).
 from micropython import const
 import micropython
 import cryptolib
@@ -26,42 +29,76 @@ import cryptolib
 _ECB = const(1)
 _CBC = const(2)
 _BLK = const(16)
+_MAX_LEN = const(0x3FFFFFFF)  # lengths go through viper ints (machine words)
 
 _ZERO = bytes(16)
 
 
 class AuthError(ValueError):
-    """The tag did not match: the message was forged, corrupted, or the key,
+    """The tag did not match: the message was forged or corrupted, or the key,
     nonce or AAD differ from the sender's. No plaintext is released."""
 
 
 @micropython.viper
-def _xor(dst: ptr8, doff: int, src: ptr8, soff: int, n: int):
-    # dst[doff:doff+n] ^= src[soff:soff+n]; words when both ends are aligned.
+def _xor3(dst: ptr8, doff: int, a: ptr8, aoff: int, b: ptr8, boff: int, n: int):
+    # dst[doff:doff+n] = a[aoff:aoff+n] ^ b[boff:boff+n]; dst may be a
+    # caller's buffer at any alignment (then bytewise).
     d = uint(dst) + uint(doff)
-    s = uint(src) + uint(soff)
+    x = uint(a) + uint(aoff)
+    y = uint(b) + uint(boff)
     i = 0
-    if int((d | s) & uint(3)) == 0:
+    if int((d | x | y) & uint(3)) == 0:
         d32 = ptr32(d)
-        s32 = ptr32(s)
+        x32 = ptr32(x)
+        y32 = ptr32(y)
         w = n >> 2
         while i < w:
-            d32[i] ^= s32[i]
+            d32[i] = x32[i] ^ y32[i]
             i += 1
         i = w << 2
     d8 = ptr8(d)
-    s8 = ptr8(s)
+    x8 = ptr8(x)
+    y8 = ptr8(y)
     while i < n:
-        d8[i] ^= s8[i]
+        d8[i] = x8[i] ^ y8[i]
         i += 1
 
 
 @micropython.viper
-def _counters(buf: ptr8, nblk: int, clen: int):
-    # Block 0 of buf holds A_0 (flags, nonce, counter field all zero). Write
-    # A_1..A_(nblk-1): a copy of A_0 with i big-endian in the last clen bytes.
-    # Callers keep i < 2**(8*clen) (the message length check), so no counter
-    # ever wraps into the nonce.
+def _tag_diff(mac: ptr8, moff: int, ks: ptr8, got: ptr8, goff: int, t: int) -> int:
+    # OR over i of (T[i] ^ S_0[i]) ^ got[i]: 0 iff the received tag is right.
+    # No early exit, so the time does not tell where a forged tag goes wrong.
+    acc = 0
+    i = 0
+    while i < t:
+        acc |= (mac[moff + i] ^ ks[i]) ^ got[goff + i]
+        i += 1
+    return acc
+
+
+@micropython.viper
+def _zero(buf: ptr8, off: int, n: int):
+    i = off
+    n += off
+    while i < n:
+        buf[i] = 0
+        i += 1
+
+
+@micropython.viper
+def _ctr_blocks(buf: ptr8, nblk: int, nonce: ptr8, nlen: int):
+    # Counter blocks A_0..A_(nblk-1): flags (L-1) || nonce || i, i big-endian
+    # in the last L = 15 - nlen bytes. The message length check keeps
+    # i < 2**(8*L), so a counter never spills into the nonce.
+    buf[0] = 14 - nlen
+    i = 0
+    while i < nlen:
+        buf[1 + i] = nonce[i]
+        i += 1
+    i += 1
+    while i < 16:
+        buf[i] = 0
+        i += 1
     aligned = int(uint(buf) & uint(3)) == 0
     b32 = ptr32(buf)
     i = 1
@@ -87,20 +124,105 @@ def _counters(buf: ptr8, nblk: int, clen: int):
         i += 1
 
 
-def _grow(buf, size):
-    # Work buffers only grow: a device sends messages of similar size, so after
-    # the first message there is no allocation here.
-    if len(buf) >= size:
-        return buf
-    return bytearray((size + _BLK - 1) & ~(_BLK - 1))
+@micropython.viper
+def _mac_head(buf: ptr8, flags: int, nonce: ptr8, nlen: int, q: int, aad: ptr8, a: int, h: int):
+    # The MAC input up to the payload (RFC 3610 section 2.2): B_0 = flags ||
+    # nonce || q (q = message length, big-endian in the 15 - nlen bytes left),
+    # then if a > 0: l(a) || aad, zero padded to h. l(a) is 2 bytes below
+    # 0xFF00, else 0xFFFE and 4 bytes (the caller refuses a >= 2**32).
+    if a:
+        flags |= 0x40
+    buf[0] = flags
+    i = 0
+    while i < nlen:
+        buf[1 + i] = nonce[i]
+        i += 1
+    p = 15
+    while p > nlen:
+        buf[p] = q & 0xFF
+        q >>= 8
+        p -= 1
+    if a == 0:
+        return
+    if uint(a) < uint(0xFF00):
+        buf[16] = a >> 8
+        buf[17] = a & 0xFF
+        p = 18
+    else:
+        buf[16] = 0xFF
+        buf[17] = 0xFE
+        buf[18] = uint(a) >> 24
+        buf[19] = (a >> 16) & 0xFF
+        buf[20] = (a >> 8) & 0xFF
+        buf[21] = a & 0xFF
+        p = 22
+    i = 0
+    while i < a:
+        buf[p + i] = aad[i]
+        i += 1
+    p += a
+    while p < h:
+        buf[p] = 0
+        p += 1
+
+
+@micropython.viper
+def _load_xor(mac: ptr8, h: int, end: int, out: ptr8, off: int, src: ptr8, ks: ptr8, n: int) -> int:
+    # One pass over the payload: mac[h:h+n] = src (the CBC-MAC input), zero
+    # padded to end, and the CTR output src ^ S_1.. goes to out[off:off+n].
+    # Word-wise when src and out are aligned. When only out is not (a COSE
+    # header of odd length puts the ciphertext at an odd offset), the output
+    # goes word-wise over the keystream in ks instead and 1 is returned: the
+    # caller then copies it with one memcpy, which beats a byte loop here.
+    m = uint(mac) + uint(h)
+    k = uint(ks) + uint(16)
+    o = uint(out) + uint(off)
+    s = uint(src)
+    m8 = ptr8(m)
+    k8 = ptr8(k)
+    o8 = ptr8(o)
+    s8 = ptr8(s)
+    moved = 0
+    i = 0
+    if int((m | k | s) & uint(3)) == 0:
+        m32 = ptr32(m)
+        k32 = ptr32(k)
+        s32 = ptr32(s)
+        w = n >> 2
+        if int(o & uint(3)) == 0:
+            o32 = ptr32(o)
+            while i < w:
+                x = s32[i]
+                m32[i] = x
+                o32[i] = x ^ k32[i]
+                i += 1
+        else:
+            moved = 1
+            while i < w:
+                x = s32[i]
+                m32[i] = x
+                k32[i] = x ^ k32[i]
+                i += 1
+            o8 = k8
+        i = w << 2
+    while i < n:
+        x = s8[i]
+        m8[i] = x
+        o8[i] = x ^ k8[i]
+        i += 1
+    end -= h
+    while i < end:
+        m8[i] = 0
+        i += 1
+    return moved
 
 
 class CCM:
     """AES-CCM with a fixed key, tag length and nonce length.
 
-    Keeps the ECB key schedule and the work buffers across messages. Not safe
-    to share between threads or coroutines that interleave inside one call (no
-    call yields, so asyncio tasks are fine).
+    Keeps the ECB key schedule and the work buffers across messages. Not for
+    concurrent use: no call yields, so asyncio tasks sharing one object are
+    fine, threads are not.
     """
 
     def __init__(self, key, tag_len=8, nonce_len=13):
@@ -112,131 +234,104 @@ class CCM:
             raise ValueError("ccm nonce length")
         if tag_len < 4 or tag_len > 16 or tag_len & 1:
             raise ValueError("ccm tag length")
-        self._key = bytes(key)
+        self._key = bytes(key)  # each CBC pass needs a fresh zero-IV object
         self._ecb = cryptolib.aes(self._key, _ECB)
         self.tag_len = tag_len
         self.nonce_len = nonce_len
-        # L: size of the length field, and of the counter in A_i.
-        self._L = 15 - nonce_len
-        self._max_len = (1 << (8 * self._L)) - 1
+        # B_0 flags without Adata: M' = (t-2)/2 in bits 3..5 and L' = L-1 in
+        # bits 0..2, L = 15 - nonce_len being the size of the length field
+        # (RFC 3610 section 2.2).
+        self._flags = ((tag_len - 2) << 2) | (14 - nonce_len)
+        # The length must fit the L-byte field (and a viper int: nothing near
+        # 2**30 bytes fits in a device's RAM anyway).
+        self._max_len = min((1 << (8 * (15 - nonce_len))) - 1, _MAX_LEN)
+        # Work buffers, grown to the longest message seen, and exact-size
+        # views of them for the cryptolib calls (remade when the size changes,
+        # so same-size messages, the usual case, allocate nothing here).
         self._ks = bytearray(0)
         self._mac = bytearray(0)
+        self._ksv = memoryview(self._ks)
+        self._macv = memoryview(self._mac)
 
-    def _keystream(self, nonce, m):
-        # S_0..S_m into self._ks; returns the buffer.
-        size = (m + 1) << 4
-        ks = self._ks = _grow(self._ks, size)
-        L = self._L
-        ks[0] = L - 1
-        ks[1:16 - L] = nonce
-        ks[16 - L:16] = _ZERO[:L]
-        _counters(ks, m + 1, L)
-        v = memoryview(ks)[:size]
-        self._ecb.encrypt(v, v)
-        return ks
-
-    def _mac_input(self, nonce, aad, n):
-        # B_0 and the AAD blocks into self._mac, room for the padded payload
-        # after them. Returns (buffer, h): the payload goes at offset h.
-        a = len(aad)
-        if a == 0:
-            e = 0
-        elif a < 0xFF00:
-            e = 2
-        elif a < 0x100000000:
-            e = 6
-        else:
-            raise ValueError("ccm aad too long")
-        h = _BLK + ((e + a + _BLK - 1) & ~(_BLK - 1))
-        mac = self._mac = _grow(self._mac, h + ((n + _BLK - 1) & ~(_BLK - 1)))
-        L = self._L
-        # B_0 flags: Adata, M' = (t-2)/2, L' = L-1 (RFC 3610 section 2.2).
-        mac[0] = (0x40 if a else 0) | ((self.tag_len - 2) << 2) | (L - 1)
-        mac[1:16 - L] = nonce
-        q = n
-        for i in range(15, 15 - L, -1):
-            mac[i] = q & 0xFF
-            q >>= 8
-        if a:
-            if e == 2:
-                mac[16] = a >> 8
-                mac[17] = a & 0xFF
-            else:
-                mac[16] = 0xFF
-                mac[17] = 0xFE
-                mac[18] = a >> 24
-                mac[19] = (a >> 16) & 0xFF
-                mac[20] = (a >> 8) & 0xFF
-                mac[21] = a & 0xFF
-            p = _BLK + e
-            mac[p:p + a] = aad
-            mac[p + a:h] = _ZERO[:h - p - a]
-        return mac, h
-
-    def _check(self, nonce, n):
-        if len(nonce) != self.nonce_len:
+    def _prepare(self, nonce, aad, n):
+        # Everything but the payload, for an n-byte message: runs the CTR pass
+        # (S_0..S_m into self._ks) and writes B_0 || AAD blocks to self._mac.
+        # Returns h, the offset of the payload in self._mac.
+        nl = self.nonce_len
+        if len(nonce) != nl:
             raise ValueError("ccm nonce length")
         if n > self._max_len:
             raise ValueError("ccm message too long for nonce length")
+        a = len(aad)
+        if a > _MAX_LEN:
+            raise ValueError("ccm aad too long")
+        m16 = (n + _BLK - 1) & ~(_BLK - 1)
+        # B_0, then l(a) (2 bytes, or 6 from 0xFF00 on) || a, padded.
+        h = _BLK + ((a + (2 if a < 0xFF00 else 6) + _BLK - 1) & ~(_BLK - 1)) if a else _BLK
+        k = m16 + _BLK
+        if len(self._ksv) != k:
+            if len(self._ks) < k:
+                self._ks = bytearray(k)
+            self._ksv = memoryview(self._ks)[:k]
+        k = h + m16
+        if len(self._macv) != k:
+            if len(self._mac) < k:
+                self._mac = bytearray(k)
+            self._macv = memoryview(self._mac)[:k]
+        v = self._ksv
+        _ctr_blocks(v, (m16 >> 4) + 1, nonce, nl)
+        self._ecb.encrypt(v, v)
+        _mac_head(self._macv, self._flags, nonce, nl, n, aad, a, h)
+        return h
 
-    def _tag(self, mac, end, ks):
-        # CBC-MAC of mac[:end] with a fresh zero IV, in place; T = last block.
-        # The tag is T xor S_0, left in mac[end-16:end-16+tag_len].
-        v = memoryview(mac)[:end]
+    def _cbc_mac(self):
+        # CBC encryption (IV 0) of the MAC input in place: T is its last block.
+        v = self._macv
         cryptolib.aes(self._key, _CBC, _ZERO).encrypt(v, v)
-        _xor(mac, end - _BLK, ks, 0, self.tag_len)
-        return v[end - _BLK:end - _BLK + self.tag_len]
+        return len(v) - _BLK
 
-    def encrypt_into(self, nonce, aad, pt, out):
-        """Writes ciphertext || tag (len(pt) + tag_len bytes) to out[0:...].
-        out may be a memoryview into a larger message buffer."""
+    def encrypt_into(self, nonce, aad, pt, out, off=0):
+        """Writes ciphertext || tag (len(pt) + tag_len bytes) to out[off:]."""
         n = len(pt)
-        self._check(nonce, n)
-        if len(out) < n + self.tag_len:
+        t = self.tag_len
+        if off < 0 or len(out) - off < n + t:
             raise ValueError("ccm output buffer too small")
-        m = (n + _BLK - 1) >> 4
-        ks = self._keystream(nonce, m)
-        mac, h = self._mac_input(nonce, aad, n)
-        end = h + (m << 4)
-        mac[h:h + n] = pt
-        mac[h + n:end] = _ZERO[:end - h - n]
-        # CTR: ks[16:16+n] becomes the ciphertext (the plaintext stays in mac
-        # for the CBC-MAC pass).
-        _xor(ks, _BLK, mac, h, n)
-        out[:n] = memoryview(ks)[_BLK:_BLK + n]
-        out[n:n + self.tag_len] = self._tag(mac, end, ks)
+        h = self._prepare(nonce, aad, n)
+        ks = self._ksv
+        if _load_xor(self._macv, h, len(self._macv), out, off, pt, ks, n):
+            out[off:off + n] = ks[_BLK:_BLK + n]
+        tp = self._cbc_mac()
+        _xor3(out, off + n, self._macv, tp, ks, 0, t)  # tag = T ^ S_0, truncated
 
     def encrypt(self, nonce, aad, pt):
         """-> ciphertext || tag (bytes)."""
+        if len(pt) > self._max_len:
+            raise ValueError("ccm message too long for nonce length")
         out = bytearray(len(pt) + self.tag_len)
         self.encrypt_into(nonce, aad, pt, out)
         return bytes(out)
 
     def decrypt_into(self, nonce, aad, data, out):
-        """data = ciphertext || tag. Writes the plaintext to out[0:len(data) -
-        tag_len] and returns its length, or raises AuthError; on AuthError out
-        holds zeros, never unauthenticated plaintext."""
+        """data = ciphertext || tag. Writes the plaintext to the start of out
+        and returns its length, or raises AuthError. out is written only after
+        the tag has been checked."""
         t = self.tag_len
         n = len(data) - t
         if n < 0:
             raise AuthError("ccm message shorter than its tag")
-        self._check(nonce, n)
         if len(out) < n:
             raise ValueError("ccm output buffer too small")
-        m = (n + _BLK - 1) >> 4
-        ks = self._keystream(nonce, m)
-        mac, h = self._mac_input(nonce, aad, n)
-        end = h + (m << 4)
-        data = memoryview(data)
-        mac[h:h + n] = data[:n]
-        mac[h + n:end] = _ZERO[:end - h - n]
-        _xor(mac, h, ks, _BLK, n)
-        # Copy out before the in-place CBC pass overwrites it; wiped below if
-        # the tag is wrong.
-        out[:n] = memoryview(mac)[h:h + n]
-        if not _tag_equal(self._tag(mac, end, ks), data[n:]):
-            out[:n] = bytes(n)
+        h = self._prepare(nonce, aad, n)
+        ks = self._ksv
+        mac = self._macv
+        # The MAC covers the plaintext, so decrypt into the MAC buffer first;
+        # ks keeps the keystream to decrypt again into out once authentic.
+        _xor3(mac, h, data, 0, ks, _BLK, n)
+        _zero(mac, h + n, len(mac) - h - n)
+        tp = self._cbc_mac()
+        if _tag_diff(mac, tp, ks, data, n, t):
             raise AuthError("ccm tag mismatch")
+        _xor3(out, 0, data, 0, ks, _BLK, n)
         return n
 
     def decrypt(self, nonce, aad, data):
@@ -245,18 +340,6 @@ class CCM:
         out = bytearray(n if n > 0 else 0)
         self.decrypt_into(nonce, aad, data, out)
         return bytes(out)
-
-
-def _tag_equal(a, b):
-    # Constant time in the tag bytes (see kdf.ct_equal); the tag length is
-    # public. Kept here so ccm has no import beyond cryptolib.
-    n = len(a)
-    if n != len(b):
-        return False
-    acc = 0
-    for i in range(n):
-        acc |= a[i] ^ b[i]
-    return acc == 0
 
 
 def encrypt(key, nonce, aad, pt, tag_len=8):
