@@ -11,9 +11,9 @@
 # runs per byte or per block, and the rest is a fixed number of Python steps per
 # message.
 #
-# Memory: a CCM object keeps its ECB key schedule and its two work buffers
-# (keystream, MAC input), which grow to the longest message seen and are then
-# reused. The word-wise paths check alignment and fall back to bytes, because
+# Memory: a CCM object keeps its two cryptolib objects (key schedules) and its
+# two work buffers (keystream, MAC input), which grow to the longest message
+# seen and are then reused. The word-wise paths check alignment and fall back to bytes, because
 # the ESP32 faults on an unaligned 32-bit access and a caller's memoryview can
 # start anywhere.
 #
@@ -65,13 +65,30 @@ def _xor3(dst: ptr8, doff: int, a: ptr8, aoff: int, b: ptr8, boff: int, n: int):
 
 
 @micropython.viper
-def _tag_diff(mac: ptr8, moff: int, ks: ptr8, got: ptr8, goff: int, t: int) -> int:
-    # OR over i of (T[i] ^ S_0[i]) ^ got[i]: 0 iff the received tag is right.
+def _tag_out(out: ptr8, ooff: int, mac: ptr8, tp: int, ks: ptr8, t: int, chain: ptr8):
+    # out[ooff:ooff+t] = (T ^ S_0)[:t], the tag; and T, the CBC state, is
+    # kept in chain for the next message (see CCM._prepare).
+    i = 0
+    while i < 16:
+        x = mac[tp + i]
+        chain[i] = x
+        if i < t:
+            out[ooff + i] = x ^ ks[i]
+        i += 1
+
+
+@micropython.viper
+def _tag_diff(mac: ptr8, tp: int, ks: ptr8, got: ptr8, goff: int, t: int, chain: ptr8) -> int:
+    # OR over i < t of (T ^ S_0)[i] ^ got[i]: 0 iff the received tag is right.
     # No early exit, so the time does not tell where a forged tag goes wrong.
+    # Keeps T in chain, as _tag_out does.
     acc = 0
     i = 0
-    while i < t:
-        acc |= (mac[moff + i] ^ ks[i]) ^ got[goff + i]
+    while i < 16:
+        x = mac[tp + i]
+        chain[i] = x
+        if i < t:
+            acc |= (x ^ ks[i]) ^ got[goff + i]
         i += 1
     return acc
 
@@ -125,11 +142,13 @@ def _ctr_blocks(buf: ptr8, nblk: int, nonce: ptr8, nlen: int):
 
 
 @micropython.viper
-def _mac_head(buf: ptr8, flags: int, nonce: ptr8, nlen: int, q: int, aad: ptr8, a: int, h: int):
+def _mac_head(buf: ptr8, flags: int, nonce: ptr8, nlen: int, q: int, aad: ptr8, a: int, h: int,
+              chain: ptr8):
     # The MAC input up to the payload (RFC 3610 section 2.2): B_0 = flags ||
     # nonce || q (q = message length, big-endian in the 15 - nlen bytes left),
     # then if a > 0: l(a) || aad, zero padded to h. l(a) is 2 bytes below
     # 0xFF00, else 0xFFFE and 4 bytes (the caller refuses a >= 2**32).
+    # B_0 is XORed with chain, the CBC object's current IV (CCM._prepare).
     if a:
         flags |= 0x40
     buf[0] = flags
@@ -142,6 +161,10 @@ def _mac_head(buf: ptr8, flags: int, nonce: ptr8, nlen: int, q: int, aad: ptr8, 
         buf[p] = q & 0xFF
         q >>= 8
         p -= 1
+    i = 0
+    while i < 16:
+        buf[i] ^= chain[i]
+        i += 1
     if a == 0:
         return
     if uint(a) < uint(0xFF00):
@@ -220,9 +243,9 @@ def _load_xor(mac: ptr8, h: int, end: int, out: ptr8, off: int, src: ptr8, ks: p
 class CCM:
     """AES-CCM with a fixed key, tag length and nonce length.
 
-    Keeps the ECB key schedule and the work buffers across messages. Not for
-    concurrent use: no call yields, so asyncio tasks sharing one object are
-    fine, threads are not.
+    Keeps its key schedules and work buffers across messages: for more than
+    one message under a key, keep the object. Not for concurrent use: no call
+    yields, so asyncio tasks sharing one object are fine, threads are not.
     """
 
     def __init__(self, key, tag_len=8, nonce_len=13):
@@ -234,8 +257,18 @@ class CCM:
             raise ValueError("ccm nonce length")
         if tag_len < 4 or tag_len > 16 or tag_len & 1:
             raise ValueError("ccm tag length")
-        self._key = bytes(key)  # each CBC pass needs a fresh zero-IV object
+        self._key = bytes(key)
         self._ecb = cryptolib.aes(self._key, _ECB)
+        # The CBC-MAC must start from a zero IV, but a cryptolib CBC object
+        # carries its last ciphertext block over as the next IV. Rather than
+        # a new object (a key schedule) per message, keep one and cancel the
+        # carried IV: B_0 is XORed with it (chain) before the pass, so the
+        # first block is E(B_0) as with a zero IV. _chain_ok is False only
+        # while a pass is in flight; if an exception ever lands there, the
+        # next message starts over with a fresh object.
+        self._cbc = cryptolib.aes(self._key, _CBC, _ZERO)
+        self._chain = bytearray(_BLK)
+        self._chain_ok = True
         self.tag_len = tag_len
         self.nonce_len = nonce_len
         # B_0 flags without Adata: M' = (t-2)/2 in bits 3..5 and L' = L-1 in
@@ -281,14 +314,12 @@ class CCM:
         v = self._ksv
         _ctr_blocks(v, (m16 >> 4) + 1, nonce, nl)
         self._ecb.encrypt(v, v)
-        _mac_head(self._macv, self._flags, nonce, nl, n, aad, a, h)
+        if not self._chain_ok:
+            self._cbc = cryptolib.aes(self._key, _CBC, _ZERO)
+            self._chain = bytearray(_BLK)
+            self._chain_ok = True
+        _mac_head(self._macv, self._flags, nonce, nl, n, aad, a, h, self._chain)
         return h
-
-    def _cbc_mac(self):
-        # CBC encryption (IV 0) of the MAC input in place: T is its last block.
-        v = self._macv
-        cryptolib.aes(self._key, _CBC, _ZERO).encrypt(v, v)
-        return len(v) - _BLK
 
     def encrypt_into(self, nonce, aad, pt, out, off=0):
         """Writes ciphertext || tag (len(pt) + tag_len bytes) to out[off:]."""
@@ -298,10 +329,14 @@ class CCM:
             raise ValueError("ccm output buffer too small")
         h = self._prepare(nonce, aad, n)
         ks = self._ksv
-        if _load_xor(self._macv, h, len(self._macv), out, off, pt, ks, n):
+        mac = self._macv
+        if _load_xor(mac, h, len(mac), out, off, pt, ks, n):
             out[off:off + n] = ks[_BLK:_BLK + n]
-        tp = self._cbc_mac()
-        _xor3(out, off + n, self._macv, tp, ks, 0, t)  # tag = T ^ S_0, truncated
+        # CBC-MAC in place: T is the last block of the CBC output.
+        self._chain_ok = False
+        self._cbc.encrypt(mac, mac)
+        _tag_out(out, off + n, mac, len(mac) - _BLK, ks, t, self._chain)
+        self._chain_ok = True
 
     def encrypt(self, nonce, aad, pt):
         """-> ciphertext || tag (bytes)."""
@@ -328,8 +363,11 @@ class CCM:
         # ks keeps the keystream to decrypt again into out once authentic.
         _xor3(mac, h, data, 0, ks, _BLK, n)
         _zero(mac, h + n, len(mac) - h - n)
-        tp = self._cbc_mac()
-        if _tag_diff(mac, tp, ks, data, n, t):
+        self._chain_ok = False
+        self._cbc.encrypt(mac, mac)
+        bad = _tag_diff(mac, len(mac) - _BLK, ks, data, n, t, self._chain)
+        self._chain_ok = True
+        if bad:
             raise AuthError("ccm tag mismatch")
         _xor3(out, 0, data, 0, ks, _BLK, n)
         return n

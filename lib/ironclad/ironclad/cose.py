@@ -96,7 +96,7 @@ class Encrypt0:
         self._ccm = CCM(key, _TAG_LEN, _NONCE_LEN)
         self.base_iv = base_iv
 
-    def _seal(self, nonce, label, iv, pt, external_aad, kid):
+    def _seal(self, nonce, label, iv, pt, external_aad, kid, out):
         # Message = prefix, unprotected map, bstr head, and then CCM writes the
         # ciphertext and tag straight into the same buffer (no join, no copy).
         n = len(pt)
@@ -112,7 +112,13 @@ class Encrypt0:
         q = lp + 2 + il  # the ciphertext's bstr head
         # That head is 1, 2 or 3 bytes (c < 65536: CCM's L is 2 here).
         hl = q + (1 if c < 24 else (2 if c < 0x100 else 3))
-        out = bytearray(hl + c)
+        if out is None:
+            out = bytearray(hl + c)
+            ret = out
+        else:
+            if len(out) < hl + c:
+                raise ValueError("cose output buffer too small")
+            ret = memoryview(out)[:hl + c]
         out[0:6] = _MSG_PREFIX
         if kid is None:
             out[6] = 0xA1
@@ -140,23 +146,26 @@ class Encrypt0:
             out[q + 1] = c >> 8
             out[q + 2] = c & 0xFF
         self._ccm.encrypt_into(nonce, _enc_structure(None, external_aad), pt, out, hl)
-        return out
+        return ret
 
-    def encrypt(self, nonce, pt, external_aad=b"", kid=None):
+    def encrypt(self, nonce, pt, external_aad=b"", kid=None, out=None):
         """Protect pt with the full 13-byte nonce in the IV header (label 5).
-        Returns the tagged COSE_Encrypt0 as a bytearray (no copy)."""
+
+        Returns the tagged COSE_Encrypt0 as a new bytearray; or, given out (a
+        bytearray reused from message to message, so protecting allocates
+        nothing), writes it there and returns a memoryview of it."""
         if len(nonce) != _NONCE_LEN:
             raise ValueError("cose nonce must be 13 bytes")
-        nonce = bytes(nonce)
-        return self._seal(nonce, _H_IV, nonce, pt, external_aad, kid)
+        return self._seal(nonce, _H_IV, nonce, pt, external_aad, kid, out)
 
-    def encrypt_seq(self, seq, pt, external_aad=b"", kid=None):
+    def encrypt_seq(self, seq, pt, external_aad=b"", kid=None, out=None):
         """Protect pt with nonce = Base IV xor seq; seq goes in the Partial IV
-        header (label 6). The caller never reuses a seq under one key."""
+        header (label 6). The caller never reuses a seq under one key.
+        Returns as encrypt() does."""
         if self.base_iv is None:
             raise ValueError("no base iv")
         piv = partial_iv(seq)
-        return self._seal(_piv_nonce(self.base_iv, piv), _H_PIV, piv, pt, external_aad, kid)
+        return self._seal(_piv_nonce(self.base_iv, piv), _H_PIV, piv, pt, external_aad, kid, out)
 
     def decrypt(self, msg, external_aad=b""):
         """Tagged or untagged COSE_Encrypt0 -> plaintext (bytes).
