@@ -36,13 +36,16 @@ _NONCE_LEN = const(13)
 _TAG_LEN = const(8)
 _BSTR = const(2)
 
-# Bound on a received message (STYLE rule 1); telemetry is far smaller, and a
-# 96 KiB heap needs about three times the message to decrypt it.
+# Bound on a received message (STYLE rule 1): telemetry and commands are far
+# smaller, and decrypting takes about four times the message in RAM (message,
+# keystream, MAC input, plaintext) out of a 96 KiB heap.
 MAX_MESSAGE = const(8192)
 _MAX_KID = const(64)
 
 # #6.16 (0xD0), array(3) (0x83), bstr(3) (0x43) holding {1: 10} (0xA1 0x01 0x0A).
 _MSG_PREFIX = b"\xd0\x83\x43\xa1\x01\x0a"
+_MSG_IV = _MSG_PREFIX + b"\xa1\x05"  # ... {5: (IV)
+_MSG_PIV = _MSG_PREFIX + b"\xa1\x06"  # ... {6: (Partial IV)
 # ["Encrypt0", h'A1010A', ...: array(3), tstr(8) "Encrypt0", bstr(3) {1: 10}.
 _ENC_PREFIX = b"\x83\x68Encrypt0\x43\xa1\x01\x0a"
 _ENC_NO_EXT = _ENC_PREFIX + b"\x40"  # ... external_aad = h''
@@ -86,7 +89,8 @@ def _piv_nonce(base_iv, piv):
 
 
 class Encrypt0:
-    """COSE_Encrypt0 with one key (keeps the AES key schedule and buffers)."""
+    """COSE_Encrypt0 under one key. Keeps the CCM object (key schedules and
+    work buffers): the way to protect a stream of messages."""
 
     def __init__(self, key, base_iv=None):
         if len(key) != _KEY_LEN:
@@ -101,6 +105,9 @@ class Encrypt0:
         # ciphertext and tag straight into the same buffer (no join, no copy).
         n = len(pt)
         c = n + _TAG_LEN
+        if c > 0xFFFF:
+            # Also CCM's limit with a 13-byte nonce (2-byte length field).
+            raise ValueError("cose payload too long")
         if kid is None:
             lp = 7  # where the IV label goes, after the map head
         else:
@@ -110,7 +117,7 @@ class Encrypt0:
             lp = 9 + kl + (kl > 23)  # map head, label 4, bstr head, kid
         il = len(iv)
         q = lp + 2 + il  # the ciphertext's bstr head
-        # That head is 1, 2 or 3 bytes (c < 65536: CCM's L is 2 here).
+        # That head is 1, 2 or 3 bytes (c < 65536, checked above).
         hl = q + (1 if c < 24 else (2 if c < 0x100 else 3))
         if out is None:
             out = bytearray(hl + c)
@@ -119,10 +126,11 @@ class Encrypt0:
             if len(out) < hl + c:
                 raise ValueError("cose output buffer too small")
             ret = memoryview(out)[:hl + c]
-        out[0:6] = _MSG_PREFIX
         if kid is None:
-            out[6] = 0xA1
+            # Prefix, map(1), label: one constant per label.
+            out[0:8] = _MSG_IV if label == _H_IV else _MSG_PIV
         else:
+            out[0:6] = _MSG_PREFIX
             out[6] = 0xA2
             out[7] = _H_KID
             if kl > 23:
@@ -131,9 +139,9 @@ class Encrypt0:
             else:
                 out[8] = 0x40 | kl
             out[lp - kl:lp] = kid
-        # Map entries in label order (4 < 5 < 6): deterministic encoding.
+            # Map entries in label order (4 < 5 < 6): deterministic encoding.
+            out[lp] = label
         # The IV or Partial IV is at most 13 bytes, so its head is one byte.
-        out[lp] = label
         out[lp + 1] = 0x40 | il
         out[lp + 2:q] = iv
         if c < 24:
@@ -145,7 +153,8 @@ class Encrypt0:
             out[q] = 0x59
             out[q + 1] = c >> 8
             out[q + 2] = c & 0xFF
-        self._ccm.encrypt_into(nonce, _enc_structure(None, external_aad), pt, out, hl)
+        self._ccm.encrypt_into(nonce, _ENC_NO_EXT if not external_aad
+                               else _enc_structure(None, external_aad), pt, out, hl)
         return ret
 
     def encrypt(self, nonce, pt, external_aad=b"", kid=None, out=None):
