@@ -1,9 +1,9 @@
 # AES key wrap (RFC 3394; NIST SP 800-38F "KW") over cryptolib AES-ECB.
 #
 # Wrap runs 6 * n single-block AES calls for n 64-bit key blocks, each depending
-# on the previous one, so the loop is inherently per block; keys are 2..8 blocks,
-# i.e. at most 48 AES calls. One 16-byte buffer holds A || R[i] and is encrypted
-# in place, so the loop allocates nothing but slice views.
+# on the previous one, so the loop is inherently per block: an AES-128 or -256
+# key is 2 or 4 blocks, 12 or 24 AES calls. One 16-byte buffer holds A || R[i]
+# and is encrypted in place, so the loop allocates nothing but slice views.
 #
 # Only RFC 3394 proper: at least two 64-bit blocks. An 8-byte key (n = 1) needs
 # the RFC 5649 padded variant, which is a different algorithm; refusing it is
