@@ -1,89 +1,39 @@
 """ictl bench: performance figures -> build/bench.json. Every time is a ratio
-against a baseline measured in the same run (these machines are noisy)."""
+against a baseline measured in the same run (these machines are noisy).
+
+Each area contributes a module `ictl/bench_<area>.py` with
+`run(fig, tmp, args)`; `--only AREA` runs some of them."""
+import glob
+import importlib
 import os
-import re
-import subprocess
 import tempfile
-import time
 
-from ictl import ROOT
-from ictl import device as sim_device
-from ictl.faults import MICROPYTHON, run_device
-from ictl.figures import Figures, best_of
+from ictl import ROOT, ToolError
+from ictl.figures import Figures
 
-START = os.path.join(ROOT, "firmware", "unix", "start.py")
+
+def areas():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return sorted(os.path.basename(p)[6:-3] for p in glob.glob(os.path.join(here, "bench_*.py")))
 
 
 def register(sub):
     p = sub.add_parser("bench", help="measure performance figures into build/bench.json")
     p.add_argument("--out", default=os.path.join(ROOT, "build", "bench.json"), help="output JSON (default build/bench.json)")
+    p.add_argument("--only", action="append", metavar="AREA", help="run only this area (repeatable): %s" % ", ".join(areas()))
     p.set_defaults(func=do_bench)
 
 
-def _wall(cmd, env=None):
-    t = time.perf_counter()
-    subprocess.run(cmd, env=env, capture_output=True, timeout=120, cwd=ROOT)
-    return time.perf_counter() - t
-
-
-def bench_boot(fig, tmp):
-    dev = os.path.join(tmp, "boot")
-    sim_device.create(dev)
-    env = dict(os.environ, ESPSIM_DIR=dev)
-    _wall([MICROPYTHON, START], env)  # first boot formats the filesystem
-    base = best_of(lambda: _wall([MICROPYTHON, "-c", "pass"]))
-    boot = best_of(lambda: _wall([MICROPYTHON, "-X", "heapsize=96K", START], env))
-    fig.add("board_boot_ratio", round(boot / base, 2), "ratio",
-            "unix-port start-up of a simulated device (flash, bootloader, littlefs mount, boot.py, main.py) "
-            "/ bare `micropython -c pass`; %.1f ms vs %.1f ms" % (boot * 1e3, base * 1e3))
-
-
-COPY = """
-import esp32, time
-P = esp32.Partition
-a = P.find(P.TYPE_DATA, label="app_a")[0]
-b = P.find(P.TYPE_DATA, label="app_b")[0]
-buf = bytearray(4096)
-N = 64  # 256 KiB
-t = time.ticks_us()
-for i in range(N):
-    a.readblocks(i, buf)
-    b.writeblocks(i, buf)
-slot = time.ticks_diff(time.ticks_us(), t)
-# Baseline: the same bytes between two plain files on the host.
-f = open(TMP + "/src.bin", "wb")
-for i in range(N):
-    f.write(buf)
-f.close()
-t = time.ticks_us()
-src = open(TMP + "/src.bin", "rb"); dst = open(TMP + "/dst.bin", "wb")
-for i in range(N):
-    src.readinto(buf)
-    dst.write(buf)
-src.close(); dst.close()
-raw = time.ticks_diff(time.ticks_us(), t)
-print(slot, raw)
-"""
-
-
-def bench_flash(fig, tmp):
-    dev = os.path.join(tmp, "flash")
-    sim_device.create(dev)
-    best = None
-    for _ in range(5):
-        r = run_device(COPY.replace("TMP", repr(tmp)), dev)
-        slot, raw = map(int, r.stdout.split())
-        if best is None or slot / raw < best[0] / best[1]:
-            best = (slot, raw)
-    fig.add("flash_copy_ratio", round(best[0] / best[1], 2), "ratio",
-            "256 KiB slot-to-slot copy through esp32.Partition (erase + NOR write) / the same bytes file-to-file "
-            "on the unix port; %d us vs %d us" % best)
-
-
 def do_bench(args):
+    names = args.only or areas()
+    unknown = sorted(set(names) - set(areas()))
+    if unknown:
+        raise ToolError("unknown bench area %s (have: %s)" % (", ".join(unknown), ", ".join(areas())))
     fig = Figures(args.out)
     print("bench: writing %s" % args.out)
     with tempfile.TemporaryDirectory() as tmp:
-        for fn in (bench_boot, bench_flash):
-            fn(fig, tmp)
+        for name in names:
+            print("bench: %s" % name, flush=True)
+            importlib.import_module("ictl.bench_" + name).run(fig, tmp, args)
+            fig.save()
     fig.save()
