@@ -10,6 +10,7 @@ import tempfile
 
 from ictl import ROOT, ToolError
 from ictl.figures import Figures
+from ictl.goals import table
 
 
 def areas():
@@ -37,3 +38,4 @@ def do_bench(args):
             importlib.import_module("ictl.bench_" + name).run(fig, tmp, args)
             fig.save()
     fig.save()
+    print("\n".join(table(args.out)))

@@ -9,6 +9,7 @@ import os
 
 from ictl import ROOT, ToolError
 from ictl.figures import Figures
+from ictl.goals import table
 
 
 def areas():
@@ -39,4 +40,5 @@ def do_soak(args):
         print("soak: %s" % name, flush=True)
         failed += importlib.import_module("ictl.soak_" + name).run(fig, args) or 0
         fig.save()
+    print("\n".join(table(args.out)))
     return 1 if failed else 0
