@@ -10,6 +10,7 @@
 # mark_app_valid_cancel_rollback() is ABORTED and the other slot boots.
 import struct
 import binascii
+import cryptolib
 from micropython import const
 
 import espsim
@@ -234,6 +235,14 @@ def _boot():
 # once its commit record is on flash, so a cut mid-commit loses the whole batch
 # and nothing else. When the half is full, or holds a torn or uncommitted tail,
 # the live entries are copied to the other half, whose header is written last.
+#
+# NVS encryption: when the device has an NVS key in its simulated eFuse
+# (device.json "efuse.nvs_key"; `ictl device create` sets one), each record's
+# ns, key and value are encrypted with AES-256 in counter mode, the counter
+# block being (generation, flash address, block): a dump of the flash holds no
+# NVS value in the clear, as with ESP-IDF's NVS encryption (XTS-AES keyed from
+# the flash-encrypted nvs_keys partition, whose key is in read-protected eFuse).
+# The CRC covers the stored (encrypted) bytes.
 
 _K_I32 = const(1)
 _K_BLOB = const(2)
@@ -257,6 +266,8 @@ class _Store:
         self.base = p["offset"]
         self.half = (p["size"] // espsim.SECTOR // 2) * espsim.SECTOR
         self.data = {}
+        k = fl.efuse.get("nvs_key")
+        self.ecb = cryptolib.aes(binascii.unhexlify(k), 1) if k else None
         best, gen = -1, 0
         hdr = bytearray(12)
         for h in range(2):
@@ -297,9 +308,10 @@ class _Store:
                     self._apply(*r)
                 pending = []
             else:
-                ns = bytes(rec[6 : 6 + nl]).decode()
-                key = bytes(rec[6 + nl : 6 + nl + kl]).decode()
-                pending.append((kind, ns, key, bytes(rec[6 + nl + kl : n - 4])))
+                body = self._crypt(self.gen, start + pos, rec[6 : n - 4])
+                ns = body[:nl].decode()
+                key = body[nl : nl + kl].decode()
+                pending.append((kind, ns, key, body[nl + kl :]))
             pos += n
         self.pos = pos
         return not pending
@@ -310,9 +322,20 @@ class _Store:
         else:
             self.data[(ns, key)] = (kind, val)
 
-    @staticmethod
-    def _record(kind, ns=b"", key=b"", val=b""):
-        r = struct.pack("<BBBBH", kind, len(ns), len(key), 0, len(val)) + ns + key + val
+    def _crypt(self, gen, addr, data):
+        """Encrypt or decrypt a record body stored at addr in generation gen."""
+        data = bytes(data)
+        if self.ecb is None or not data:
+            return data
+        n = len(data)
+        ks = bytearray((n + 15) & ~15)
+        for i in range(len(ks) // 16):
+            struct.pack_into("<III", ks, 16 * i, gen, addr, i)
+        self.ecb.encrypt(ks, ks)
+        return (int.from_bytes(data, "big") ^ int.from_bytes(ks[:n], "big")).to_bytes(n, "big")
+
+    def _record(self, gen, addr, kind, ns=b"", key=b"", val=b""):
+        r = struct.pack("<BBBBH", kind, len(ns), len(key), 0, len(val)) + self._crypt(gen, addr, ns + key + val)
         return r + struct.pack("<I", binascii.crc32(r))
 
     def _compact(self, extra=()):
@@ -324,12 +347,12 @@ class _Store:
         pos = _HDR
         live = [(v[0], k[0], k[1], v[1]) for k, v in self.data.items()]
         for kind, ns, key, val in live + list(extra):
-            r = self._record(kind, ns.encode(), key.encode(), val)
+            r = self._record(self.gen + 1, start + pos, kind, ns.encode(), key.encode(), val)
             if pos + len(r) + 10 > self.half:
                 raise OSError(_ERR_NOT_ENOUGH_SPACE, "ESP_ERR_NVS_NOT_ENOUGH_SPACE")
             fl.write(start + pos, r)
             pos += len(r)
-        c = self._record(_K_COMMIT)
+        c = self._record(self.gen + 1, start + pos, _K_COMMIT)
         fl.write(start + pos, c)
         pos += len(c)
         hdr = b"NVSH" + struct.pack("<I", self.gen + 1)
@@ -339,15 +362,15 @@ class _Store:
             self._apply(*r)
 
     def commit(self, batch):
-        recs = [self._record(k, ns.encode(), key.encode(), v) for k, ns, key, v in batch]
-        recs.append(self._record(_K_COMMIT))
-        size = sum(len(r) for r in recs)
+        # Record sizes do not depend on where they land: size the batch first.
+        size = sum(10 + len(ns.encode()) + len(key.encode()) + len(v) for _, ns, key, v in batch) + 10
         if self.pos + size + 10 > self.half:
             self._compact(batch)
             return
         fl = espsim.flash()
         start = self.base + self.cur * self.half
-        for r in recs:
+        for k, ns, key, v in batch + [(_K_COMMIT, "", "", b"")]:
+            r = self._record(self.gen, start + self.pos, k, ns.encode(), key.encode(), v)
             fl.write(start + self.pos, r)
             self.pos += len(r)
         for r in batch:

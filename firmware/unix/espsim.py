@@ -53,6 +53,8 @@ class Flash:
             self.size = int(cfg["flash_size"])
             self.parts = cfg["partitions"]
             self.uid = binascii.unhexlify(cfg["unique_id"])
+            # The simulated eFuse: keys the hardware keeps from software (esp32.NVS).
+            self.efuse = cfg.get("efuse") or {}
             self.f = open(path + "/flash.bin", "r+b")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))

@@ -78,6 +78,8 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False):
         "format": 1,
         "hwid": hwid,
         "unique_id": secrets.token_bytes(6).hex(),
+        # The simulated eFuse (read-protected on a chip): the NVS encryption key.
+        "efuse": {"nvs_key": secrets.token_bytes(32).hex()},
         "flash_size": FLASH_SIZE,
         "partitions": parts,
     }
