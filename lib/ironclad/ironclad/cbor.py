@@ -1,8 +1,10 @@
 # Minimal CBOR (RFC 8949) for COSE headers and messages.
 #
 # Supported: unsigned and negative integers (up to 64-bit arguments), byte and
-# text strings, arrays, maps, tags, false/true/null. Not supported, and rejected
-# by the decoder: floats, other simple values, indefinite lengths.
+# text strings, arrays, maps, tags, false/true/null; the encoder also writes
+# floats (readings), the decoder refuses them: nothing the device receives
+# has one. Rejected by the decoder: floats, other simple values, indefinite
+# lengths.
 #
 # The decoder is for bytes that came off the wire, so it is bounded:
 #   * no recursion: nesting is an explicit stack capped at max_depth;
@@ -15,6 +17,7 @@
 #     disagree on which value counts), and so are trailing bytes.
 # The encoder writes the shortest heads and sorts map keys bytewise (RFC 8949
 # section 4.2.1 deterministic encoding).
+import struct
 from micropython import const
 
 _MAX_DEPTH = const(8)
@@ -93,6 +96,18 @@ def _enc(out, obj, depth):
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         out.extend(head(_BSTR, len(obj)))
         out.extend(obj)
+    elif isinstance(obj, float):
+        # Single precision when it holds the value exactly (always on an
+        # ESP32, whose floats are single), else double: the shortest of the
+        # two, as RFC 8949 section 4.2.2 prefers. NaN and infinities pass as
+        # they are (the reader decides).
+        f = struct.pack(">f", obj)
+        if struct.unpack(">f", f)[0] == obj or obj != obj:
+            out.append(0xFA)
+            out.extend(f)
+        else:
+            out.append(0xFB)
+            out.extend(struct.pack(">d", obj))
     elif isinstance(obj, str):
         b = obj.encode()
         out.extend(head(_TSTR, len(b)))

@@ -179,6 +179,15 @@ class Encrypt0:
     def decrypt(self, msg, external_aad=b""):
         """Tagged or untagged COSE_Encrypt0 -> plaintext (bytes).
         Raises CoseError on a malformed message, AuthError on a bad tag."""
+        return self._open(msg, external_aad, False)[1]
+
+    def decrypt_seq(self, msg, external_aad=b""):
+        """Open a message that must carry a Partial IV -> (seq, plaintext).
+        seq is the Partial IV as an integer; it is authenticated (it is part
+        of the nonce), so a receiver can use it as a replay counter."""
+        return self._open(msg, external_aad, True)
+
+    def _open(self, msg, external_aad, need_piv):
         if len(msg) > MAX_MESSAGE:
             raise CoseError("message too long")
         try:
@@ -219,6 +228,8 @@ class Encrypt0:
         piv = unprot.get(_H_PIV, ph.get(_H_PIV))
         if iv is not None and piv is not None:
             raise CoseError("both IV and Partial IV")
+        if need_piv and piv is None:
+            raise CoseError("no Partial IV")
         if iv is not None:
             if not isinstance(iv, (bytes, memoryview)) or len(iv) != _NONCE_LEN:
                 raise CoseError("IV must be a 13-byte bstr")
@@ -231,7 +242,8 @@ class Encrypt0:
             nonce = _piv_nonce(self.base_iv, piv)
         else:
             raise CoseError("no IV")
-        return self._ccm.decrypt(nonce, _enc_structure(prot, external_aad), ct)
+        pt = self._ccm.decrypt(nonce, _enc_structure(prot, external_aad), ct)
+        return (int.from_bytes(piv, "big") if piv is not None else None), pt
 
 
 def encrypt0(key, nonce, plaintext, external_aad=b"", kid=None):

@@ -1,0 +1,175 @@
+# Sealing what the device publishes: readings, security events and command
+# replies, as COSE_Encrypt0 (AES-CCM-16-64-128) that only the fleet can open.
+#
+# Keys. Z = ECDH(device key, fleet data public key): the fleet console
+# computes the same Z from its private data key and the device's certified
+# public key, so no per-device secret is ever shipped. Then
+#   key || Base IV = HKDF-SHA256(IKM = Z, salt = epoch,
+#                                info = "ironclad v1 <direction> <device id>", 29 bytes)
+# with direction "device-to-fleet" (everything the device seals) or
+# "fleet-to-device" (commands, ironclad.commands): one key per direction and
+# device, so a message can never be reflected back to its sender. The epoch is
+# the nonce counter's (ironclad.nonce): a counter lost with its epoch means
+# new keys, never a reused nonce.
+#
+# Message: COSE_Encrypt0 with the counter as Partial IV (label 6) and the
+# topic as external AAD, so a message moved to another topic, device or
+# direction does not open. Overhead for a 64-byte reading: 19 bytes plus the
+# Partial IV (1..5 bytes) = 20..24 (docs/telemetry.md).
+#
+# Data minimisation: a reading passes an explicit allowlist of field names
+# with numeric values; anything else is dropped and counted. The device id
+# in a payload is the fleet-assigned pseudonym from the certificate; an id
+# that carries the chip's MAC address is refused.
+import binascii
+import time
+from micropython import const
+
+from ironclad import cbor, cose, der, kdf, p256
+
+UP = b"device-to-fleet"
+DOWN = b"fleet-to-device"
+_KEY_LEN = const(16)
+_IV_LEN = const(13)
+
+# Telemetry fields the device may send (numbers only: no strings, so no
+# SSID, MAC or free text can ride along). The agent may pass its own tuple.
+FIELDS = ("seq", "uptime_ms", "temp_c", "humidity_pct", "pressure_hpa", "battery_mv",
+          "rssi_dbm", "heap_free", "interval_s", "spool_queued", "spool_dropped")
+_MAX_OUT = const(1100)  # the reused output buffer: a reading is far smaller
+_MAX_EVENTS = const(8)  # event records per message (128 bytes each)
+
+
+def _wall():
+    # Unix seconds, or 0 while the clock was never set (as ironclad.events).
+    t = int(time.time())
+    if time.gmtime(0)[0] == 2000:  # MicroPython's embedded epoch
+        t += 946684800
+    return t if t > 1735689600 else 0
+
+
+def private_scalar(key):
+    """The 32-byte P-256 scalar from a raw scalar or a SEC1 ECPrivateKey DER
+    (the keystore's "device_key")."""
+    if len(key) == 32:
+        return bytes(key)
+    end = len(key)
+    s, e = der.expect(key, 0, end, 0x30)
+    v, pos = der.read_uint(key, s, e, 1)
+    if v != 1:
+        raise ValueError("not a SEC1 EC private key")
+    a, b = der.expect(key, pos, e, 0x04)
+    if b - a != 32:
+        raise ValueError("not a P-256 private key")
+    return bytes(key[a:b])
+
+
+def shared_secret(device_key, fleet_pub):
+    """Z = ECDH(device key, fleet data public key), 32 bytes. Done once per
+    boot (the P-256 multiplication is the slow part): pass Z to Sealer and
+    commands.Verifier."""
+    return p256.ecdh(private_scalar(device_key), bytes(fleet_pub))
+
+
+def derive(z, epoch, direction, device_id):
+    """(16-byte key, 13-byte Base IV) for one direction of one device."""
+    if isinstance(device_id, str):
+        device_id = device_id.encode()
+    okm = kdf.hkdf(z, epoch, b"ironclad v1 " + direction + b" " + device_id, _KEY_LEN + _IV_LEN)
+    return okm[:_KEY_LEN], okm[_KEY_LEN:]
+
+
+def check_pseudonym(device_id):
+    """Refuse a device id that carries the chip's MAC (machine.unique_id(),
+    the ESP32's base MAC) in hex, with or without separators."""
+    import machine
+
+    mac = binascii.hexlify(machine.unique_id()).decode()
+    flat = "".join(c for c in device_id.lower() if c not in ":-._")
+    # The whole MAC, or its device-specific half (ids like "esp32-a1b2c3").
+    if mac in flat or mac[6:] in flat:
+        raise ValueError("device id must be a pseudonym, not the MAC address")
+    return device_id
+
+
+def hello(cert_der, epoch):
+    """The state message the agent publishes (retained, QoS 1) on
+    <prefix>/<id>/state at every connect: the device certificate, from which
+    the console takes the public key (after checking it against the fleet
+    CA), and the key epoch. Plain CBOR: neither is secret, and a forged one
+    only makes the console derive keys that open nothing."""
+    return cbor.encode({"v": 1, "cert": bytes(cert_der), "epoch": bytes(epoch)})
+
+
+class Sealer:
+    """Seals everything the device publishes, under its device-to-fleet key.
+
+    Long-lived: keeps one Encrypt0 (key schedules, CCM work buffers) and one
+    output buffer, so sealing a reading allocates only its CBOR encoding. A
+    returned message is a view of that buffer: publish (or spool) it before
+    sealing the next."""
+
+    def __init__(self, z, device_id, counter, fields=FIELDS):
+        self.device_id = check_pseudonym(device_id)
+        self.counter = counter
+        key, iv = derive(z, counter.epoch, UP, device_id)
+        self._enc = cose.Encrypt0(key, iv)
+        self._out = bytearray(_MAX_OUT)
+        self.fields = fields
+        self.dropped = 0  # fields dropped by the allowlist since boot
+
+    def seal(self, topic, plaintext):
+        """Any plaintext -> COSE_Encrypt0 bound to topic (a memoryview)."""
+        n = len(plaintext) + 32  # header and tag, with room to spare
+        if n > len(self._out):
+            self._out = bytearray(n)
+        return self._enc.encrypt_seq(self.counter.next(), plaintext,
+                                     topic.encode() if isinstance(topic, str) else topic,
+                                     out=self._out)
+
+    def body(self, reading):
+        """The reading as it will be sent: allowlisted numeric fields, the
+        pseudonymous id and the wall time when known (CBOR bytes)."""
+        m = {"id": self.device_id}
+        for k, v in reading.items():
+            if k in self.fields and isinstance(v, (int, float)):
+                m[k] = v
+            else:
+                self.dropped += 1
+        t = _wall()
+        if t:
+            m["ts"] = t
+        return cbor.encode(m)
+
+    def seal_reading(self, topic, reading):
+        return self.seal(topic, self.body(reading))
+
+    def seal_events(self, topic, records):
+        """Raw security-event records (ironclad.events.raw_since), oldest
+        first, at most 8 per message; the console re-checks their chain."""
+        if len(records) > _MAX_EVENTS:
+            raise ValueError("too many event records for one message")
+        return self.seal(topic, cbor.encode({"id": self.device_id, "ev": list(records)}))
+
+    def seal_reply(self, topic, counter, ok, reason=""):
+        """The answer to command `counter` (ironclad.commands)."""
+        return self.seal(topic, cbor.encode({"id": self.device_id, "cmd": counter, "ok": bool(ok),
+                                             "reason": reason[:32]}))
+
+
+def send_events(sealer, publish, topic, batch=4):
+    """Send the stored security events the broker has not acknowledged,
+    oldest first, `batch` records per message: publish(msg) must return only
+    after the PUBACK (QoS 1), and raise otherwise. The sent mark moves after
+    each acknowledged message, so a reconnect resends from there (the console
+    drops duplicates by seq). Returns the number of records sent."""
+    from ironclad import events
+
+    n = 0
+    while True:
+        recs = events.raw_since(events.sent())[:batch]
+        if not recs:
+            return n
+        publish(sealer.seal_events(topic, recs))
+        events.mark_sent(events.decode(recs[-1])["seq"])
+        n += len(recs)

@@ -1,0 +1,232 @@
+# Device tests: the persisted nonce counter, key derivation and the Sealer
+# (allowlist, pseudonym, topic binding, overhead, steady-state allocation).
+# The fleet side is played by the same primitives with the fleet's private
+# key; tests/host/test_telemetry.py opens device messages with pycose.
+import gc
+import os
+
+import esp32
+
+from ironclad import cbor, cose, der, events, nonce, p256, telemetry
+
+# The library loads from source on the unix port and is compiled into the
+# heap (70 KiB here, 120 KiB at the peak of compiling; p256 alone takes 14
+# KiB, the esp32 stand-in 18 KiB); on a board it is
+# frozen into flash. test_sealing_steady_state_allocates_little measures
+# what sealing itself allocates.
+HEAP_KIB = 160
+
+D = os.getenv("IC_TMP")
+events.PATH = D + "/events.bin"
+events.SENT_PATH = D + "/events.sent"
+TOPIC = "ironclad/dev-0007/telemetry"
+
+
+def _reboot_nvs():
+    # A new boot reads NVS from flash again (the stand-in caches it per process).
+    esp32._store = None
+
+
+def _raises(exc, fn, *a):
+    try:
+        fn(*a)
+    except exc as e:
+        return e
+    raise AssertionError("%s not raised" % exc.__name__)
+
+
+def _pair():
+    d = p256.generate()
+    return d, p256.public_key(d)
+
+
+def test_counter_reserves_blocks_and_survives_reboot():
+    c = nonce.Counter(block=4)
+    ep = c.epoch
+    assert len(ep) == 8
+    got = [c.next() for _ in range(6)]
+    assert got == [0, 1, 2, 3, 4, 5]
+    _reboot_nvs()
+    c2 = nonce.Counter(block=4)
+    assert c2.epoch == ep
+    # 6 values used, 8 reserved: the next boot starts past the reservation.
+    assert c2.next() == 8
+    # A second counter name is independent, with its own epoch.
+    other = nonce.Counter("other", block=4)
+    assert other.next() == 0 and other.epoch != ep
+
+
+def test_counter_block_commit_count():
+    # One NVS commit per block, not per value.
+    commits = []
+
+    class Counting:
+        def __init__(self):
+            self.n = esp32.NVS(nonce.NAMESPACE)
+
+        def get_blob(self, k, b):
+            return self.n.get_blob(k, b)
+
+        def set_blob(self, k, v):
+            self.n.set_blob(k, v)
+
+        def commit(self):
+            commits.append(1)
+            self.n.commit()
+
+    c = nonce.Counter(block=16, nvs=Counting())
+    first = len(commits)  # the new epoch
+    for _ in range(64):
+        c.next()
+    assert len(commits) - first == 4
+
+
+def test_counter_exhaustion_never_wraps():
+    c = nonce.Counter(block=4, limit=10)
+    assert [c.next() for _ in range(10)] == list(range(10))
+    _raises(nonce.NonceExhausted, c.next)
+    _reboot_nvs()
+    c = nonce.Counter(block=4, limit=10)
+    _raises(nonce.NonceExhausted, c.next)
+
+
+def test_lost_record_means_new_epoch():
+    c = nonce.Counter(block=4)
+    ep = c.epoch
+    c.next()
+    n = esp32.NVS(nonce.NAMESPACE)
+    n.erase_key("up")
+    n.commit()
+    _reboot_nvs()
+    c2 = nonce.Counter(block=4)
+    assert c2.epoch != ep and c2.next() == 0
+
+
+def test_private_scalar_from_sec1():
+    d, pub = _pair()
+    assert telemetry.private_scalar(der.ec_private_key_der(d, pub)) == d
+    assert telemetry.private_scalar(d) == d
+    _raises(ValueError, telemetry.private_scalar, b"\x30\x03\x02\x01\x02")
+
+
+def test_both_sides_derive_the_same_keys():
+    dd, dpub = _pair()
+    fd, fpub = _pair()
+    z = telemetry.shared_secret(dd, fpub)
+    assert z == p256.ecdh(fd, dpub)
+    up = telemetry.derive(z, b"E" * 8, telemetry.UP, "dev-0007")
+    down = telemetry.derive(z, b"E" * 8, telemetry.DOWN, "dev-0007")
+    assert len(up[0]) == 16 and len(up[1]) == 13
+    assert up != down
+    assert telemetry.derive(z, b"F" * 8, telemetry.UP, "dev-0007") != up
+    assert telemetry.derive(z, b"E" * 8, telemetry.UP, "dev-0008") != up
+
+
+def _sealer(fields=telemetry.FIELDS):
+    dd, dpub = _pair()
+    fd, fpub = _pair()
+    s = telemetry.Sealer(telemetry.shared_secret(dd, fpub), "dev-0007", nonce.Counter(), fields)
+    key, iv = telemetry.derive(p256.ecdh(fd, dpub), s.counter.epoch, telemetry.UP, "dev-0007")
+    return s, cose.Encrypt0(key, iv)
+
+
+def test_sealed_reading_opens_at_the_fleet_with_allowlist_applied():
+    s, fleet = _sealer()
+    # (temp_c as an int: the device's CBOR decoder refuses floats; the host
+    # tests decode floats with cbor2.)
+    msg = bytes(s.seal_reading(TOPIC, {"seq": 1, "temp_c": 21, "battery_mv": 3300,
+                                       "mac": "e3:cb:3f:94:ff:82", "ssid": "home", "note": 5,
+                                       "rssi_dbm": "strong"}))
+    seq, pt = fleet.decrypt_seq(msg, TOPIC.encode())
+    body = cbor.decode(pt)
+    assert seq == 0
+    assert body["id"] == "dev-0007" and body["seq"] == 1 and body["battery_mv"] == 3300
+    assert "mac" not in body and "ssid" not in body and "note" not in body and "rssi_dbm" not in body
+    assert s.dropped == 4
+    assert body.get("ts", 1) > 1735689600  # the unix port's clock is set
+    # Bound to the topic: the same bytes under another topic do not open.
+    _raises(cose.AuthError, fleet.decrypt_seq, msg, b"ironclad/dev-0008/telemetry")
+    # Counters advance: no two messages share a nonce.
+    m2 = bytes(s.seal_reading(TOPIC, {"seq": 2}))
+    assert fleet.decrypt_seq(m2, TOPIC.encode())[0] == 1
+
+
+def reading_of(sealer, size):
+    """A plausible reading whose sealed body is exactly size bytes (the
+    uptime's CBOR length is what is varied)."""
+    for up in (0, 100, 1000, 100000, 1 << 33):
+        for seq in (5, 1000, 100000):
+            for extra in ({}, {"rssi_dbm": -61}, {"rssi_dbm": -61, "heap_free": 30000}):
+                r = {"seq": seq, "temp_c": 21.5, "battery_mv": 3712, "uptime_ms": up}
+                r.update(extra)
+                if len(sealer.body(r)) == size:
+                    return r
+    raise AssertionError("no reading of %d bytes" % size)
+
+
+def test_overhead_of_a_64_byte_reading():
+    s, fleet = _sealer()
+    body = s.body(reading_of(s, 64))
+    assert len(body) == 64
+    for ctr in (0, 1 << 16, (1 << 40) - 1):
+        s.counter._next = ctr
+        s.counter._hi = ctr + 1
+        msg = s.seal(TOPIC, body)
+        over = len(msg) - len(body)
+        print("REPORT: nonce counter %d: 64-byte reading -> %d bytes, overhead %d" % (ctr, len(msg), over))
+        assert over <= 24
+        assert fleet.decrypt_seq(bytes(msg), TOPIC.encode()) == (ctr, body)
+
+
+def test_pseudonym_refuses_mac():
+    import binascii
+    import machine
+
+    mac = binascii.hexlify(machine.unique_id()).decode()
+    fd, fpub = _pair()
+    z = telemetry.shared_secret(p256.generate(), fpub)
+    c = nonce.Counter()
+    for bad in (mac, mac.upper(), ":".join(mac[i:i + 2] for i in range(0, 12, 2)), "esp32-" + mac[6:]):
+        _raises(ValueError, telemetry.Sealer, z, bad, c)
+    telemetry.Sealer(z, "dev-0007", c)
+
+
+def test_events_batched_and_marked_sent():
+    s, fleet = _sealer()
+    for i in range(6):
+        events.record("boot", "r%d" % i)
+    sent = []
+    topic = "ironclad/dev-0007/events"
+    assert telemetry.send_events(s, lambda m: sent.append(bytes(m)), topic, batch=4) == 6
+    assert len(sent) == 2 and events.sent() == 6
+    recs = []
+    for m in sent:
+        body = cbor.decode(fleet.decrypt_seq(m, topic.encode())[1])
+        recs += [events.decode(r) for r in body["ev"]]
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    assert events.verify_chain(recs) is None
+    # Nothing new: nothing sent. A failing publish leaves the mark alone.
+    assert telemetry.send_events(s, lambda m: sent.append(m), topic) == 0
+    events.record("boot", "r6")
+
+    def down(m):
+        raise OSError(104)
+
+    _raises(OSError, telemetry.send_events, s, down, topic)
+    assert events.sent() == 6
+
+
+def test_sealing_steady_state_allocates_little():
+    s, fleet = _sealer()
+    r = {"seq": 1, "uptime_ms": 5000, "temp_c": 21.5, "battery_mv": 3712}
+    for _ in range(3):
+        s.seal_reading(TOPIC, r)
+    gc.collect()
+    before = gc.mem_alloc()
+    for i in range(200):
+        r["seq"] = i
+        s.seal_reading(TOPIC, r)
+    gc.collect()
+    grown = gc.mem_alloc() - before
+    print("REPORT: 200 sealed readings: heap %d B after vs before (collected)" % grown)
+    assert grown < 512
