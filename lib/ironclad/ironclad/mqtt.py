@@ -1,11 +1,63 @@
-# MQTT 3.1.1 client with the umqtt.simple surface, over a TLS socket the
-# caller's SSLContext makes. Every length read off the wire is capped, input
-# is checked with real exceptions (never assert) and every blocking call has
-# a time limit.
+# MQTT 3.1.1 client over mutual TLS: the umqtt.simple surface, hardened.
+#
+#   from ironclad.mqtt import MQTTClient, MQTTError
+#   c = MQTTClient("dev-1", "broker.example", 8883, ssl_context,
+#                  server_hostname="broker.example", keepalive=60)
+#   c.set_last_will("fleet/dev-1/state", b"offline", retain=True, qos=1)
+#   c.set_callback(lambda topic, msg: ...)       # topic, msg: bytes
+#   c.connect()                                  # -> session_present (bool)
+#   c.subscribe("fleet/dev-1/cmd")               # -> granted QoS (0x80 refused)
+#   c.publish("fleet/dev-1/telemetry", data, qos=1)        # waits for PUBACK
+#   c.publish(topic, data, qos=1, wait=False)    # pipelined: returns the packet
+#                                                # id; set_ack_callback(f) gets it
+#   c.check_msg()     # never blocks: handles what has arrived, keepalive, resends
+#   c.wait_msg()      # waits at most timeout_ms for a packet
+#   c.ping(); c.disconnect()
+#
+# The agent's loop calls maintain() instead of connect()/check_msg(): it
+# services the connection and, after a drop, reconnects with exponential
+# backoff and jitter (Backoff), resubscribes and resends unacknowledged QoS 1
+# messages with DUP set. reconnect() is the blocking form.
+#
+# Hardening (what umqtt.simple lacks):
+#   * TLS only, CERT_REQUIRED, the server host name checked: there is no
+#     plaintext code path. The caller builds the SSLContext (CA, certificate
+#     and key from the keystore).
+#   * Every length read off the wire is capped: the remaining length is at
+#     most 4 bytes and at most max_packet, a topic fits its packet, each
+#     packet type has its exact size; input is checked with exceptions, never
+#     assert. Packets are read into one buffer allocated up front.
+#   * A time limit on every blocking call: connect (TCP, TLS handshake,
+#     CONNACK) within timeout_s; once a packet's first byte has arrived the
+#     whole packet must arrive within timeout_s (a slow drip is cut off, not
+#     reset per byte); PUBACK within timeout_s (one resend with DUP, then the
+#     connection is dropped); PINGRESP within timeout_s.
+#   * QoS 0 and 1 (QoS 2 is never requested, so a QoS 2 packet is a protocol
+#     violation), packet ids tracked in a bounded in-flight window.
+#
+# Errors: every failure of the connection raises an MQTTError subclass and
+# leaves the client disconnected (the socket closed); maintain() catches them.
+#   ProtocolError   the broker broke MQTT (malformed, oversized, unexpected)
+#   TLSError        handshake or certificate verification failed
+#   Refused         CONNACK with a non-zero return code (.code)
+#   Timeout         a deadline passed
+#   ConnectionLost  the socket failed or closed between packets
+# Protocol violations, TLS failures and refusals are security events:
+# ironclad.events.record(kind, reason) with kind "mqtt" or "tls" and these
+# reasons, each recorded at most once per outage so a hostile broker cannot
+# flood the ring:
+#   mqtt: bad_length too_big bad_topic bad_packet unexpected unknown_puback
+#         qos2 truncated slow_packet bad_connack refused_<code>
+#   tls:  cert_expired cert_not_yet_valid hostname_mismatch cert_untrusted
+#         cert_invalid handshake
+import os
+import select
 import socket
-import struct
+import ssl
 import time
 from micropython import const
+
+from ironclad import events
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
@@ -16,187 +68,711 @@ _SUBACK = const(0x90)
 _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
+_DUP = const(0x08)
+_MAX_REMAINING = const(268435455)  # 4 varint bytes
+
+_IN = select.POLLIN
+_OUT = select.POLLOUT
+
+# One bit per event reason: each is recorded once until the connection has
+# been stable for stable_ms (see _event).
+_REASONS = ("bad_length", "too_big", "bad_topic", "bad_packet", "unexpected", "unknown_puback",
+            "qos2", "truncated", "slow_packet", "bad_connack", "refused", "cert_expired",
+            "cert_not_yet_valid", "hostname_mismatch", "cert_untrusted", "cert_invalid", "handshake")
 
 
 class MQTTError(Exception):
-    """A protocol violation or refusal by the broker; the connection is unusable."""
+    """The connection failed; the client is disconnected. .reason is a short
+    code, .kind the security event kind ("mqtt", "tls") or None."""
+
+    kind = None
+
+    def __init__(self, reason, detail=""):
+        super().__init__("%s: %s" % (reason, detail) if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ProtocolError(MQTTError):
+    kind = "mqtt"
+
+
+class TLSError(MQTTError):
+    kind = "tls"
+
+
+class Refused(MQTTError):
+    kind = "mqtt"
+
+    def __init__(self, code):
+        super().__init__("refused_%d" % code, "CONNACK return code")
+        self.code = code
+
+
+class Timeout(MQTTError):
+    pass
+
+
+class ConnectionLost(MQTTError):
+    pass
+
+
+def _rand_below(n):
+    # os.urandom is the hardware RNG on an ESP32.
+    return int.from_bytes(os.urandom(4), "big") % n if n > 0 else 0
+
+
+class Backoff:
+    """Exponential backoff with jitter: the n-th delay (from 0) is drawn from
+    [d/2, d), d = min(cap_ms, base_ms * 2**n). The lower half is fixed so the
+    delays really grow; the random half spreads a fleet's reconnects after a
+    broker restart. rand(n) -> int in [0, n) is injectable for tests."""
+
+    def __init__(self, base_ms=1000, cap_ms=300000, rand=_rand_below):
+        self.base_ms = base_ms
+        self.cap_ms = cap_ms
+        self.rand = rand
+        self.n = 0
+
+    def next_ms(self):
+        d = self.base_ms
+        for _ in range(self.n):
+            d *= 2
+            if d >= self.cap_ms:
+                break
+        d = min(d, self.cap_ms)
+        self.n += 1
+        return d // 2 + self.rand(d - d // 2)
+
+    def reset(self):
+        self.n = 0
+
+
+def _tls_reason(msg):
+    # MicroPython raises ValueError with mbedTLS's verify text when the
+    # broker's certificate fails verification.
+    if "expired" in msg:
+        return "cert_expired"
+    if "future" in msg:
+        return "cert_not_yet_valid"
+    if "Common Name" in msg or "CN" in msg:
+        return "hostname_mismatch"
+    if "trusted" in msg or "not correctly signed" in msg:
+        return "cert_untrusted"
+    return "cert_invalid"
+
+
+def _b(s):
+    return s.encode() if isinstance(s, str) else s
 
 
 class MQTTClient:
-    max_packet = 4096  # the largest packet accepted from the broker (STYLE: bound every length)
+    # The largest packet accepted from the broker (STYLE rule 1); the receive
+    # buffer has this size. Override per client with max_packet=.
+    max_packet = 4096
+    max_inflight = 8  # unacknowledged QoS 1 publishes before publish() waits
+    max_subs = 8
 
-    def __init__(self, client_id, server, port, ssl_context, server_hostname=None, keepalive=60, timeout_s=10):
-        self.client_id = client_id
+    def __init__(self, client_id, server, port, ssl_context, server_hostname=None, keepalive=60,
+                 timeout_s=10, max_packet=None, max_inflight=None, user=None, password=None,
+                 backoff=None, stable_ms=60000):
+        if ssl_context is None or getattr(ssl_context, "verify_mode", None) != ssl.CERT_REQUIRED:
+            # No plaintext and no unverified TLS: not even as a fallback.
+            raise ValueError("an SSLContext with verify_mode CERT_REQUIRED is required")
+        self.client_id = _b(client_id)
         self.server = server
         self.port = port
         self.ctx = ssl_context
         self.hostname = server_hostname or server
         self.keepalive = keepalive
-        self.timeout = timeout_s
+        self.timeout_ms = int(timeout_s * 1000)
+        if max_packet:
+            self.max_packet = max_packet
+        if max_inflight:
+            self.max_inflight = max_inflight
+        self.user = user
+        self.password = password
+        self.backoff = backoff or Backoff()
+        self.stable_ms = stable_ms
+        self.clean_session = True
         self.sock = None
+        self._poll = None
+        self._buf = bytearray(self.max_packet)
+        self._mv = memoryview(self._buf)
+        self._b1 = bytearray(1)
+        self._mv1 = memoryview(self._b1)
         self.pid = 0
         self.cb = None
+        self.ack_cb = None
         self.lw = None
+        self._inflight = []  # [pid, packet, sent_ms, sends], oldest first
+        self._subs = []  # (topic, qos) to restore when the session is new
+        self._dup_acked = []  # resent ids already acked: a second PUBACK is expected
+        self._logged = 0  # bit per _REASONS entry recorded during this outage
+        self._next_try = time.ticks_ms()
+        self._up_since = None
+        self._last_tx = 0
+        self._last_rx = 0
+        self._ping_at = None
 
+    # --- settings ------------------------------------------------------------
     def set_callback(self, f):
+        """f(topic, msg) for each PUBLISH received (bytes copies). A QoS 1
+        message is acknowledged after f returns, so one f did not finish
+        (exception, reset) comes again."""
         self.cb = f
 
+    def set_ack_callback(self, f):
+        """f(pid) when the broker acknowledges a QoS 1 publish."""
+        self.ack_cb = f
+
     def set_last_will(self, topic, msg, retain=False, qos=0):
-        self.lw = (topic, msg, retain, qos)
+        """Published by the broker if the connection drops without DISCONNECT
+        (the agent's offline event on <prefix>/<id>/state). Set before connect."""
+        if qos not in (0, 1):
+            raise ValueError("qos must be 0 or 1")
+        self.lw = (_b(topic), _b(msg), retain, qos)
 
-    # --- wire helpers -----------------------------------------------------------
-    def _read(self, n):
-        buf = bytearray(n)
-        mv = memoryview(buf)
+    @property
+    def connected(self):
+        return self.sock is not None
+
+    def inflight(self):
+        """Number of QoS 1 publishes not yet acknowledged."""
+        return len(self._inflight)
+
+    # --- time ----------------------------------------------------------------
+    def _deadline(self, ms=None):
+        return time.ticks_add(time.ticks_ms(), self.timeout_ms if ms is None else ms)
+
+    def _wait(self, ev, deadline, cap_ms=1000):
+        """Wait for ev on the socket, at most cap_ms and not past deadline.
+        False once the deadline has passed."""
+        left = time.ticks_diff(deadline, time.ticks_ms())
+        if left <= 0:
+            return False
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.sock, ev)
+        else:
+            self._poll.modify(self.sock, ev)
+        self._poll.poll(min(left, cap_ms))
+        return True
+
+    # --- wire ----------------------------------------------------------------
+    def _attach(self, sock):
+        # The connection's stream: a TLS socket, or (fuzzing) any object with
+        # readinto/write that never returns None.
+        self.sock = sock
+        self._poll = None
+        self._ping_at = None
+        self._last_tx = self._last_rx = time.ticks_ms()
+
+    def _close(self):
+        s = self.sock
+        self.sock = None
+        self._poll = None
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _send(self, pkt, deadline, handshake=False):
+        mv = memoryview(pkt)
+        n = len(pkt)
+        sent = 0
+        while sent < n:
+            try:
+                k = self.sock.write(mv[sent:])
+            except OSError as e:
+                raise ConnectionLost("write", str(e.args[0]))
+            if k is None:
+                # During the TLS handshake mbedTLS mostly waits for the broker.
+                if not self._wait(_IN if handshake else _OUT, deadline, 20 if handshake else 1000):
+                    raise Timeout("write")
+            else:
+                sent += k
+        self._last_tx = time.ticks_ms()
+
+    def _recv(self, mv, n, deadline):
+        """Fill mv[:n] before deadline: the rest of a packet that has started,
+        so a close is a truncation and a timeout a slow drip."""
         got = 0
-        deadline = time.ticks_add(time.ticks_ms(), self.timeout * 1000)
         while got < n:
-            if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
-                raise OSError(110, "ETIMEDOUT")
-            k = self.sock.readinto(mv[got:])
-            if not k:
-                raise OSError(104, "connection closed by broker")
-            got += k
-        return buf
+            try:
+                k = self.sock.readinto(mv[got:n])
+            except OSError as e:
+                raise ConnectionLost("read", str(e.args[0]))
+            if k is None:
+                if not self._wait(_IN, deadline):
+                    raise ProtocolError("slow_packet", "packet not complete in %d ms" % self.timeout_ms)
+            elif k == 0:
+                raise ProtocolError("truncated", "connection closed inside a packet")
+            else:
+                got += k
+        return got
 
-    def _recv_len(self):
-        # Remaining length: at most 4 bytes, never more than max_packet.
+    def _read_packet(self, wait_ms):
+        """Read one packet into self._buf: -> (first byte, length), or None if
+        no packet started within wait_ms."""
+        b1 = self._b1
+        try:
+            k = self.sock.readinto(b1)
+        except OSError as e:
+            raise ConnectionLost("read", str(e.args[0]))
+        if k is None:
+            if wait_ms <= 0:
+                return None
+            end = self._deadline(wait_ms)
+            while k is None:
+                if not self._wait(_IN, end):
+                    return None
+                try:
+                    k = self.sock.readinto(b1)
+                except OSError as e:
+                    raise ConnectionLost("read", str(e.args[0]))
+        if k == 0:
+            raise ConnectionLost("closed by broker")
+        op = b1[0]
+        # From the first byte on, the whole packet has one deadline.
+        deadline = self._deadline()
         n = 0
-        for i in range(4):
-            b = self._read(1)[0]
-            n |= (b & 0x7F) << (7 * i)
-            if not b & 0x80:
-                if n > self.max_packet:
-                    raise MQTTError("packet of %d bytes exceeds the cap" % n)
-                return n
-        raise MQTTError("remaining length longer than 4 bytes")
+        shift = 0
+        while True:
+            self._recv(self._mv1, 1, deadline)
+            c = b1[0]
+            n |= (c & 0x7F) << shift
+            if not c & 0x80:
+                break
+            shift += 7
+            if shift == 28:
+                raise ProtocolError("bad_length", "remaining length longer than 4 bytes")
+        if shift and not c:
+            raise ProtocolError("bad_length", "remaining length not minimally encoded")
+        if n > self.max_packet:
+            # Never read (or allocate) what the broker claims: drop instead.
+            raise ProtocolError("too_big", "%d bytes over the %d cap" % (n, self.max_packet))
+        if n:
+            self._recv(self._mv, n, deadline)
+        self._last_rx = time.ticks_ms()
+        return op, n
 
     @staticmethod
-    def _len(n):
-        out = bytearray()
+    def _head(ptype, n):
+        # Fixed header: type byte and remaining length (1-4 bytes).
+        if n > _MAX_REMAINING:
+            raise ValueError("packet too long for MQTT")
+        h = bytearray(1)
+        h[0] = ptype
         while True:
             b = n & 0x7F
             n >>= 7
-            out.append(b | (0x80 if n else 0))
+            h.append(b | 0x80 if n else b)
             if not n:
-                return out
+                return h
 
-    @staticmethod
-    def _str(s):
-        if isinstance(s, str):
-            s = s.encode()
-        return struct.pack("!H", len(s)) + s
+    # --- packets from the broker ---------------------------------------------
+    def _handle(self, op, n):
+        t = op & 0xF0
+        buf = self._buf
+        if t == _PUBLISH:
+            qos = (op >> 1) & 3
+            if qos == 3:
+                raise ProtocolError("bad_packet", "PUBLISH with QoS 3")
+            if qos == 2:
+                raise ProtocolError("qos2", "QoS 2 was never requested")
+            if n < 2:
+                raise ProtocolError("bad_topic", "PUBLISH shorter than its topic length")
+            tl = (buf[0] << 8) | buf[1]
+            pos = 2 + tl
+            if tl == 0 or pos + (2 if qos else 0) > n:
+                raise ProtocolError("bad_topic", "topic length %d in a %d-byte packet" % (tl, n))
+            topic = bytes(self._mv[2:pos])
+            if b"+" in topic or b"#" in topic or b"\x00" in topic:
+                raise ProtocolError("bad_topic", "wildcard or NUL in a PUBLISH topic")
+            pid = 0
+            if qos:
+                pid = (buf[pos] << 8) | buf[pos + 1]
+                if not pid:
+                    raise ProtocolError("bad_packet", "PUBLISH with packet id 0")
+                pos += 2
+            msg = bytes(self._mv[pos:n])
+            if self.cb:
+                self.cb(topic, msg)
+                if self.sock is None:
+                    # The callback's own publish failed and dropped the
+                    # connection; the broker will send this message again.
+                    raise ConnectionLost("dropped in the callback")
+            if qos:
+                self._send(b"\x40\x02" + bytes((pid >> 8, pid & 0xFF)), self._deadline())
+            return _PUBLISH
+        if t == _PUBACK:
+            if op != _PUBACK or n != 2:
+                raise ProtocolError("bad_packet", "PUBACK 0x%02x of %d bytes" % (op, n))
+            self._acked((buf[0] << 8) | buf[1])
+            return _PUBACK
+        if t == _SUBACK:
+            if op != _SUBACK or n < 3:
+                raise ProtocolError("bad_packet", "SUBACK 0x%02x of %d bytes" % (op, n))
+            return _SUBACK
+        if t == _PINGRESP:
+            if op != _PINGRESP or n:
+                raise ProtocolError("bad_packet", "PINGRESP 0x%02x of %d bytes" % (op, n))
+            self._ping_at = None
+            return _PINGRESP
+        raise ProtocolError("unexpected", "packet type 0x%02x" % op)
 
-    def _send(self, ptype, body):
-        self.sock.write(bytes([ptype]) + self._len(len(body)) + body)
+    def _acked(self, pid):
+        inf = self._inflight
+        for i in range(len(inf)):
+            e = inf[i]
+            if e[0] == pid:
+                inf.pop(i)
+                if e[3] > 1:
+                    # Resent with DUP: the broker may acknowledge both copies.
+                    self._dup_acked.append(pid)
+                    if len(self._dup_acked) > self.max_inflight:
+                        self._dup_acked.pop(0)
+                if self.ack_cb:
+                    self.ack_cb(pid)
+                return
+        if pid in self._dup_acked:
+            self._dup_acked.remove(pid)
+            return
+        raise ProtocolError("unknown_puback", "PUBACK for packet id %d never sent" % pid)
 
-    # --- the umqtt.simple surface --------------------------------------------
+    # --- timers --------------------------------------------------------------
+    def _timers(self):
+        now = time.ticks_ms()
+        if self._ping_at is not None and time.ticks_diff(now, self._ping_at) >= self.timeout_ms:
+            raise Timeout("keepalive", "no PINGRESP in %d ms" % self.timeout_ms)
+        for e in self._inflight:
+            if time.ticks_diff(now, e[2]) >= self.timeout_ms:
+                if e[3] >= 2:
+                    raise Timeout("puback", "no PUBACK for packet id %d" % e[0])
+                self._resend(e)
+        half = self.keepalive * 500
+        if half and self._ping_at is None and (time.ticks_diff(now, self._last_tx) >= half
+                                               or time.ticks_diff(now, self._last_rx) >= half):
+            self._ping()
+
+    def _resend(self, e):
+        e[1][0] |= _DUP
+        self._send(e[1], self._deadline())
+        e[2] = time.ticks_ms()
+        e[3] += 1
+
+    def _ping(self):
+        self._send(b"\xc0\x00", self._deadline())
+        self._ping_at = time.ticks_ms()
+
+    # --- failure handling ------------------------------------------------------
+    def _event(self, e):
+        if not e.kind:
+            return
+        r = e.reason
+        bit = 1 << _REASONS.index("refused" if r.startswith("refused") else r)
+        if self._logged & bit:
+            return
+        self._logged |= bit
+        events.record(e.kind, r, detail=e.detail)
+
+    def _fail(self, e):
+        # Any MQTTError: the connection is unusable. Close it, log the event
+        # and schedule the next attempt. A connection that stayed up for
+        # stable_ms ended the outage: the backoff and the once-per-outage
+        # event filter start over.
+        self._close()
+        now = time.ticks_ms()
+        if self._up_since is not None and time.ticks_diff(now, self._up_since) >= self.stable_ms:
+            self.backoff.reset()
+            self._logged = 0
+        self._up_since = None
+        self._next_try = time.ticks_add(now, self.backoff.next_ms())
+        self._event(e)
+
+    def _need(self):
+        if self.sock is None:
+            raise ConnectionLost("not connected")
+
+    # --- the umqtt.simple surface ----------------------------------------------
     def connect(self, clean_session=True):
+        """TCP, TLS (certificate and host name verified) and CONNECT/CONNACK
+        within timeout_s. Then resends unacknowledged QoS 1 publishes with DUP
+        and, when the broker has no session, the subscriptions made before.
+        Returns session_present."""
+        self._close()
+        self.clean_session = clean_session
+        try:
+            sp = self._connect(clean_session)
+            for e in self._inflight:
+                # Sends count per connection: the old one's PUBACK cannot come.
+                e[3] = 0
+                self._resend(e)
+            if not sp:
+                for topic, qos in self._subs:
+                    self._subscribe(topic, qos)
+        except MQTTError as e:
+            self._fail(e)
+            raise
+        self._up_since = time.ticks_ms()
+        return sp
+
+    def _connect(self, clean_session):
+        deadline = self._deadline()
+        # DNS resolution has no timeout in MicroPython: use an address or a
+        # resolver on the local network.
         ai = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0]
         s = socket.socket(ai[0], socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
         try:
+            s.settimeout(self.timeout_ms / 1000)
             s.connect(ai[-1])
-            # TLS only: there is no code path that sends MQTT in plaintext.
-            self.sock = self.ctx.wrap_socket(s, server_hostname=self.hostname)
-        except Exception:
+            s.setblocking(False)
+            tls = self.ctx.wrap_socket(s, server_hostname=self.hostname, do_handshake_on_connect=False)
+        except OSError as e:
             s.close()
-            raise
+            raise ConnectionLost("connect", str(e.args[0]))
+        self._attach(tls)
         flags = 0x02 if clean_session else 0
-        payload = self._str(self.client_id)
+        will = b""
         if self.lw:
             topic, msg, retain, qos = self.lw
             flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
-            payload += self._str(topic) + self._str(msg)
-        body = self._str(b"MQTT") + bytes([4, flags]) + struct.pack("!H", self.keepalive) + payload
-        self._send(_CONNECT, body)
-        head = self._read(1)[0]
-        if head != _CONNACK or self._recv_len() != 2:
-            raise MQTTError("expected CONNACK")
-        ack = self._read(2)
-        if ack[1]:
-            raise MQTTError("broker refused the connection, code %d" % ack[1])
-        return ack[0] & 1
+            will = self._str(topic) + self._str(msg)
+        cred = b""
+        if self.user is not None:
+            flags |= 0x80
+            cred = self._str(_b(self.user))
+            if self.password is not None:
+                flags |= 0x40
+                cred += self._str(_b(self.password))
+        ka = self.keepalive
+        body = b"\x00\x04MQTT\x04" + bytes((flags, ka >> 8, ka & 0xFF)) + self._str(self.client_id) + will + cred
+        try:
+            # The first write runs the TLS handshake.
+            self._send(self._head(_CONNECT, len(body)) + body, deadline, handshake=True)
+        except ValueError as e:
+            msg = str(e).strip()
+            raise TLSError(_tls_reason(msg), msg.split("\n")[0])
+        except ConnectionLost as e:
+            raise TLSError("handshake", e.detail)
+        left = time.ticks_diff(deadline, time.ticks_ms())
+        p = self._read_packet(max(left, 1))
+        if p is None:
+            raise Timeout("connack", "no CONNACK in %d ms" % self.timeout_ms)
+        op, n = p
+        if op != _CONNACK or n != 2 or self._buf[0] > 1:
+            raise ProtocolError("bad_connack", "0x%02x of %d bytes" % (op, n))
+        if self._buf[1]:
+            raise Refused(self._buf[1])
+        return bool(self._buf[0] & 1)
+
+    @staticmethod
+    def _str(s):
+        n = len(s)
+        if n > 0xFFFF:
+            raise ValueError("string too long for MQTT")
+        return bytes((n >> 8, n & 0xFF)) + s
 
     def disconnect(self):
+        """Send DISCONNECT (the broker then drops the last will) and close."""
+        if self.sock is None:
+            return
         try:
-            self._send(_DISCONNECT, b"")
-        finally:
-            self.sock.close()
-            self.sock = None
+            self._send(b"\xe0\x00", self._deadline(1000))
+        except MQTTError:
+            pass
+        self._close()
 
     def ping(self):
-        self._send(_PINGREQ, b"")
+        self._need()
+        try:
+            self._ping()
+        except MQTTError as e:
+            self._fail(e)
+            raise
 
     def _next_pid(self):
-        self.pid = self.pid % 0xFFFF + 1
-        return self.pid
+        while True:
+            self.pid = self.pid % 0xFFFF + 1
+            for e in self._inflight:
+                if e[0] == self.pid:
+                    break
+            else:
+                return self.pid
 
-    def publish(self, topic, msg, retain=False, qos=0):
+    def publish(self, topic, msg, retain=False, qos=0, wait=True):
+        """Send a PUBLISH. QoS 1: keeps a copy until the PUBACK (resent with
+        DUP after timeout_s and after a reconnect); wait=True returns after the
+        PUBACK, wait=False once the packet is sent (and an in-flight slot was
+        free). Returns the packet id (0 for QoS 0)."""
         if qos not in (0, 1):
             raise ValueError("qos must be 0 or 1")
-        body = self._str(topic)
-        pid = 0
-        if qos:
-            pid = self._next_pid()
-            body += struct.pack("!H", pid)
-        self._send(_PUBLISH | (qos << 1) | (1 if retain else 0), body + msg)
-        if qos:
-            deadline = time.ticks_add(time.ticks_ms(), self.timeout * 1000)
-            while time.ticks_diff(deadline, time.ticks_ms()) > 0:
-                op = self.wait_msg()
-                if op == _PUBACK and self._acked == pid:
-                    return pid
-            raise OSError(110, "no PUBACK")
-        return pid
+        topic = _b(topic)
+        tl = len(topic)
+        if not tl or b"+" in topic or b"#" in topic:
+            raise ValueError("publish topic must be non-empty without wildcards")
+        self._need()
+        try:
+            if qos:
+                while len(self._inflight) >= self.max_inflight:
+                    self._service(self.timeout_ms)
+            n = 2 + tl + 2 * qos + len(msg)
+            h = self._head(_PUBLISH | (qos << 1) | (1 if retain else 0), n)
+            hl = len(h)
+            pkt = bytearray(hl + n)
+            pkt[0:hl] = h
+            pkt[hl] = tl >> 8
+            pkt[hl + 1] = tl & 0xFF
+            i = hl + 2 + tl
+            pkt[hl + 2:i] = topic
+            pid = 0
+            if qos:
+                pid = self._next_pid()
+                pkt[i] = pid >> 8
+                pkt[i + 1] = pid & 0xFF
+                i += 2
+            pkt[i:] = msg
+            self._send(pkt, self._deadline())
+            if qos:
+                self._inflight.append([pid, pkt, time.ticks_ms(), 1])
+                if wait:
+                    while self._has(pid):
+                        self._service(self.timeout_ms)
+            return pid
+        except MQTTError as e:
+            self._fail(e)
+            raise
+
+    def _has(self, pid):
+        for e in self._inflight:
+            if e[0] == pid:
+                return True
+        return False
+
+    def sync(self):
+        """Wait until every QoS 1 publish is acknowledged (each within its
+        PUBACK deadline)."""
+        self._need()
+        try:
+            while self._inflight:
+                self._service(self.timeout_ms)
+        except MQTTError as e:
+            self._fail(e)
+            raise
 
     def subscribe(self, topic, qos=0):
-        pid = self._next_pid()
-        self._send(_SUBSCRIBE, struct.pack("!H", pid) + self._str(topic) + bytes([qos]))
-        while True:
-            if self.wait_msg() == _SUBACK:
-                return
+        """SUBSCRIBE and wait for the SUBACK: returns the granted QoS, 0x80 if
+        the broker refused. Accepted subscriptions are restored after a
+        reconnect that starts a new session."""
+        if qos not in (0, 1):
+            raise ValueError("qos must be 0 or 1")
+        topic = _b(topic)
+        self._need()
+        try:
+            g = self._subscribe(topic, qos)
+        except MQTTError as e:
+            self._fail(e)
+            raise
+        if g != 0x80 and (topic, qos) not in self._subs:
+            if len(self._subs) >= self.max_subs:
+                raise ValueError("too many subscriptions")
+            self._subs.append((topic, qos))
+        return g
 
-    def wait_msg(self, op=None):
-        """Read one packet (time-limited); deliver PUBLISH to the callback; return its type."""
-        if op is None:
-            op = self._read(1)[0]
-        n = self._recv_len()
-        t = op & 0xF0
-        if t == _PUBLISH:
-            if n < 2:
-                raise MQTTError("short PUBLISH")
-            body = self._read(n)
-            tl = struct.unpack("!H", body[:2])[0]
-            if 2 + tl > n:
-                raise MQTTError("topic length exceeds the packet")
-            topic = bytes(body[2 : 2 + tl])
-            pos = 2 + tl
-            qos = (op >> 1) & 3
-            if qos:
-                if pos + 2 > n:
-                    raise MQTTError("short PUBLISH")
-                pid = struct.unpack("!H", body[pos : pos + 2])[0]
-                pos += 2
-                self._send(_PUBACK, struct.pack("!H", pid))
-            if self.cb:
-                self.cb(topic, bytes(body[pos:]))
-            return _PUBLISH
-        body = self._read(n) if n else b""
-        if t == _PUBACK:
-            if n != 2:
-                raise MQTTError("bad PUBACK")
-            self._acked = struct.unpack("!H", body)[0]
-        elif t not in (_SUBACK, _PINGRESP):
-            raise MQTTError("unexpected packet type 0x%02x" % op)
-        return t
+    def _subscribe(self, topic, qos):
+        pid = self._next_pid()
+        body = bytes((pid >> 8, pid & 0xFF)) + self._str(topic) + bytes((qos,))
+        self._send(self._head(_SUBSCRIBE, len(body)) + body, self._deadline())
+        deadline = self._deadline()
+        while True:
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if left <= 0:
+                raise Timeout("suback", "no SUBACK in %d ms" % self.timeout_ms)
+            p = self._read_packet(left)
+            if p is None:
+                continue
+            op, n = p
+            if self._handle(op, n) == _SUBACK:
+                b = self._buf
+                if (b[0] << 8) | b[1] != pid or n != 3:
+                    raise ProtocolError("bad_packet", "SUBACK for another request")
+                if b[2] not in (0, 1, 0x80):
+                    raise ProtocolError("bad_packet", "SUBACK code 0x%02x" % b[2])
+                return b[2]
+
+    def _service(self, wait_ms):
+        # Handle one packet if one starts within wait_ms (in slices, so the
+        # timers run), then the timers.
+        end = self._deadline(wait_ms)
+        while True:
+            self._timers()
+            left = time.ticks_diff(end, time.ticks_ms())
+            p = self._read_packet(min(left, 1000))
+            if p is not None:
+                op = self._handle(*p)
+                if op == _SUBACK:
+                    raise ProtocolError("unexpected", "SUBACK with no SUBSCRIBE pending")
+                self._timers()
+                return op
+            if left <= 1000:
+                return None
+
+    def wait_msg(self, timeout_ms=None):
+        """Handle the next packet, waiting at most timeout_ms (default
+        timeout_s) for it to start. Returns its type, or None."""
+        self._need()
+        try:
+            return self._service(self.timeout_ms if timeout_ms is None else timeout_ms)
+        except MQTTError as e:
+            self._fail(e)
+            raise
 
     def check_msg(self):
-        self.sock.setblocking(False)
+        """Handle every packet that has already arrived (never waits for one
+        to start), then keepalive and resends. Returns the last packet type or
+        None."""
+        self._need()
+        last = None
         try:
-            b = self.sock.read(1)
-        finally:
-            self.sock.settimeout(self.timeout)
-        if not b:
-            return None
-        return self.wait_msg(b[0])
+            for _ in range(16):  # a flooding broker cannot starve the caller
+                op = self._service(0)
+                if op is None:
+                    break
+                last = op
+        except MQTTError as e:
+            self._fail(e)
+            raise
+        return last
+
+    # --- staying connected ---------------------------------------------------
+    def maintain(self):
+        """Call from the main loop; never raises MQTTError and never blocks
+        longer than one connect (timeout_s). Services the connection, or
+        reconnects once the backoff delay after the last failure has passed.
+        Returns True while connected."""
+        try:
+            if self.sock is not None:
+                self.check_msg()
+            elif time.ticks_diff(self._next_try, time.ticks_ms()) <= 0:
+                self.connect(self.clean_session)
+        except MQTTError:
+            pass  # closed, logged and the next attempt scheduled by _fail
+        return self.sock is not None
+
+    def reconnect(self, attempts=0, sleep_ms=time.sleep_ms):
+        """Connect, sleeping out the backoff delay left by the last failure
+        before each attempt; attempts=0 means until it works. Returns
+        session_present; raises the last MQTTError when out of attempts."""
+        i = 0
+        while True:
+            wait = time.ticks_diff(self._next_try, time.ticks_ms())
+            if wait > 0:
+                sleep_ms(wait)
+            try:
+                return self.connect(self.clean_session)
+            except MQTTError:
+                i += 1
+                if attempts and i >= attempts:
+                    raise
