@@ -3,7 +3,13 @@
 # mount littlefs from the "vfs" partition at / (formatting it on first boot, as
 # MicroPython's inisetup does), expose the frozen modules read-only at
 # /.frozen, then run the frozen boot.py and, unless the board was soft-reset
-# into the raw REPL, the frozen main.py. Run as:
+# into the raw REPL, the frozen main.py.
+#
+# The frozen code is the repo's (boot.py, main.py, lib/) plus the board's own
+# generated modules in <device dir>/board/ (ironclad_trust.py: the trusted
+# image keys and the hardware id, from `ictl image trust`), which an ESP32
+# firmware build freezes in the same way; they appear read-only at /.board.
+# Run as:
 #   ESPSIM_DIR=<device dir> micropython -i firmware/unix/start.py
 import os
 import sys
@@ -26,12 +32,19 @@ def _mount():
         vfs.VfsLfs2.mkfs(bdev)
         fs = vfs.VfsLfs2(bdev)
     vfs.mount(vfs.VfsPosix(_FW), "/.frozen", readonly=True)
+    board = espsim.devdir() + "/board"
+    try:
+        os.stat(board)
+        vfs.mount(vfs.VfsPosix(board), "/.board", readonly=True)
+        extra = ["/.board"]
+    except OSError:
+        extra = []
     vfs.umount("/")
     vfs.mount(fs, "/")
     os.chdir("/")
     # Frozen code only: nothing on the writable filesystem is ever imported
     # (a dropped /ironclad/ directory or main.py must not shadow the firmware).
-    sys.path[:] = [".frozen", "/.frozen/lib/ironclad", "/.frozen/firmware/unix"]
+    sys.path[:] = [".frozen", "/.frozen/lib/ironclad", "/.frozen/firmware/unix"] + extra
 
 
 def _run(name):
