@@ -324,15 +324,19 @@ class _Store:
 
     def _crypt(self, gen, addr, data):
         """Encrypt or decrypt a record body stored at addr in generation gen."""
-        data = bytes(data)
         if self.ecb is None or not data:
-            return data
-        n = len(data)
-        ks = bytearray((n + 15) & ~15)
-        for i in range(len(ks) // 16):
-            struct.pack_into("<III", ks, 16 * i, gen, addr, i)
-        self.ecb.encrypt(ks, ks)
-        return (int.from_bytes(data, "big") ^ int.from_bytes(ks[:n], "big")).to_bytes(n, "big")
+            return bytes(data)
+        # 256 bytes at a time: small temporaries, as the heap is the app's.
+        out = bytearray(data)
+        ks = bytearray(256)
+        for o in range(0, len(out), 256):
+            for i in range(16):
+                struct.pack_into("<III", ks, 16 * i, gen, addr, o // 16 + i)
+            self.ecb.encrypt(ks, ks)
+            k = min(256, len(out) - o)
+            v = int.from_bytes(out[o:o + k], "big") ^ int.from_bytes(ks[:k], "big")
+            out[o:o + k] = v.to_bytes(k, "big")
+        return bytes(out)
 
     def _record(self, gen, addr, kind, ns=b"", key=b"", val=b""):
         r = struct.pack("<BBBBH", kind, len(ns), len(key), 0, len(val)) + self._crypt(gen, addr, ns + key + val)
