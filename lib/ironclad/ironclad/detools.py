@@ -44,6 +44,7 @@ from ironclad import heatshrink
 SECTOR = const(4096)
 _CACHE = const(1024)
 _MAX_VARINT = const(5)  # 6 + 4 * 7 = 34 bits: far above any slot, far below a bomb
+_MAX_FROM = const(0x3FFFFFFF)  # base offsets stay machine-word sized
 _MAX_IDLE = const(8)  # control triples in a row that produce no byte
 
 COMPRESSIONS = {0: "none", 2: "crle", 4: "heatshrink"}
@@ -140,7 +141,7 @@ class _Crle:
                 self.vshift = 0
                 self.phase = _C_SIZE
             elif ph == _C_SIZE:
-                if self.vshift >= 7 * _MAX_VARINT:
+                if self.vshift >= 28:  # 256 MiB: far past any slot
                     raise PatchError("crle: size field too long")
                 self.left |= (b & 0x7F) << self.vshift
                 self.vshift += 7
@@ -292,12 +293,12 @@ class Patch:
 
     def _size(self, src, spos, send):
         # Reads one byte of a size field from the decompressed stream.
-        # Returns (spos, value or None).
+        # Returns (spos, bytes got (0 or 1), the value once complete or None).
         v = self._vbuf
         spos, got = self._dec.decode(src, spos, send, v, 0, 1)
         if got and self._varint_byte(v[0]):
-            return spos, self._vval
-        return spos, None
+            return spos, got, self._vval
+        return spos, got, None
 
     def _base_into(self, dpos, n):
         # out[dpos:dpos+n] += base[from:from+n] through the cache.
@@ -357,10 +358,10 @@ class Patch:
             return spos2
         if ph == _P_END:
             return -1
-        spos2, v = self._size(src, spos, send)
+        spos2, got, v = self._size(src, spos, send)
         self.consumed += spos2 - spos
         if v is None:
-            return spos2 if spos2 != spos else -1
+            return spos2 if spos2 != spos or got else -1
         if ph == _P_DFSIZE:
             if v:
                 raise PatchError("data-format patches are not supported")
@@ -380,6 +381,8 @@ class Patch:
                 self.phase = _P_EXTRA if v else _P_ADJUST
         else:
             self._from += v
+            if not -_MAX_FROM <= self._from <= _MAX_FROM:
+                raise PatchError("adjustment out of range")
             if self.to_pos < self._result_len:
                 self.phase = _P_DIFFSIZE
             else:

@@ -141,10 +141,21 @@ class Decoder:
         return self._st[_PHASE] == 4
 
     def finished(self):
-        """True if the input so far ends cleanly: no item half-read except
-        the encoder's zero padding (under 8 bits: a tag 0 and zeros)."""
+        """True if the input so far ends cleanly: nothing half-read but the
+        encoder's zero padding of its last byte (fewer than 8 zero bits,
+        which a small window can mistake for a tag 0 and an index)."""
         st = self._st
-        return st[_PHASE] in (0, 2) and st[_NBITS] < 8 and st[_BITS] == 0
+        ph = st[_PHASE]
+        nb = st[_NBITS]
+        if st[_BITS]:
+            return False
+        if ph == 0:
+            return nb < 8
+        if ph == 2:
+            return 1 + nb < 8
+        if ph == 3:
+            return st[_INDEX] == 1 and 1 + self.window_sz2 + nb < 8
+        return False
 
     def state(self):
         """The decoder's state as bytes (integers, then the window)."""
