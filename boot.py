@@ -6,6 +6,11 @@
 # payload read-only at /app. Nothing else is put on the module path: no code
 # from the writable filesystem ever runs. With no image that verifies, the
 # device stays in recovery mode (REPL only; see docs/verified-boot.md).
-from ironclad import bootstate
+import gc
 
-bootstate.boot()
+from ironclad import bootflow
+
+bootflow.boot()
+bootflow.unload()  # the verifier's RAM goes back to the app
+del bootflow
+gc.collect()

@@ -3,7 +3,7 @@
 # uses up one of its boot attempts here, before any of its code runs.
 import os
 
-from ironclad import bootstate, events
+from ironclad import bootstate
 
 
 def _has_entry():
@@ -21,4 +21,6 @@ if bootstate.booted():
     if _has_entry():
         __import__("main")
     else:
+        from ironclad import events
+
         events.record("boot", "no_entry", outcome="failed", detail=bootstate.booted()[0])

@@ -20,6 +20,7 @@ import time
 from ictl import ROOT, ToolError, broker as fleet_broker, pki
 from ictl import board as vboard
 from ictl import device as sim_device
+from ictl import image as app_image
 
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 DEVICE_ID = "dev-0001"
@@ -88,6 +89,10 @@ def do_run(args):
         print("run: broker on %s:%d, development CA in %s (DEVELOPMENT ONLY)" % (br.host, br.port, br.pki_dir))
         cl, q = console(br, ["%s/+/telemetry" % br.prefix])
         sim_device.create(devdir)
+        # A development signing key, trusted by this board's firmware; the
+        # app/ folder built, signed and flashed as the active image.
+        app_image.keygen(os.path.join(root, "image-key.pem"))
+        app_image.setup_device(devdir, os.path.join(ROOT, "app"), os.path.join(root, "image-key.pem"))
         with vboard.VirtualBoard(devdir) as b:
             print("run: virtual board on %s; configuring it with mpremote" % b.port)
             configure_device(b, br, os.path.join(root, "stage"))

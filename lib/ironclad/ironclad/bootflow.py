@@ -1,0 +1,145 @@
+# What the frozen boot.py runs: choose the A/B slot, verify it, fall back,
+# or stay in recovery mode; mount the verified payload read-only at /app.
+# Design and the state machine: docs/verified-boot.md.
+#
+# Only needed during boot: boot.py unloads this module and the verifier
+# (unload()), so their RAM goes back to the app.
+import sys
+
+from ironclad import bootstate, events, image
+
+_UNLOAD = ("ironclad.bootflow", "ironclad.image", "ironclad.rsapss", "ironclad.events", "ironclad_trust")
+
+
+def _verify(label, st):
+    try:
+        return image.verify(label, floor=st.floor, event="boot")
+    except image.Rejected:
+        return None
+
+
+def select():
+    """Verify the active slot (after ending an expired trial), else the other
+    one. Returns (label, Header), or None when neither may run."""
+    st = bootstate.read()
+    if st.trial and st.attempts == 0:
+        # The new image booted ATTEMPTS times and never confirmed itself.
+        events.record("boot", "trial_expired", detail=bootstate.SLOTS[st.active])
+        if st.fallback != bootstate.NONE:
+            st.active = st.fallback
+        st.trial, st.fallback = 0, bootstate.NONE
+        bootstate.write(st)
+    for i in (st.active, 1 - st.active):
+        label = bootstate.SLOTS[i]
+        h = _verify(label, st)
+        if h is None:
+            continue
+        if i != st.active:
+            # The active slot failed verification: the other one is signed and
+            # not below the floor, so it becomes the active, confirmed slot.
+            events.record("boot", "fallback", outcome="info", detail=label)
+            st.active, st.trial, st.attempts, st.fallback = i, 0, 0, bootstate.NONE
+            bootstate.write(st)
+        return label, h
+    return None
+
+
+def _recovery(why):
+    # Said at every boot spent in recovery, on the console and in the log.
+    events.record("boot", "recovery", outcome="failed", detail=why)
+    print("ironclad: recovery mode (%s): no app runs; only a signed full image can be installed" % why)
+
+
+def boot(where="/app"):
+    """Select, verify and mount at `where`; put it first on the module path,
+    with nothing from the writable filesystem. Returns the Header or None."""
+    import vfs
+
+    sel = select()
+    if sel is None:
+        _recovery("no verified app image")
+        return None
+    label, h = sel
+    try:
+        win = image.map_payload(label, h)
+        vfs.mount(vfs.VfsRom(win), where)
+    except (image.Rejected, OSError) as e:
+        events.record("boot", "mount_failed", outcome="failed", detail=label)
+        _recovery("cannot mount %s: %r" % (label, e))
+        return None
+    bootstate.set_booted(label, h, win)
+    sys.path[:] = [where] + [p for p in sys.path if p not in ("", ".", "/", "/lib", where)]
+    print("ironclad: boot %s %s%s" % (label, h.describe(), " (trial)" if bootstate.read().trial else ""))
+    return h
+
+
+def _index(label):
+    try:
+        return bootstate.SLOTS.index(label)
+    except ValueError:
+        raise ValueError("not an app slot: %r" % (label,))
+
+
+def install(label, header=None):
+    """Make the image just written into slot `label` boot next, on trial.
+    The slot is verified here (whatever the caller checked); the running
+    slot becomes the fallback. Raises image.Rejected, ValueError."""
+    i = _index(label)
+    if bootstate.running(label):
+        raise ValueError("cannot install over the running slot")
+    st = bootstate.read()
+    h = image.verify(label, floor=st.floor, event="install")
+    if header is not None and header.raw != h.raw:
+        raise image.Rejected(image.CHANGED)
+    prev = st.active
+    if prev != i and (bootstate.running(bootstate.SLOTS[prev]) or _verifies(bootstate.SLOTS[prev], st.floor)):
+        # A trial needs somewhere to fall back to; with no good image to
+        # return to (recovery), the new image boots without a trial.
+        st.trial, st.attempts, st.fallback = 1, bootstate.ATTEMPTS, prev
+    else:
+        st.trial, st.attempts, st.fallback = 0, 0, bootstate.NONE
+    st.active = i
+    bootstate.write(st)
+    return h
+
+
+def _verifies(label, floor):
+    try:
+        image.verify(label, floor=floor, event=None)
+        return True
+    except image.Rejected:
+        return False
+
+
+def install_file(path, label=None):
+    """Recovery and full updates: copy a signed image file into a slot
+    (default: the inactive one) and install it. Only an image that verifies
+    is ever marked bootable; a bad one leaves the state as it was."""
+    import os
+
+    label = label or bootstate.inactive()
+    if bootstate.running(label):
+        raise ValueError("cannot install over the running slot")
+    size = os.stat(path)[6]
+    w = image.SlotWriter(label)
+    if size > w.size:
+        events.record("install", image.TOO_LARGE, detail=label)
+        raise image.Rejected(image.TOO_LARGE)
+    buf = bytearray(1024)
+    with open(path, "rb") as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            w.write(memoryview(buf)[:n])
+    return install(label)
+
+
+def unload():
+    import ironclad
+
+    for name in _UNLOAD:
+        sys.modules.pop(name, None)
+        attr = name.rsplit(".", 1)[-1]
+        if name.startswith("ironclad.") and attr in ironclad.__dict__:
+            delattr(ironclad, attr)
