@@ -28,10 +28,11 @@
 #     packet type has its exact size; input is checked with exceptions, never
 #     assert. Packets are read into one buffer allocated up front.
 #   * A time limit on every blocking call: connect (TCP, TLS handshake,
-#     CONNACK) within timeout_s; once a packet's first byte has arrived the
-#     whole packet must arrive within timeout_s (a slow drip is cut off, not
-#     reset per byte); PUBACK within timeout_s (one resend with DUP, then the
-#     connection is dropped); PINGRESP within timeout_s.
+#     CONNACK, restoring subscriptions) within timeout_s; once a packet's
+#     first byte has arrived the whole packet must arrive within timeout_s (a
+#     slow drip is cut off, not reset per byte); PUBACK within timeout_s (one
+#     resend with DUP, then the connection is dropped); PINGRESP within
+#     timeout_s.
 #   * QoS 0 and 1 (QoS 2 is never requested, so a QoS 2 packet is a protocol
 #     violation), packet ids tracked in a bounded in-flight window.
 #
@@ -195,6 +196,7 @@ class MQTTClient:
         self.backoff = backoff or Backoff()
         self.stable_ms = stable_ms
         self.clean_session = True
+        self.last_error = None  # the MQTTError that ended the last connection
         self.sock = None
         self._poll = None
         self._buf = bytearray(self.max_packet)
@@ -484,6 +486,7 @@ class MQTTClient:
         # stable_ms ended the outage: the backoff and the once-per-outage
         # event filter start over.
         self._close()
+        self.last_error = e
         now = time.ticks_ms()
         if self._up_since is not None and time.ticks_diff(now, self._up_since) >= self.stable_ms:
             self.backoff.reset()
@@ -504,23 +507,23 @@ class MQTTClient:
         Returns session_present."""
         self._close()
         self.clean_session = clean_session
+        deadline = self._deadline()
         try:
-            sp = self._connect(clean_session)
+            sp = self._connect(clean_session, deadline)
             for e in self._inflight:
                 # Sends count per connection: the old one's PUBACK cannot come.
                 e[3] = 0
                 self._resend(e)
             if not sp:
                 for topic, qos in self._subs:
-                    self._subscribe(topic, qos)
+                    self._subscribe(topic, qos, deadline)
         except MQTTError as e:
             self._fail(e)
             raise
         self._up_since = time.ticks_ms()
         return sp
 
-    def _connect(self, clean_session):
-        deadline = self._deadline()
+    def _connect(self, clean_session, deadline):
         # DNS resolution has no timeout in MicroPython: use an address or a
         # resolver on the local network.
         ai = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0]
@@ -557,6 +560,8 @@ class MQTTClient:
             raise TLSError(_tls_reason(msg), msg.split("\n")[0])
         except ConnectionLost as e:
             raise TLSError("handshake", e.detail)
+        except Timeout:
+            raise TLSError("handshake", "not complete in %d ms" % self.timeout_ms)
         left = time.ticks_diff(deadline, time.ticks_ms())
         p = self._read_packet(max(left, 1))
         if p is None:
@@ -671,7 +676,7 @@ class MQTTClient:
         topic = _b(topic)
         self._need()
         try:
-            g = self._subscribe(topic, qos)
+            g = self._subscribe(topic, qos, self._deadline())
         except MQTTError as e:
             self._fail(e)
             raise
@@ -681,11 +686,10 @@ class MQTTClient:
             self._subs.append((topic, qos))
         return g
 
-    def _subscribe(self, topic, qos):
+    def _subscribe(self, topic, qos, deadline):
         pid = self._next_pid()
         body = bytes((pid >> 8, pid & 0xFF)) + self._str(topic) + bytes((qos,))
-        self._send(self._head(_SUBSCRIBE, len(body)) + body, self._deadline())
-        deadline = self._deadline()
+        self._send(self._head(_SUBSCRIBE, len(body)) + body, deadline)
         while True:
             left = time.ticks_diff(deadline, time.ticks_ms())
             if left <= 0:
