@@ -22,5 +22,16 @@ bench: setup
 soak: setup
 	$(PY) -m ictl soak --out build/soak.json
 
+# The ESP32 firmware (docs/technician.md). `make firmware` needs ESP-IDF and the
+# MicroPython source, and says what to install when they are missing.
+BOARD ?= IRONCLAD_ESP32
+VARIANT ?= production
+firmware: setup
+	$(PY) -m ictl firmware build --board $(BOARD) --variant $(VARIANT) --trust "$(TRUST)" $(if $(MICROPY_DIR),--micropython $(MICROPY_DIR)) $(if $(KEY),--key $(KEY))
+
+flash: setup
+	@test -n "$(PORT)" || { echo "usage: make flash PORT=/dev/ttyUSB0 [BOARD=...] [VARIANT=...] [APP=image.bin]" >&2; exit 2; }
+	$(PY) -m ictl firmware flash --board $(BOARD) --variant $(VARIANT) --port $(PORT) $(if $(APP),--app $(APP))
+
 clean:
 	rm -rf build .pytest_cache

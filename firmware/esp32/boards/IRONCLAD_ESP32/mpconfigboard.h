@@ -1,0 +1,9 @@
+// Ironclad ESP32 board (both variants; the name comes from the cmake files).
+#define MICROPY_HW_MCU_NAME "ESP32"
+
+// Attack surface: radio services the agent does not use are not built in
+// (no BLE stack, no ESP-NOW receiver, no mDNS responder on UDP 5353).
+#define MICROPY_PY_BLUETOOTH (0)
+#define MICROPY_ESPNOW (0)
+#define MICROPY_HW_ENABLE_MDNS_QUERIES (0)
+#define MICROPY_HW_ENABLE_MDNS_RESPONDER (0)
