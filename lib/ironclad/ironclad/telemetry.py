@@ -92,12 +92,18 @@ def check_pseudonym(device_id):
     return device_id
 
 
+# Where hello() goes, under <prefix>/<id>/: a subtopic of state, so the last
+# will on <prefix>/<id>/state ("offline") does not replace it.
+HELLO = "state/keys"
+
+
 def hello(cert_der, epoch):
-    """The state message the agent publishes (retained, QoS 1) on
-    <prefix>/<id>/state at every connect: the device certificate, from which
-    the console takes the public key (after checking it against the fleet
-    CA), and the key epoch. Plain CBOR: neither is secret, and a forged one
-    only makes the console derive keys that open nothing."""
+    """The message the agent publishes (retained, QoS 1) on
+    <prefix>/<id>/state/keys at every connect, before anything sealed: the
+    device certificate, from which the console takes the public key (after
+    checking it against the fleet CA), and the key epoch. Plain CBOR: neither
+    is secret, and a forged one only makes the console derive keys that open
+    nothing."""
     return cbor.encode({"v": 1, "cert": bytes(cert_der), "epoch": bytes(epoch)})
 
 

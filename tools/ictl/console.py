@@ -1,0 +1,529 @@
+"""The fleet console: subscribes to every device's topics over mutual TLS
+(paho-mqtt, the operator certificate CN=fleet-console), opens the COSE
+payloads, checks each device's security-event hash chain, and sends
+authenticated commands.
+
+    con = Console.for_broker(broker, fleet_key)      # or Console(host, port, ...)
+    con.start()
+    con.run(print)                                   # Message objects, until stopped
+    con.send_command("dev-0001", "interval", s=10)   # -> the command's counter
+    con.stop()
+
+Devices become known from their hello (ironclad.telemetry.hello: certificate
+and key epoch, retained on <prefix>/<id>/state/keys): the certificate must
+be issued by the fleet CA to CN=<id> and be valid now; its public key and the
+fleet data key give the payload keys (tools/ictl/fleetkeys.py). add_device()
+registers one from a provisioning record instead.
+
+What the console remembers per device, in a JSON state file (so a restart
+does not forget): public key, key epochs seen, the highest Partial IV per
+topic (anything at or below it is a duplicate or a replay), the last event
+seq and hash (so a record removed, altered or rewritten between two
+sessions is still caught), and the last command counter sent.
+
+The payload format and key schedule are written down in docs/telemetry.md;
+the event record format in docs/events.md. Opening uses cryptography's
+AESCCM and cbor2: tests/host/test_telemetry.py opens the same messages with
+pycose."""
+import datetime
+import hashlib
+import json
+import os
+import queue
+import ssl
+import struct
+import threading
+import time
+
+import cbor2
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+from ictl import ToolError, fleetkeys, pki
+
+PROTECTED = b"\xa1\x01\x0a"  # {1: 10}: AES-CCM-16-64-128
+KINDS_IN = ("telemetry", "events", "state", "reply")
+HELLO = "state/keys"  # ironclad.telemetry.HELLO
+DUP_WINDOW = 256  # Partial IVs remembered per topic to tell a duplicate from a replay
+EVENT_WINDOW = 128  # event hashes remembered per device (twice the device's ring)
+MAX_EPOCHS = 4
+
+# The device's security-event record (lib/ironclad/ironclad/events.py,
+# docs/events.md), decoded here independently of the device code.
+EVENT_SIZE = 128
+OUTCOMES = ("info", "rejected", "failed", "ok")
+
+
+def decode_event(rec):
+    """A 128-byte event record -> dict, or None when it is malformed or its
+    own hash does not match (altered)."""
+    rec = bytes(rec)
+    if len(rec) != EVENT_SIZE or rec[:3] != b"EV\x01":
+        return None
+    if hashlib.sha256(rec[96:112] + rec[:96]).digest()[:16] != rec[112:]:
+        return None
+    oc, seq, ms, wall, lk, lr, ld = struct.unpack_from("<BIIIBBB", rec, 3)
+    if oc >= len(OUTCOMES) or seq == 0 or 19 + lk + lr + ld > 96:
+        return None
+    o = 19
+    try:
+        kind, reason, detail = (rec[o:o + lk].decode(), rec[o + lk:o + lk + lr].decode(),
+                                rec[o + lk + lr:o + lk + lr + ld].decode())
+    except UnicodeDecodeError:
+        return None
+    return {"seq": seq, "kind": kind, "reason": reason, "outcome": OUTCOMES[oc], "detail": detail,
+            "ms": ms, "wall": wall, "prev": rec[96:112], "hash": rec[112:]}
+
+
+class OpenError(Exception):
+    """A payload that does not open: malformed, forged, or under a key we lack."""
+
+
+def _nonce(base_iv, piv):
+    n = bytearray(base_iv)
+    off = len(n) - len(piv)
+    for i, b in enumerate(piv):
+        n[off + i] ^= b
+    return bytes(n)
+
+
+def open_encrypt0(key, base_iv, msg, external_aad):
+    """COSE_Encrypt0 with AES-CCM-16-64-128 and a Partial IV -> (counter,
+    plaintext). Raises OpenError."""
+    try:
+        obj = cbor2.loads(msg)
+    except (cbor2.CBORDecodeError, ValueError, TypeError) as e:
+        raise OpenError("not CBOR: %s" % e) from None
+    if isinstance(obj, cbor2.CBORTag):
+        if obj.tag != 16:
+            raise OpenError("not a COSE_Encrypt0")
+        obj = obj.value
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise OpenError("not a COSE_Encrypt0")
+    prot, unprot, ct = obj
+    if prot != PROTECTED or not isinstance(unprot, dict) or not isinstance(ct, bytes):
+        raise OpenError("not AES-CCM-16-64-128 with the expected headers")
+    piv = unprot.get(6)
+    if not isinstance(piv, bytes) or not 1 <= len(piv) <= 13 or 5 in unprot:
+        raise OpenError("no Partial IV")
+    aad = cbor2.dumps(["Encrypt0", prot, external_aad])
+    try:
+        pt = AESCCM(key, tag_length=8).decrypt(_nonce(base_iv, piv), ct, aad)
+    except InvalidTag:
+        raise OpenError("does not open (forged, or sealed for another topic or key)") from None
+    return int.from_bytes(piv, "big"), pt
+
+
+def seal_encrypt0(key, base_iv, counter, plaintext, external_aad):
+    """The sealing side of open_encrypt0 (commands)."""
+    piv = counter.to_bytes(max(1, (counter.bit_length() + 7) // 8), "big")
+    aad = cbor2.dumps(["Encrypt0", PROTECTED, external_aad])
+    ct = AESCCM(key, tag_length=8).encrypt(_nonce(base_iv, piv), plaintext, aad)
+    return cbor2.dumps(cbor2.CBORTag(16, [PROTECTED, {6: piv}, ct]))
+
+
+class Message:
+    """One thing the console saw: kind is telemetry, events, state, reply or
+    alarm (a check failed: forged payload, broken event chain, replay...)."""
+
+    def __init__(self, device, kind, text, body=None, counter=None, records=None):
+        self.device = device
+        self.kind = kind
+        self.text = text
+        self.body = body
+        self.counter = counter
+        self.records = records or []
+        self.time = time.time()
+
+    @property
+    def alarm(self):
+        return self.kind == "alarm"
+
+    def __str__(self):
+        t = time.strftime("%H:%M:%S", time.localtime(self.time))
+        return "%s %-12s %-9s %s" % (t, self.device, "ALARM" if self.alarm else self.kind, self.text)
+
+    def __repr__(self):
+        return "<Message %s %s %s>" % (self.device, self.kind, self.text)
+
+
+def _fmt_reading(body):
+    return " ".join("%s=%s" % (k, body[k]) for k in sorted(body) if k != "id")
+
+
+def _fmt_event(r):
+    s = "#%d %s/%s %s" % (r["seq"], r["kind"], r["reason"], r["outcome"])
+    if r["detail"]:
+        s += " (%s)" % r["detail"]
+    return s
+
+
+class Console:
+    """See the module docstring. host/port/ca_path/cert_path/key_path: the
+    broker and the operator's TLS identity; fleet_key: the fleet data
+    private key (a cryptography key object)."""
+
+    def __init__(self, host, port, ca_path, cert_path, key_path, fleet_key, prefix="ironclad",
+                 state_path=None, client_id=pki.CONSOLE_ID):
+        self.host = host
+        self.port = port
+        self.ca_path = ca_path
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.fleet_key = fleet_key
+        self.prefix = prefix
+        self.client_id = client_id
+        self.ca_cert = pki.load_cert(ca_path)
+        self.state_path = state_path
+        self.devices = {}
+        self._lock = threading.Lock()
+        self._q = queue.Queue()
+        self._client = None
+        self._connected = threading.Event()
+        self._load_state()
+
+    @classmethod
+    def for_broker(cls, broker, fleet_key, state_path=None):
+        """A console for an ictl.broker.Broker (its CA, console certificate,
+        address and prefix)."""
+        kp, cp = pki.ensure_console_cert(pki.load_ca(broker.pki_dir))
+        return cls(broker.host, broker.port, broker.ca_path, cp, kp, fleet_key, broker.prefix, state_path)
+
+    # ------------------------------------------------------------ state
+    def _load_state(self):
+        if not self.state_path or not os.path.exists(self.state_path):
+            return
+        try:
+            with open(self.state_path) as f:
+                data = json.load(f)
+            for dev, d in data.get("devices", {}).items():
+                self.devices[dev] = {
+                    "pub": bytes.fromhex(d["pub"]),
+                    "epochs": [bytes.fromhex(e) for e in d.get("epochs", [])],
+                    "events": (d["events"][0], bytes.fromhex(d["events"][1])) if d.get("events") else None,
+                    "evh": {int(k): bytes.fromhex(v) for k, v in d.get("evh", {}).items()},
+                    "cmd": d.get("cmd", 0),
+                    "high": dict(d.get("high", {})),
+                    "recent": {k: list(v) for k, v in d.get("recent", {}).items()},
+                    "keys": {},
+                }
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ToolError("console state %s is unreadable (%s): move it away to start afresh" % (self.state_path, e))
+
+    def _save_state(self):
+        if not self.state_path:
+            return
+        data = {"devices": {dev: {"pub": d["pub"].hex(), "epochs": [e.hex() for e in d["epochs"]],
+                                  "events": [d["events"][0], d["events"][1].hex()] if d["events"] else None,
+                                  "evh": {str(k): v.hex() for k, v in d["evh"].items()},
+                                  "cmd": d["cmd"], "high": d["high"], "recent": d["recent"]}
+                            for dev, d in self.devices.items()}}
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.state_path)
+
+    def _device(self, dev, pub):
+        d = self.devices.get(dev)
+        if d is None or d["pub"] != pub:
+            # A new key (re-provisioned device) starts a new history.
+            d = {"pub": pub, "epochs": [], "events": None, "evh": {}, "cmd": 0, "high": {},
+                 "recent": {}, "keys": {}}
+            self.devices[dev] = d
+        return d
+
+    def add_device(self, device_id, cert_or_point, epoch=None):
+        """Register a device from its certificate (DER/PEM bytes or object,
+        checked against the fleet CA) or a trusted 65-byte public point."""
+        pki.validate_device_id(device_id)
+        if isinstance(cert_or_point, (bytes, bytearray)) and len(cert_or_point) == 65:
+            pub = bytes(cert_or_point)
+            fleetkeys.device_public(pub)
+        else:
+            pub = self._check_cert(device_id, cert_or_point)
+        with self._lock:
+            d = self._device(device_id, pub)
+            if epoch is not None:
+                self._add_epoch(d, bytes(epoch))
+            self._save_state()
+
+    def _check_cert(self, dev, cert):
+        if isinstance(cert, (bytes, bytearray)):
+            try:
+                cert = (x509.load_pem_x509_certificate(bytes(cert)) if bytes(cert).startswith(b"-----")
+                        else x509.load_der_x509_certificate(bytes(cert)))
+            except ValueError:
+                raise OpenError("not an X.509 certificate") from None
+        if cert.issuer != self.ca_cert.subject:
+            raise OpenError("certificate not issued by the fleet CA")
+        try:
+            cert.verify_directly_issued_by(self.ca_cert)
+        except (InvalidSignature, ValueError, TypeError):
+            raise OpenError("certificate signature does not verify with the fleet CA")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise OpenError("certificate expired or not yet valid")
+        if pki.subject_cn(cert) != dev:
+            raise OpenError("certificate is for %r, not %r" % (pki.subject_cn(cert), dev))
+        pub = cert.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise OpenError("certificate key is not P-256")
+        return fleetkeys.public_point(pub)
+
+    def _add_epoch(self, d, epoch):
+        if epoch in d["epochs"]:
+            d["epochs"].remove(epoch)
+        d["epochs"].insert(0, epoch)  # newest first
+        del d["epochs"][MAX_EPOCHS:]
+
+    def _keys(self, dev, d, epoch, direction):
+        k = d["keys"].get((epoch, direction))
+        if k is None:
+            z = fleetkeys.shared_secret(self.fleet_key, d["pub"])
+            k = fleetkeys.derive(z, epoch, direction, dev)
+            d["keys"][(epoch, direction)] = k
+        return k
+
+    # ------------------------------------------------------------ MQTT
+    def topic(self, device_id, kind):
+        return "%s/%s/%s" % (self.prefix, device_id, kind)
+
+    def start(self, timeout=10):
+        """Connect (mutual TLS, persistent session: QoS 1 messages sent while
+        the console was away are delivered when it returns) and subscribe."""
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False)
+        c.tls_set(ca_certs=self.ca_path, certfile=self.cert_path, keyfile=self.key_path,
+                  cert_reqs=ssl.CERT_REQUIRED)
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        c.on_disconnect = lambda cl, ud, fl, rc, props: self._connected.clear()
+        c.reconnect_delay_set(0.2, 5)
+        self._client = c
+        try:
+            c.connect(self.host, self.port, keepalive=30)
+        except (OSError, ssl.SSLError) as e:
+            raise ToolError("console cannot reach the broker at %s:%d: %s" % (self.host, self.port, e)) from None
+        c.loop_start()
+        if not self._connected.wait(timeout):
+            self.stop()
+            raise ToolError("console: no MQTT session with %s:%d within %ds" % (self.host, self.port, timeout))
+        return self
+
+    def _on_connect(self, client, userdata, flags, rc, props):
+        if rc.is_failure:
+            self._q.put(Message("-", "alarm", "broker refused the console: %s" % rc))
+            return
+        # "state/#" also matches state itself (the agent's online/offline).
+        client.subscribe([("%s/+/%s" % (self.prefix, k + ("/#" if k == "state" else "")), 1) for k in KINDS_IN])
+        self._connected.set()
+
+    def stop(self):
+        c, self._client = self._client, None
+        if c is not None:
+            c.disconnect()
+            c.loop_stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            for m in self.handle(msg.topic, msg.payload):
+                self._q.put(m)
+        except Exception as e:  # a bug here must not kill paho's thread silently
+            self._q.put(Message("-", "alarm", "console error on %s: %r" % (msg.topic, e)))
+
+    def get(self, timeout=None):
+        """The next Message, or None after timeout seconds."""
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def run(self, callback, stop=None, idle_timeout=None):
+        """Hand every Message to callback until stop (a threading.Event) is
+        set; ToolError if nothing arrives for idle_timeout seconds."""
+        last = time.monotonic()
+        while stop is None or not stop.is_set():
+            m = self.get(timeout=0.2)
+            if m is None:
+                if idle_timeout and time.monotonic() - last > idle_timeout:
+                    raise ToolError("console: nothing from the fleet for %ds" % idle_timeout)
+                continue
+            last = time.monotonic()
+            callback(m)
+
+    # ------------------------------------------------------------ payloads
+    def handle(self, topic, payload):
+        """Process one received message -> list of Messages (also usable
+        without a broker: the tests feed it directly)."""
+        parts = topic.split("/")
+        pl = self.prefix.count("/") + 1
+        if len(parts) < pl + 2 or "/".join(parts[:pl]) != self.prefix:
+            return [Message("-", "alarm", "message on unexpected topic %r" % topic)]
+        dev, kind = parts[pl], "/".join(parts[pl + 1:])
+        with self._lock:
+            if kind == HELLO:
+                return [self._hello(dev, payload)]
+            if kind.startswith("state"):
+                # Not sealed (the agent's online/offline and last will).
+                return [Message(dev, "state", "%s: %s" % (kind, payload[:80].decode("utf-8", "replace")))]
+            d = self.devices.get(dev)
+            if d is None or not d["epochs"]:
+                return [Message(dev, "alarm", "%s from an unknown device (no state message yet): dropped" % kind)]
+            try:
+                ctr, pt = self._open(dev, d, topic, payload)
+                body = cbor2.loads(pt)
+            except (OpenError, cbor2.CBORDecodeError, ValueError) as e:
+                return [Message(dev, "alarm", "%s: %s" % (kind, e))]
+            if not isinstance(body, dict) or body.get("id") != dev:
+                return [Message(dev, "alarm", "%s: payload names device %r" % (kind, body.get("id") if isinstance(body, dict) else None))]
+            dup = self._replay_check(d, kind, ctr)
+            if dup:
+                return [Message(dev, "alarm" if dup.startswith("replay") else kind, dup, counter=ctr)]
+            if kind == "events":
+                out = self._events(dev, d, body, ctr)
+            elif kind == "reply":
+                out = [Message(dev, kind, "command #%s %s%s" % (body.get("cmd"), "ok" if body.get("ok") else "REFUSED",
+                                                              (": " + body["reason"]) if body.get("reason") else ""),
+                               body, ctr)]
+            else:
+                out = [Message(dev, kind, _fmt_reading(body), body, ctr)]
+            self._save_state()
+            return out
+
+    def _open(self, dev, d, topic, payload):
+        err = OpenError("no key epoch opens it")
+        for epoch in d["epochs"]:
+            key, iv = self._keys(dev, d, epoch, fleetkeys.UP)
+            try:
+                return open_encrypt0(key, iv, payload, topic.encode())
+            except OpenError as e:
+                err = e
+        raise err
+
+    def _replay_check(self, d, kind, ctr):
+        # Per topic, a device's counters rise (the spool delivers in order).
+        # At or below the highest seen: a QoS 1 redelivery when we saw that
+        # very counter, else something replayed or held back.
+        high = d["high"].get(kind, -1)
+        recent = d["recent"].setdefault(kind, [])
+        if ctr <= high:
+            if ctr in recent:
+                return "duplicate of #%d (QoS 1 redelivery): dropped" % ctr
+            return "replayed or reordered: #%d after #%d: dropped" % (ctr, high)
+        d["high"][kind] = ctr
+        recent.append(ctr)
+        del recent[:-DUP_WINDOW]
+        return None
+
+    def _hello(self, dev, payload):
+        if not payload:
+            return Message(dev, "state", "hello cleared")
+        try:
+            st = cbor2.loads(payload)
+        except (cbor2.CBORDecodeError, ValueError):
+            st = None
+        if not isinstance(st, dict) or not isinstance(st.get("cert"), bytes) or not isinstance(st.get("epoch"), bytes):
+            return Message(dev, "alarm", "hello without certificate and key epoch: ignored")
+        try:
+            pki.validate_device_id(dev)
+            pub = self._check_cert(dev, st["cert"])
+        except (OpenError, ToolError) as e:
+            return Message(dev, "alarm", "state: %s: device not registered" % e)
+        if len(st["epoch"]) != 8:
+            return Message(dev, "alarm", "state: bad key epoch")
+        d = self._device(dev, pub)
+        self._add_epoch(d, st["epoch"])
+        self._save_state()
+        return Message(dev, "state", "online: certificate ok, key epoch %s" % st["epoch"].hex(), st)
+
+    def _events(self, dev, d, body, ctr):
+        recs = body.get("ev")
+        if not isinstance(recs, list) or not all(isinstance(r, bytes) for r in recs):
+            return [Message(dev, "alarm", "events: malformed payload")]
+        out = []
+        for raw in recs:
+            r = decode_event(raw)
+            if r is None:
+                out.append(Message(dev, "alarm", "event record altered (its hash does not match)"))
+                continue
+            last = d["events"]
+            if last is None:
+                note = "" if r["seq"] == 1 and r["prev"] == bytes(16) else " (chain starts here: earlier records not seen)"
+                if r["seq"] == 1 and r["prev"] != bytes(16):
+                    out.append(Message(dev, "alarm", "event #1 does not start a chain"))
+                    continue
+                out.append(Message(dev, "events", _fmt_event(r) + note, r, ctr))
+            elif r["seq"] <= last[0]:
+                known = d["evh"].get(r["seq"])
+                if known == r["hash"]:
+                    continue  # resent (a QoS 1 redelivery, or the device's sent mark lagged)
+                if known is None:
+                    out.append(Message(dev, "alarm", "event #%d again after #%d: the log was reset or replayed"
+                                       % (r["seq"], last[0])))
+                else:
+                    out.append(Message(dev, "alarm", "event #%d rewritten: differs from the one received before" % r["seq"]))
+                continue
+            elif r["seq"] == last[0] + 1:
+                if r["prev"] != last[1]:
+                    out.append(Message(dev, "alarm", "event chain broken before #%d: a record was altered or replaced" % r["seq"]))
+                else:
+                    out.append(Message(dev, "events", _fmt_event(r), r, ctr))
+            else:
+                out.append(Message(dev, "alarm", "events #%d..#%d missing: removed, or overwritten on the device before they were sent"
+                                   % (last[0] + 1, r["seq"] - 1)))
+                out.append(Message(dev, "events", _fmt_event(r), r, ctr))
+            d["events"] = (r["seq"], r["hash"])
+            d["evh"][r["seq"]] = r["hash"]
+            if len(d["evh"]) > EVENT_WINDOW:
+                del d["evh"][min(d["evh"])]
+        return out
+
+    # ------------------------------------------------------------ commands
+    def command(self, device_id, op, **args):
+        """(topic, message, counter) of an authenticated command, the counter
+        recorded first. The counter is max(last + 1, Unix time in us): it
+        keeps rising even if this state file is lost."""
+        with self._lock:
+            d = self.devices.get(device_id)
+            if d is None or not d["epochs"]:
+                raise ToolError("device %s is unknown to this console (no state message received)" % device_id)
+            ctr = max(d["cmd"] + 1, time.time_ns() // 1000)
+            d["cmd"] = ctr
+            self._save_state()
+            key, iv = self._keys(device_id, d, d["epochs"][0], fleetkeys.DOWN)
+        body = dict(args, op=op, iat=int(time.time()))
+        topic = self.topic(device_id, "cmd")
+        return topic, seal_encrypt0(key, iv, ctr, cbor2.dumps(body), topic.encode()), ctr
+
+    def wait_device(self, device_id, timeout=5):
+        """True once the device's keys are known (its retained hello arrives
+        just after start()), False after timeout seconds."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                d = self.devices.get(device_id)
+                if d is not None and d["epochs"]:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def send_command(self, device_id, op, timeout=10, **args):
+        """Seal and publish a command (QoS 1, waits for the broker's PUBACK).
+        Returns its counter; the device answers on its reply topic."""
+        if self._client is None:
+            raise ToolError("console not started")
+        topic, msg, ctr = self.command(device_id, op, **args)
+        info = self._client.publish(topic, msg, qos=1)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise ToolError("command to %s not acknowledged by the broker within %ds" % (device_id, timeout))
+        return ctr
