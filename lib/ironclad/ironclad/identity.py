@@ -10,7 +10,6 @@
 # and is never an attribute of anything here.
 import json
 
-from ironclad import der
 from ironclad.keystore import KeyStore, KeyStoreError
 
 HINT = "connect it over USB and run `ictl provision --port PORT`"
@@ -75,6 +74,8 @@ def load(ks=None):
 
 def split_certs(data):
     """Concatenated DER certificates -> list of each one's bytes."""
+    from ironclad import der
+
     out = []
     pos = 0
     end = len(data)

@@ -18,7 +18,6 @@ import binascii
 import hashlib
 import json
 
-from ironclad.identity import NotProvisioned
 from ironclad.keystore import KeyStore, KeyStoreError
 
 PROTOCOL = 1
@@ -39,7 +38,7 @@ def require(ks=None):
 
     try:
         return identity.load(ks)
-    except NotProvisioned as e:
+    except identity.NotProvisioned as e:
         from ironclad import events
 
         events.record("provisioning", "not_provisioned", detail=str(e))
@@ -96,15 +95,23 @@ def _sec1(key):
 
 
 def _info():
-    import os
+    import sys
     import machine
     import ironclad
 
     ks = KeyStore()
-    u = os.uname()
-    out = {"protocol": PROTOCOL, "ironclad": ironclad.__version__, "micropython": u.release,
-           "machine": u.machine, "uid": _hex(machine.unique_id()), "provisioned": False,
-           "device_id": None, "fingerprint": None, "partial": False}
+    impl = sys.implementation
+    out = {"protocol": PROTOCOL, "ironclad": ironclad.__version__, "micropython": "%d.%d.%d" % impl.version[:3],
+           "machine": getattr(impl, "_machine", sys.platform), "uid": _hex(machine.unique_id()), "provisioned": False,
+           "device_id": None, "fingerprint": None, "partial": False, "app": None}
+    try:
+        from ironclad import bootstate
+
+        b = bootstate.booted()  # set by boot.py; None in recovery mode
+        if b:
+            out["app"] = {"slot": b[0], "version": b[1].version}
+    except ImportError:
+        pass
     try:
         out["partial"] = bool(ks.names())
         if ks.get("provisioned") is not None:
