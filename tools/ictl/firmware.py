@@ -155,15 +155,20 @@ def partition_table(path=TABLE, board="IRONCLAD_ESP32"):
         table.verify_size_fits(FLASH_SIZE)
         table.to_binary()  # the binary table must fit its sector
     except gen.InputError as e:
-        raise ToolError("%s: %s" % (os.path.relpath(path, ROOT), str(e).strip().splitlines()[0]))
+        raise ToolError("%s: %s" % (_show(path), str(e).strip().splitlines()[0]))
     need = {"nvs": (1, 0x02), "otadata": (1, 0x00), "nvs_keys": (1, 0x04), "ota_0": (0, 0x10),
             "ota_1": (0, 0x11), "app_a": (1, 0x40), "app_b": (1, 0x40), "vfs": (1, None)}
     for name, (typ, sub) in need.items():
         p = table.find_by_name(name)
         if p is None or p.type != typ or (sub is not None and p.subtype != sub):
             raise ToolError("%s: the firmware needs a partition %s (type %d, subtype %s)"
-                            % (os.path.relpath(path, ROOT), name, typ, "any" if sub is None else hex(sub)))
+                            % (_show(path), name, typ, "any" if sub is None else hex(sub)))
     return table
+
+
+def _show(path):
+    rel = os.path.relpath(path, ROOT)
+    return path if rel.startswith("..") else rel
 
 
 def slot_sizes(table):
@@ -514,7 +519,7 @@ def flash_args(board, variant, port, app_image=None, baud=460800):
     for _, path in files:
         if not os.path.exists(path):
             raise ToolError("%s is missing: run `ictl firmware build%s` first" % (
-                os.path.relpath(path, ROOT), "" if signed else " --variant development"))
+                _show(path), "" if signed else " --variant development"))
     args = [os.path.join(BIN, "esptool"), "--chip", b["chip"], "--port", port, "--baud", str(baud),
             "--before", "default-reset", "--after", "no-reset",
             "erase-region", hex(table["otadata"].offset), hex(table["otadata"].size)]
