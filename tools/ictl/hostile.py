@@ -347,6 +347,7 @@ class DeviceRunner:
         os.makedirs(self.dir, exist_ok=True)
         self.heap_kib = heap_kib
         self.device_id = device_id
+        self.runs = 0
         ca = pki.load_ca(pki_dir)
         key, cert = pki.make_client_key_and_cert(ca, device_id)
         self.files = {}
@@ -357,7 +358,11 @@ class DeviceRunner:
         self.mpy = build_mpy()
 
     def _cmd(self, code, port, args):
-        a = dict(self.files, id=self.device_id, port=port, dir=self.dir, **args)
+        # Each run has its own directory (A["dir"]): a fresh event log.
+        self.runs += 1
+        d = os.path.join(self.dir, "run%d" % self.runs)
+        os.makedirs(d, exist_ok=True)
+        a = dict(self.files, id=self.device_id, port=port, dir=d, **args)
         env = dict(os.environ, IC_MQTT_ARGS=json.dumps(a),
                    MICROPYPATH=":".join((".frozen", self.mpy, os.path.join(ROOT, "firmware", "unix"))))
         return [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-c", PREAMBLE + code], env
