@@ -11,6 +11,7 @@
 # peer goes on counting), boot_events (security events recorded at start). Prints one line per thing done: PUT <seq>,
 # SENT <n>, CMD <op> <counter>, REJECT <reason>, OFFLINE, ONLINE, DONE.
 import json
+import os
 import ssl
 import time
 
@@ -107,8 +108,10 @@ def main(cfg_path):
         sp.put(sealer.seal_reading(base + "telemetry", {"seq": seq, "temp_c": 21.5, "uptime_ms": time.ticks_ms(),
                                                         "ssid": "home-wifi", "mac": 1234}))
         print("PUT", seq)
-        with open(cfg["seq_file"], "w") as f:
+        # Replaced whole, so a reset never leaves it empty.
+        with open(cfg["seq_file"] + ".tmp", "w") as f:
             f.write(str(seq + 1))
+        os.rename(cfg["seq_file"] + ".tmp", cfg["seq_file"])
         return seq
 
     while True:

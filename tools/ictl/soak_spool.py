@@ -1,5 +1,5 @@
-"""Power-cut campaigns for the telemetry payload path, on simulated devices
-(tools/ictl/faults.py: cut before, and tear, every flash operation):
+"""Fault campaigns for the telemetry payload path. Power cuts on simulated
+devices (tools/ictl/faults.py: cut before, and tear, every flash operation):
 
 * nonce: a device hands out nonce counter values (NVS, reserved in blocks);
   after every cut the next boot must start above every value used before.
@@ -9,11 +9,18 @@
   returned arrives, in order, at most one of them twice (QoS 1 is at least
   once).
 
+And against the real broker:
+
+* broker: a device queues readings through the spool while mosquitto is
+  restarted and the device reset; the fleet console must receive every
+  reading whose put() returned, in order.
+
 `make test` runs a slice of each (tests/host/test_spool.py,
-tests/host/test_telemetry_cuts.py); `ictl soak --only spool` runs every point."""
+tests/host/test_telemetry_cuts.py); `ictl soak --only spool` runs them whole."""
 import os
 import shutil
 import tempfile
+import time
 
 from ictl import faults
 
@@ -143,6 +150,46 @@ def spool_sweep(puts=12, tear_bytes=(5,), points=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def broker_campaign(tmp, restarts=2, reboots=1, readings=16):
+    """A device queues readings through the spool while the broker is
+    restarted `restarts` times and the device itself is killed (SIGKILL, a
+    reset) `reboots` times; the console must receive every reading whose
+    put() returned, in order. Returns (restarts, reboots, readings put,
+    lost: list of seqs, out of order: list of (seq, after))."""
+    from ictl.telemetry_rig import Rig
+
+    with Rig(tmp) as rig:
+        con = rig.console().start()
+        cfg = dict(readings=readings, interval_ms=150)
+        peer = rig.peer(**cfg)
+        puts = []
+        events = ["restart"] * restarts + ["reboot"] * reboots
+        step = max(1, readings // (len(events) + 2))
+        for i, ev in enumerate(events):
+            peer.wait_for("PUT", (i + 1) * step - len(puts), timeout=60)
+            if ev == "restart":
+                rig.broker.stop()
+                n = peer.count("PUT")
+                peer.wait_for("PUT", n + 2, timeout=60)  # spooled while the broker is away
+                rig.broker.restart()
+            else:
+                peer.kill()
+                puts += peer.puts()
+                peer = rig.peer(**cfg)
+        peer.wait_for("DONE", timeout=120)
+        puts += peer.puts()
+        want = set(puts)
+        got = []
+        end = time.monotonic() + 30
+        while not want <= set(got) and time.monotonic() < end:
+            m = con.get(timeout=0.5)
+            if m is not None and m.kind == "telemetry" and m.body:
+                got.append(m.body["seq"])
+        lost = sorted(want - set(got))
+        disorder = [(b, a) for a, b in zip(got, got[1:]) if b < a]
+        return restarts, reboots, len(puts), lost, disorder
+
+
 def _fill(code, sub):
     for k, v in sub.items():
         code = code.replace(k, v)
@@ -152,6 +199,8 @@ def _fill(code, sub):
 def add_args(p):
     p.add_argument("--spool-puts", type=int, default=12, help="readings queued in the spool power-cut sweep (default 12)")
     p.add_argument("--spool-nonces", type=int, default=40, help="nonce values handed out in the nonce power-cut sweep (default 40)")
+    p.add_argument("--spool-restarts", type=int, default=5, help="broker restarts while a device spools readings (default 5)")
+    p.add_argument("--spool-reboots", type=int, default=3, help="device resets in the same campaign (default 3)")
 
 
 def run(fig, args):
@@ -168,4 +217,15 @@ def run(fig, args):
     fig.add("nonce_reuse", len(nfail), "count", "cuts after which the next boot could hand out a used nonce (must be 0)")
     for f in failures + nfail:
         print("  failure %s: %s" % f)
-    return len(failures) + len(nfail)
+    tmp = tempfile.mkdtemp(prefix="ictl-spool-broker-")
+    try:
+        restarts, reboots, n, lost, disorder = broker_campaign(tmp, args.spool_restarts, args.spool_reboots,
+                                                               readings=8 * (args.spool_restarts + args.spool_reboots + 2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fig.add("spool_broker_restarts", restarts, "count",
+            "mosquitto restarts (and %d device resets) while a device queued %d readings through the spool" % (reboots, n))
+    fig.add("spool_readings_lost", len(lost), "count",
+            "readings whose put() returned that never reached the fleet console (must be 0)%s"
+            % ("; out of order: %r" % disorder if disorder else ""))
+    return len(failures) + len(nfail) + len(lost) + len(disorder)
