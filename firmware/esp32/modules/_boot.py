@@ -61,7 +61,7 @@ def _record(reason):
         from ironclad import events
 
         events.record("lockdown", reason, outcome="info")
-    except OSError:
+    except (OSError, MemoryError):
         pass  # the log is evidence, not a condition for booting
 
 
@@ -78,9 +78,11 @@ def _main():
             _record("provisioning_open")
             print("ironclad: not provisioned: USB provisioning open (docs/technician.md)")
             return
+        import gc
         import micropython
 
         micropython.kbd_intr(-1)  # already off while main.c runs this file; stays off for the app
+        gc.collect()  # the keystore's RAM goes back before the verifier runs
         import boot  # noqa: F401 (verified boot: mounts the verified app at /app)
 
         # The frozen main.py, frozen a second time under this name (a symlink
