@@ -99,6 +99,14 @@ class Encrypt0:
             raise ValueError("base iv length")
         self._ccm = CCM(key, _TAG_LEN, _NONCE_LEN)
         self.base_iv = base_iv
+        # Base IV as an integer: left-padding the Partial IV and XORing is
+        # then one integer XOR (encrypt_seq).
+        self._base = int.from_bytes(base_iv, "big") if base_iv is not None else 0
+        # The last external AAD and its Enc_structure: a sender keeps sealing
+        # for the same few topics, so the structure is built once per topic
+        # change, not once per message.
+        self._aad = None
+        self._aad_enc = _ENC_NO_EXT
 
     def _seal(self, nonce, label, iv, pt, external_aad, kid, out):
         # Message = prefix, unprotected map, bstr head, and then CCM writes the
@@ -153,8 +161,14 @@ class Encrypt0:
             out[q] = 0x59
             out[q + 1] = c >> 8
             out[q + 2] = c & 0xFF
-        self._ccm.encrypt_into(nonce, _ENC_NO_EXT if not external_aad
-                               else _enc_structure(None, external_aad), pt, out, hl)
+        if not external_aad:
+            enc = _ENC_NO_EXT
+        elif external_aad == self._aad:
+            enc = self._aad_enc
+        else:
+            enc = self._aad_enc = _enc_structure(None, external_aad)
+            self._aad = bytes(external_aad)
+        self._ccm.encrypt_into(nonce, enc, pt, out, hl)
         return ret
 
     def encrypt(self, nonce, pt, external_aad=b"", kid=None, out=None):
@@ -174,7 +188,7 @@ class Encrypt0:
         if self.base_iv is None:
             raise ValueError("no base iv")
         piv = partial_iv(seq)
-        return self._seal(_piv_nonce(self.base_iv, piv), _H_PIV, piv, pt, external_aad, kid, out)
+        return self._seal((self._base ^ seq).to_bytes(_NONCE_LEN, "big"), _H_PIV, piv, pt, external_aad, kid, out)
 
     def decrypt(self, msg, external_aad=b""):
         """Tagged or untagged COSE_Encrypt0 -> plaintext (bytes).

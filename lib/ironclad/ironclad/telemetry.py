@@ -121,6 +121,8 @@ class Sealer:
         key, iv = derive(z, counter.epoch, UP, device_id)
         self._enc = cose.Encrypt0(key, iv)
         self._out = bytearray(_MAX_OUT)
+        self._topic = None  # the last topic and its bytes (the AAD)
+        self._topic_b = b""
         self.fields = fields
         self.dropped = 0  # fields dropped by the allowlist since boot
 
@@ -129,9 +131,10 @@ class Sealer:
         n = len(plaintext) + 32  # header and tag, with room to spare
         if n > len(self._out):
             self._out = bytearray(n)
-        return self._enc.encrypt_seq(self.counter.next(), plaintext,
-                                     topic.encode() if isinstance(topic, str) else topic,
-                                     out=self._out)
+        if topic != self._topic:
+            self._topic = topic
+            self._topic_b = topic.encode() if isinstance(topic, str) else bytes(topic)
+        return self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=self._out)
 
     def body(self, reading):
         """The reading as it will be sent: allowlisted numeric fields, the
