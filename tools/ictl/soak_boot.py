@@ -1,0 +1,194 @@
+"""Verified-boot campaigns: tampered images (every header and signature byte
+and spread payload positions, each with one bit flipped, through the device's
+own streaming verifier), and power cuts and torn writes at every flash
+operation of an install (slot write + switch), of a confirmation and of a
+trial's expiry, each followed by a boot that must run a verified image."""
+import os
+import shutil
+import tempfile
+
+from ictl import bootlab, faults, image
+
+TAMPER = """
+import sys
+from ironclad import image
+data = bytearray(open(%(path)r, "rb").read())
+SLOT = %(slot)d
+
+
+class RamSlot:
+    # An app slot backed by RAM, so each mutant costs a flip, not a flash erase.
+    def info(self):
+        return (1, 0x40, 0, SLOT, "ram", False)
+
+    def readblocks(self, block, buf, off=0):
+        a = block * 4096 + off
+        if a < 0 or a + len(buf) > SLOT:
+            raise OSError(-260)
+        n = max(0, min(len(buf), len(data) - a))
+        buf[:n] = memoryview(data)[a:a + n]
+        for i in range(n, len(buf)):
+            buf[i] = 0xFF
+
+
+part = RamSlot()
+image.verify(part, floor=0, event=None)  # the unmodified image must pass
+positions = %(positions)r
+accepted = []
+for p in positions:
+    data[p] ^= 1 << (p %% 8)
+    try:
+        image.verify(part, floor=0, event=None)
+        accepted.append(p)
+    except image.Rejected:
+        pass
+    data[p] ^= 1 << (p %% 8)
+print("TAMPER", len(positions), len(accepted), accepted[:10])
+"""
+
+
+def _lab(workdir):
+    key = image.keygen(os.path.join(workdir, "k1.pem"))
+    dev = os.path.join(workdir, "base")
+    bootlab.new_device(dev, [("k1", key)])
+    return key, dev
+
+
+def tamper_campaign(workdir, payload_positions=1000, header_step=1, sig_step=1):
+    """Returns (mutants, accepted positions)."""
+    key, dev = _lab(workdir)
+    src = bootlab.make_app(os.path.join(workdir, "app"), "1.0.0", pad=max(payload_positions, 1) * 6)
+    data = image.build(src, key, "k1", "1.0.0", 1)
+    path = os.path.join(workdir, "tamper.img")
+    with open(path, "wb") as f:
+        f.write(data)
+    n = image.parse_header(data)["length"]
+    hdr = image.HEADER_SIZE
+    positions = list(range(0, hdr, header_step))
+    positions += list(range(hdr + n, len(data), sig_step))
+    if payload_positions:
+        step = max(1, n // payload_positions)
+        positions += list(range(hdr, hdr + n, step))[:payload_positions]
+    r = bootlab.run(dev, TAMPER % {"path": path, "slot": len(data) + 4096, "positions": positions},
+                    timeout=600)
+    line = [l for l in r.stdout.splitlines() if l.startswith("TAMPER ")]
+    if r.returncode or not line:
+        raise RuntimeError("tamper campaign failed: %s" % (r.stdout + r.stderr)[-800:])
+    _, count, acc, _ = line[0].split(" ", 3)
+    return int(count), int(acc)
+
+
+# Snippets for faults.sweep: they run under `micropython -c` on the sweep's
+# device, so they put the precompiled firmware and the board first on the
+# path themselves and boot through start.py as a board boots.
+PATHS = """
+import os, sys
+os.putenv("ESPSIM_FIRMWARE", %(fw)r)
+sys.path[:0] = [%(fw)r + "/lib/ironclad", %(fw)r + "/firmware/unix", %(board)r]
+"""
+
+# Outside a boot no littlefs is mounted: the install's events go to a host file.
+INSTALL = """
+from ironclad import bootstate, events
+events.PATH = %r
+bootstate.install_file(%r, %r)
+"""
+
+BOOT = """
+g = {"__name__": "__main__"}
+exec(open(%(start)r).read(), g)
+"""
+
+# After a cut: a valid record copy must survive and the floor (1, from the
+# setup's confirmed v1) must not drop; then a boot must run an allowed image.
+CHECK = """
+from ironclad import bootstate
+s0 = bootstate.read()
+for m in list(sys.modules):
+    if m.startswith("ironclad"):
+        del sys.modules[m]  # the boot imports them again from the firmware
+""" + BOOT + """
+st = sys.modules["ironclad.bootstate"]
+b = st.booted()
+ok = s0.copy >= 0 and s0.floor >= 1 and b and b["version"] in %(allowed)r
+print("OK" if ok else "FAIL", s0.copy, s0.floor, b and b["version"], st.state())
+"""
+
+EXPIRE = """
+from ironclad import bootstate
+st = bootstate.read()
+st.attempts = 0
+bootstate.write(st)
+"""
+
+
+def cut_campaign(workdir, tear_bytes=(1, 5, 17)):
+    """Every flash operation of three scenarios cut and torn. Returns
+    (cut points, failures: list of (scenario, fault, output))."""
+    key, _ = _lab(workdir)
+    imgs = {}
+    for name, ver, ctr, confirm in (("v1", "1.0.0", 1, True), ("v2", "2.0.0", 2, False), ("v2c", "2.0.0", 2, True)):
+        # Padded so a slot write spans two sectors and several write calls.
+        src = bootlab.make_app(os.path.join(workdir, "app-" + name), ver, confirm, pad=5000)
+        imgs[name] = os.path.join(workdir, name + ".img")
+        with open(imgs[name], "wb") as f:
+            f.write(image.build(src, key, "k1", ver, ctr))
+    v1, v2 = image.parse_version("1.0.0"), image.parse_version("2.0.0")
+    total, failures = 0, []
+    scenarios = (
+        # name, images the setup installs after v1, setup code after that,
+        # the swept code (images to install, or a boot), versions allowed after.
+        # A slot switch: write v2 into app_b and make it boot on trial.
+        ("install", [], "", [("v2", "app_b")], (v1, v2)),
+        # A confirmation: the trial image boots and confirms itself.
+        ("confirm", [("v2c", "app_b")], "", None, (v1, v2)),
+        # A trial that ran out of attempts: the boot switches back to app_a.
+        ("expire", [("v2", "app_b")], EXPIRE, None, (v1,)),
+    )
+    for name, setup, after, swept, allowed in scenarios:
+        wd = os.path.join(workdir, name)
+        base = os.path.join(wd, "base")
+        os.makedirs(wd)
+        # sweep() recreates the device in base/ but keeps its board/ (trust module).
+        shutil.copytree(os.path.join(workdir, "base", "board"), os.path.join(base, "board"))
+        v = {"fw": bootlab.firmware(), "board": os.path.join(base, "board"), "dev": base,
+             "start": bootlab.start(), "allowed": allowed}
+        pre = PATHS % v
+        ev = os.path.join(wd, "events.bin")
+        # The setup installs v1 and boots it in a child process (formats
+        # littlefs; v1 confirms itself: floor 1), then installs the rest.
+        child = "ESPSIM_FIRMWARE=%s MICROPYPATH=%s/lib/ironclad:%s/firmware/unix %s -X heapsize=96K %s >/dev/null" % (
+            v["fw"], v["fw"], v["fw"], faults.MICROPYTHON, bootlab.start())
+        setup_code = pre + INSTALL % (ev, imgs["v1"], "app_a") + "os.system(%r)\n" % child + \
+            "".join(INSTALL % (ev, imgs[i], slot) for i, slot in setup) + after
+        code = pre + ("".join(INSTALL % (ev, imgs[i], slot) for i, slot in swept) if swept else BOOT % v)
+        n, fails = faults.sweep(setup_code, code, pre + CHECK % v, tear_bytes=tear_bytes, workdir=wd)
+        total += n
+        failures += [(name, f, out) for f, out in fails]
+    return total, failures
+
+
+def add_args(p):
+    p.add_argument("--boot-payload-positions", type=int, default=2000,
+                   help="payload positions flipped in the tamper campaign (default 2000)")
+
+
+def run(fig, args):
+    tmp = tempfile.mkdtemp(prefix="ictl-soak-boot-")
+    try:
+        mutants, accepted = tamper_campaign(os.path.join(tmp, "tamper"), args.boot_payload_positions)
+        fig.add("tamper_mutants", mutants, "images",
+                "one bit flipped in every header byte (128), every signature byte (384) and %d payload positions, "
+                "each verified by the device's streaming verifier" % args.boot_payload_positions)
+        fig.add("tamper_accepted", accepted, "images", "tampered images the verifier accepted (must be 0)")
+        points, failures = cut_campaign(os.path.join(tmp, "cuts"))
+        fig.add("bootstate_cut_points", points, "cuts",
+                "power cut before, and tear at 1/5/17 bytes of, every flash operation of an install (slot write and "
+                "switch), a confirmation and a trial expiry; a boot follows each")
+        fig.add("bootstate_cut_failures", len(failures), "count",
+                "boots after a cut that did not end on a verified image (must be 0)")
+        for f in failures[:3]:
+            print("  cut failure:", f)
+        return accepted + len(failures)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
