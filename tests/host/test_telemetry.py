@@ -152,6 +152,9 @@ def test_console_opens_device_messages_and_flags_tampering(fleet, tmp_path):
     hello = cbor2.dumps({"v": 1, "cert": pki.cert_der(fleet["cert"]), "epoch": out["epoch"]})
     m = con.handle("%s/%s/state/keys" % (PREFIX, DEV), hello)[0]
     assert not m.alarm and m.kind == "state"
+    # On the state topic itself too (next to "online"/"offline").
+    assert "certificate ok" in con.handle("%s/%s/state" % (PREFIX, DEV), hello)[0].text
+    assert con.handle("%s/%s/state" % (PREFIX, DEV), b"offline")[0].text == "state: offline"
     got = con.handle(TOPIC, out["T"][0])[0]
     assert got.kind == "telemetry" and got.body["seq"] == 1 and got.counter == 0
     assert "temp_c=20.0" in str(got)

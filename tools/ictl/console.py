@@ -10,7 +10,8 @@ authenticated commands.
     con.stop()
 
 Devices become known from their hello (ironclad.telemetry.hello: certificate
-and key epoch, retained on <prefix>/<id>/state/keys): the certificate must
+and key epoch, retained on <prefix>/<id>/state/keys, or on state itself): the
+certificate must
 be issued by the fleet CA to CN=<id> and be valid now; its public key and the
 fleet data key give the payload keys (tools/ictl/fleetkeys.py). add_device()
 registers one from a provisioning record instead.
@@ -75,6 +76,12 @@ def decode_event(rec):
         return None
     return {"seq": seq, "kind": kind, "reason": reason, "outcome": OUTCOMES[oc], "detail": detail,
             "ms": ms, "wall": wall, "prev": rec[96:112], "hash": rec[112:]}
+
+
+def _looks_like_hello(payload):
+    # A hello is a CBOR map (0xA0..0xB7) and "online"/"offline" are not:
+    # accepted on state itself too, for an agent that publishes it there.
+    return bool(payload) and 0xA0 <= payload[0] <= 0xB7
 
 
 class OpenError(Exception):
@@ -370,7 +377,7 @@ class Console:
             return [Message("-", "alarm", "message on unexpected topic %r" % topic)]
         dev, kind = parts[pl], "/".join(parts[pl + 1:])
         with self._lock:
-            if kind == HELLO:
+            if kind == HELLO or (kind == "state" and _looks_like_hello(payload)):
                 return [self._hello(dev, payload)]
             if kind.startswith("state"):
                 # Not sealed (the agent's online/offline and last will).
