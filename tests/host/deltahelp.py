@@ -164,8 +164,10 @@ def apply_jobs(tmp, jobs, heap_kib=96, timeout=300):
 # ictl.update.Rollout does over MQTT. machine.reset() (the updater's reboot)
 # ends the process as on the board; the next run is the next boot.
 UPDATE_DRIVER = r"""
+MSG = bytearray(4200)  # one message buffer, as the MQTT client has
 import sys, json, struct, vfs, esp32
 P = esp32.Partition
+P(P.RUNNING)  # the simulated second-stage bootloader runs first, as on the chip
 bdev = P.find(P.TYPE_DATA, label="vfs")[0]
 try:
     fs = vfs.VfsLfs2(bdev)
@@ -186,12 +188,15 @@ bootflow.unload()  # as boot.py does: the verifier's RAM goes back to the app
 del bootflow, sel
 import gc
 gc.collect()
-from ironclad import update
+from ironclad import events, update
+events.PATH = "/flash/ironclad/events.bin"  # a fresh module after the unload
+events.SENT_PATH = "/flash/ironclad/events.sent"
 update.STORE = "/flash/ironclad/update"
 cfg = json.load(open(sys.argv[1]))
 updates = cfg["updates"]  # id hex -> {"chunks": path, "n": n}
 queue = []
-plan = list(cfg.get("send", []))
+fallback = list(cfg.get("fallback", []))
+interleave = list(cfg.get("interleave", []))
 
 
 def chunk(uid, i):
@@ -203,43 +208,56 @@ def chunk(uid, i):
             pos += 4 + struct.unpack(">I", f.read(4))[0]
         f.seek(pos)
         n = struct.unpack(">I", f.read(4))[0]
-        return b"C" + bytes.fromhex(uid) + struct.pack(">I", i) + f.read(n)
+        MSG[0] = 0x43
+        MSG[1:17] = bytes.fromhex(uid)
+        struct.pack_into(">I", MSG, 17, i)
+        f.readinto(memoryview(MSG)[21:21 + n])
+        return memoryview(MSG)[:21 + n]
 
 
 def report(rep):
+    global interleave
     print("REPORT", json.dumps(rep))
     st = rep["state"]
-    if st == "downloading" and cfg.get("serve", True):
+    if st == "downloading":
+        queue.extend(interleave)  # messages that arrive mid-download
+        interleave = []
         for i in range(rep["next"], rep["next"] + rep["want"]):
-            queue.append((rep["id"], i))
-    elif st == "rejected" and rep.get("reason") == "base_mismatch" and plan:
-        queue.append(plan.pop(0))
+            queue.append(["chunk", rep["id"], i])
+    elif st == "rejected" and rep.get("reason") == "base_mismatch" and fallback:
+        queue.append(fallback.pop(0))
+
+
+def deliver(item):
+    # A path: a message file; ["raw", hex]; ["chunk", id hex, index].
+    if isinstance(item, str):
+        with open(item, "rb") as f:
+            u.on_message(f.read())
+    elif item[0] == "raw":
+        u.on_message(bytes.fromhex(item[1]))
+    else:
+        u.on_message(chunk(item[1], item[2]))
 
 
 u = update.Updater(cfg["dev"], bytes.fromhex(cfg["key"]), report=report)
 u.start()
 if cfg.get("confirm"):
     print("CONFIRM", u.confirm())
-if plan:
-    queue.append(plan.pop(0))
-for extra in cfg.get("inject", []):
-    queue.append(extra)
 chunks_left = cfg.get("stop_after", -1)
-while queue:
-    item = queue.pop(0)
-    if isinstance(item, list) and item[0] != "raw":
-        if chunks_left == 0:
-            print("LINK DOWN")
-            break
-        chunks_left -= 1
-    if isinstance(item, str):
-        with open(item, "rb") as f:
-            u.on_message(f.read())
-    elif isinstance(item, list) and item and item[0] == "raw":
-        u.on_message(bytes.fromhex(item[1]))
-    else:
-        u.on_message(chunk(item[0], item[1]))
+for item in [None] + cfg.get("send", []):
+    if item is not None:
+        queue.append(item)
+    while queue:
+        item = queue.pop(0)
+        if item[0] == "chunk":
+            if chunks_left == 0:
+                print("LINK DOWN")
+                queue = []
+                break
+            chunks_left -= 1
+        deliver(item)
 print("STATE", json.dumps(u.state()))
+print("EVENTS", json.dumps([(e["kind"], e["reason"], e["outcome"]) for e in events.since(0)]))
 print("IDLE")
 """
 
@@ -300,5 +318,6 @@ class Fleet:
                           env=env, args=(spec,))
         lines = r.stdout.splitlines()
         reports = [json.loads(l[7:]) for l in lines if l.startswith("REPORT ")]
+        self.events = [tuple(e) for l in lines if l.startswith("EVENTS ") for e in json.loads(l[7:])]
         self.last = r
         return r.returncode, lines, reports

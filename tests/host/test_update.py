@@ -81,3 +81,180 @@ def test_delta_app_update_trial_and_confirm(tmp_path, images):
     assert states(reps) == ["trial", "confirmed"]
     st = app_image.read_bootstate(f.devdir)
     assert st["active"] == "app_b" and not st["trial"] and st["floor"] == 2
+
+
+def test_full_update_resumes_after_lost_link_and_reboot(tmp_path, images):
+    f = fleet(tmp_path, images)
+    upd = Update.create(images["v2"])  # full: a patch from the empty image
+    assert upd.n > 12
+    meta = f.save(upd, upd.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "full")
+    rc, lines, reps = f.run(send=[meta], updates=[upd], stop_after=10)
+    assert rc == 0 and "LINK DOWN" in lines, f.last.stdout + f.last.stderr
+    assert [r["next"] for r in reps] == [0, 8]
+    # A reboot (new process): the updater finds its checkpoint and asks for
+    # the chunk holding it, not for chunk 0.
+    rc, lines, reps = f.run(updates=[upd], stop_after=6)
+    assert rc == 0, f.last.stdout + f.last.stderr
+    first = reps[0]
+    assert first["state"] == "downloading" and 4 <= first["next"] <= 10, reps
+    rc, lines, reps = f.run(updates=[upd])
+    assert rc == SIGKILL, f.last.stdout + f.last.stderr
+    assert reps[0]["next"] > first["next"] and states(reps)[-1] == "applied", (first, reps, f.last.stdout)
+    assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
+    rc, lines, reps = f.run(confirm=True)
+    assert states(reps) == ["trial", "confirmed"]
+
+
+def signed_meta(f, upd, key=None, kid=None, **override):
+    """Metadata with some fields replaced, signed: what a hostile or buggy
+    fleet could send with the real key."""
+    import cbor2
+    from ictl.update import sign1
+
+    m = dict(upd.fields, dev=f.dev_id, kw=upd.wrap_for(f.dev_id, f.dev_pub))
+    m.update(override)
+    return b"M" + sign1(cbor2.dumps(m, canonical=True), key or f.sign_key, kid or f.key_id)
+
+
+def write(tmp, name, data):
+    p = os.path.join(str(tmp), name)
+    with open(p, "wb") as fh:
+        fh.write(data)
+    return p
+
+
+def assert_untouched(f, rejected_reasons):
+    st = app_image.read_bootstate(f.devdir)
+    assert st["active"] == "app_a" and not st["trial"], st
+    assert slot(f.devdir, "app_b", 4096) == b"\xff" * 4096  # nothing was ever written
+    got = [e[1] for e in f.events if e[0] == "update" and e[2] == "rejected"]
+    assert got == rejected_reasons, got
+
+
+def test_bad_metadata_rejected_before_a_byte_is_written(tmp_path, images):
+    from cryptography.hazmat.primitives import serialization
+
+    f = fleet(tmp_path, images)
+    # A second key the firmware has retired, and a third it never trusted.
+    k2, k3 = (os.path.join(str(tmp_path), n) for n in ("k2.pem", "k3.pem"))
+    app_image.keygen(k2)
+    app_image.keygen(k3)
+    key2, key3 = app_image.load_private(k2), app_image.load_private(k3)
+    kid2 = app_image.key_id_for(key2.public_key())
+    app_image.trust_device(f.devdir, [(f.key_id, f.sign_key.public_key()), (kid2, key2.public_key())],
+                           retired=(kid2,))
+    v1, v2 = images["v1"], images["v2"]
+    good = Update.create(v2, base=v1)
+    other_base = Update.create(v2, base=v1[:-1] + bytes([v1[-1] ^ 1]))
+    cases = []
+
+    def case(reason, msg):
+        cases.append((reason, write(tmp_path, "m%d.bin" % len(cases), msg)))
+
+    case("not_for_device", good.metadata("dev2", f.dev_pub, f.sign_key, f.key_id))
+    case("unknown_key", good.metadata(f.dev_id, f.dev_pub, key3, "intruder"))
+    case("key_retired", good.metadata(f.dev_id, f.dev_pub, key2, kid2))
+    tampered = bytearray(good.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id))
+    tampered[60] ^= 1
+    case("bad_signature", bytes(tampered))
+    case("wrong_hwid", signed_meta(f, good, hwid="esp32-other"))
+    case("downgrade", signed_meta(f, good, ver=app_image.parse_version("0.9.0")))
+    case("not_newer", signed_meta(f, good, ver=app_image.parse_version("1.0.0")))
+    case("rollback", signed_meta(f, good, ctr=0))
+    case("too_large", signed_meta(f, good, result={"len": 0x48000 + 1, "sha": bytes(32)}))
+    case("base_mismatch", other_base.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id))
+    case("bad_key_wrap", signed_meta(f, good, kw={"epk": good.wrap_for(f.dev_id, f.dev_pub)["epk"], "wk": bytes(24)}))
+    case("bad_metadata", signed_meta(f, good, n=good.n + 1))
+    case("bad_metadata", signed_meta(f, good, chunk=1024))
+    old = int(__import__("time").time()) - 30 * 86400
+    case("expired", signed_meta(f, good, iat=old, exp=old + 86400))
+    case("bad_message", b"M" + b"\xd2\x84" + b"\x00" * 10)
+    case("bad_message", b"Z" + b"\x00" * 40)
+    case("bad_message", b"M" + bytes(3000))
+    # The ring holds the newest 64 events; these 17 fit.
+    app_image.flash_image(f.devdir, v1, "app_a", floor=1)
+    rc, lines, reps = f.run(send=[p for _, p in cases])
+    assert rc == 0, f.last.stdout + f.last.stderr
+    assert [r.get("reason") for r in reps] == [r for r, _ in cases], reps
+    assert all(r["state"] == "rejected" for r in reps)
+    assert_untouched(f, [r for r, _ in cases])
+
+
+def test_bad_content_rejected_running_slot_untouched(tmp_path, images):
+    f = fleet(tmp_path, images)
+    v1, v2 = images["v1"], images["v2"]
+    base = {"len": len(v1), "sha": __import__("hashlib").sha256(v1).digest(), "ver": 1}
+    res = {"len": len(v2), "sha": __import__("hashlib").sha256(v2).digest()}
+    hdr = app_image.parse_header(v2)
+    from ictl.update import make_patch
+
+    patch = make_patch(v1, v2)
+
+    def sealed(p, result=res):
+        return Update.seal(p, "app", "esp32-sim", hdr["version"], hdr["counter"], base, result, "heatshrink")
+
+    runs = []
+    # A chunk altered on the way: its CCM tag fails.
+    upd = Update.create(v2, base=v1)
+    m = f.save(upd, upd.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "corrupt")
+    with open(os.path.join(upd.saved_at, "chunks.bin"), "r+b") as fh:
+        fh.seek(100)
+        b = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([b[0] ^ 0x40]))
+    runs.append(("bad_chunk", m, upd))
+    # Signed, but the patch is cut short / makes more than declared / is a bomb.
+    for reason, p, r in (
+            ("bad_patch", patch[:-7], res),
+            ("bad_patch", patch, {"len": len(v2) - 100, "sha": res["sha"]}),
+            ("bad_patch", bytes([4]) + bytes(__import__("detools").bsdiff.pack_size(len(v2)))
+             + __import__("test_delta_patch").hs(b"\x00\x00" + bytes(__import__("detools").bsdiff.pack_size(1 << 30))
+                                                 + bytes(1 << 16)), res),
+            # The declared hash does not match what the patch makes.
+            ("bad_result", patch, {"len": len(v2), "sha": bytes(32)})):
+        u = sealed(p, r)
+        runs.append((reason, f.save(u, u.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "c%d" % len(runs)), u))
+    # Declared honestly, but the image it makes is not validly signed.
+    bad_img = bytearray(v2)
+    bad_img[300] ^= 1
+    u = Update.create(bytes(bad_img), base=v1)
+    runs.append(("bad_result", f.save(u, u.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "badsig"), u))
+    rc, lines, reps = f.run(send=[m for _, m, _ in runs], updates=[u for _, _, u in runs])
+    assert rc == 0, f.last.stdout + f.last.stderr
+    got = [r["reason"] for r in reps if r["state"] == "rejected"]
+    assert got == [r for r, _, _ in runs], reps
+    st = app_image.read_bootstate(f.devdir)
+    assert st["active"] == "app_a" and not st["trial"], st
+    rej = [e[1] for e in f.events if e[0] == "update" and e[2] == "rejected"]
+    assert rej == got, f.events
+    assert "ironclad: event update rejected bad_result image bad_hash" in f.last.stdout  # the image check said why
+
+
+def test_chunk_of_another_update_is_refused_and_download_goes_on(tmp_path, images):
+    f = fleet(tmp_path, images)
+    u1 = Update.create(images["v2"])
+    u2 = Update.create(images["v2"])
+    m1 = f.save(u1, u1.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "u1")
+    f.save(u2, u2.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "u2")
+    rc, lines, reps = f.run(send=[m1], updates=[u1, u2], interleave=[["chunk", u2.id.hex(), 0], ["chunk", u2.id.hex(), 1]])
+    assert rc == SIGKILL, f.last.stdout + f.last.stderr
+    st = states(reps)
+    assert st[0] == "downloading" and st[1] == "rejected/wrong_update" and st[-1] == "applied", st
+    assert st.count("rejected/wrong_update") == 1  # one event per stray update, not per chunk
+    assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
+
+
+def test_base_mismatch_falls_back_to_full_image(tmp_path, images):
+    f = fleet(tmp_path, images)
+    other = bytearray(images["v1"])
+    other[200] ^= 1
+    delta = Update.create(images["v2"], base=bytes(other))
+    full = Update.create(images["v2"])
+    md = f.save(delta, delta.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "delta")
+    mf = f.save(full, full.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "full")
+    rc, lines, reps = f.run(send=[md], fallback=[mf], updates=[delta, full])
+    assert rc == SIGKILL, f.last.stdout + f.last.stderr
+    st = states(reps)
+    assert st[0] == "rejected/base_mismatch" and st[1] == "downloading" and st[-1] == "applied", st
+    assert reps[-1]["id"] == full.id.hex()
+    assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]

@@ -147,6 +147,15 @@ class Update:
         else:
             raise ToolError("target must be app or fw")
         patch = make_patch(base or b"", new, compression, window, lookahead)
+        base_f = None if base is None else {"len": len(base), "sha": hashlib.sha256(base).digest(),
+                                            "ver": base_version or 0}
+        result = {"len": len(new), "sha": hashlib.sha256(new).digest()}
+        return cls.seal(patch, target, hwid, version, counter, base_f, result, compression, iat, ttl)
+
+    @classmethod
+    def seal(cls, patch, target, hwid, version, counter, base, result, compression, iat=None, ttl=DEFAULT_TTL):
+        """An update from a patch and the manifest's fields as they are (the
+        tests use it to make signed but hostile updates)."""
         uid = secrets.token_bytes(ID_LEN)
         key = AESCCM.generate_key(128)
         aead = AESCCM(key, tag_length=TAG)
@@ -155,12 +164,9 @@ class Update:
         iat = int(time.time()) if iat is None else iat
         fields = {
             "v": FORMAT, "id": uid, "target": target, "hwid": hwid, "ver": version, "ctr": counter,
-            "iat": iat, "exp": iat + ttl,
-            "base": None if base is None else {"len": len(base), "sha": hashlib.sha256(base).digest(),
-                                               "ver": base_version or 0},
+            "iat": iat, "exp": iat + ttl, "base": base,
             "patch": {"len": len(patch), "chain": chain(patch), "comp": compression},
-            "result": {"len": len(new), "sha": hashlib.sha256(new).digest()},
-            "chunk": CHUNK, "n": len(chunks),
+            "result": result, "chunk": CHUNK, "n": len(chunks),
         }
         return cls(fields, patch, chunks, key)
 

@@ -335,7 +335,7 @@ class Updater:
             meta = _read("meta")
             if meta:
                 try:
-                    self._begin(meta[1:], resume=True)
+                    self._begin(meta, resume=True)
                 except Rejected as e:
                     self._abandon()
                     self._reject(e.reason, detail="on resume")
@@ -589,9 +589,9 @@ class Updater:
             from ironclad import bootstate, image
 
             try:
-                h = image.verify(label, anchors=self._anchors, event="update")
+                h = image.verify(label, anchors=self._anchors, event=None)
             except image.Rejected as e:
-                raise Rejected("bad_result", e.reason)
+                raise Rejected("bad_result", "image " + e.reason)
             if h.version != man.ver or h.counter != man.ctr:
                 raise Rejected("bad_result", "header differs")
         else:
@@ -635,24 +635,27 @@ class _Job:
     hash, the position, the work buffers."""
 
     def __init__(self, man, base, target, key):
+        import gc
+
+        # The big buffers in one go, on a freshly collected heap: 4 KiB
+        # blocks are what a fragmented heap runs out of first.
+        gc.collect()
+        self.pt = bytearray(CHUNK)
+        self.sector = bytearray(detools.SECTOR)
         self.man = man
         self.base = base
         self.target = target
         self.ccm = CCM(key, _TAG, 13)
-        self.pt = bytearray(CHUNK)
-        self.sector = bytearray(detools.SECTOR)
         self.next = 0  # next chunk to take
         self.skip = 0  # bytes of chunk `next` already applied (after a resume)
         self.chain = bytes(32)
         self.asked = 0
         self.window_end = 0
-        self._sectors = 0
         self.patch = detools.Patch(base, man.base_len, target, man.result_len, man.patch_len,
                                    on_sector=self._on_sector, sector=self.sector)
 
     def _on_sector(self, patch):
-        self._sectors += 1
-        if self._sectors % CKPT_SECTORS:
+        if (patch.to_pos // detools.SECTOR) % CKPT_SECTORS:
             return
         # The chunk holding the applier's position, the bytes of it already
         # applied, and the chain hash up to that chunk.
