@@ -181,6 +181,7 @@ events.SENT_PATH = "/flash/ironclad/events.sent"
 sel = bootflow.select()
 if sel:
     bootstate.set_booted(sel[0], sel[1], None)
+    bootstate.begin_attempt()  # as the frozen main.py does before the app runs
     print("BOOT", sel[0], sel[1].version)
 else:
     print("BOOT recovery")
@@ -256,6 +257,10 @@ for item in [None] + cfg.get("send", []):
                 break
             chunks_left -= 1
         deliver(item)
+        if u.reboot_due:
+            import machine
+
+            machine.reset()  # as the agent does once the "applied" report is out
 print("STATE", json.dumps(u.state()))
 print("EVENTS", json.dumps([(e["kind"], e["reason"], e["outcome"]) for e in events.since(0)]))
 print("IDLE")

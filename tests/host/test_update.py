@@ -258,3 +258,70 @@ def test_base_mismatch_falls_back_to_full_image(tmp_path, images):
     assert st[0] == "rejected/base_mismatch" and st[1] == "downloading" and st[-1] == "applied", st
     assert reps[-1]["id"] == full.id.hex()
     assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
+
+
+def test_unconfirmed_app_rolls_back_and_says_so(tmp_path, images):
+    f = fleet(tmp_path, images)
+    upd = Update.create(images["v2"], base=images["v1"])
+    meta = f.save(upd, upd.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "u")
+    assert f.run(send=[meta], updates=[upd])[0] == SIGKILL
+    # Three trial boots whose health check never passes, then the boot flow
+    # goes back to the old slot and the updater reports it.
+    for _ in range(3):
+        rc, lines, reps = f.run()
+        assert "BOOT app_b %d" % app_image.parse_version("1.1.0") in lines and states(reps) == ["trial"]
+    rc, lines, reps = f.run()
+    assert "BOOT app_a %d" % app_image.parse_version("1.0.0") in lines, lines
+    assert states(reps) == ["rolled_back"]
+    assert ("update", "rolled_back", "failed") in f.events
+    st = app_image.read_bootstate(f.devdir)
+    assert st["active"] == "app_a" and not st["trial"]
+
+
+def fw_image(rng, n):
+    return b"\xe9" + rng.randbytes(n - 1)
+
+
+def write_partition(devdir, label, data):
+    cfg = sim_device.load(devdir)
+    p = [q for q in cfg["partitions"] if q["label"] == label][0]
+    with open(os.path.join(devdir, "flash.bin"), "r+b") as fl:
+        fl.seek(p["offset"])
+        fl.write(data + b"\xff" * (p["size"] - len(data)))
+
+
+def test_firmware_target_set_boot_trial_confirm_and_rollback(tmp_path, images):
+    import random
+
+    from test_delta_patch import edited
+
+    rng = random.Random(61)
+    f = fleet(tmp_path, images)
+    fw1 = fw_image(rng, 300_000)
+    fw2 = fw1[:1] + edited(fw1[1:], rng)
+    fw3 = fw2[:1] + edited(fw2[1:], rng)
+    write_partition(f.devdir, "ota_0", fw1)  # what the factory flashed
+    u2 = Update.create(fw2, base=fw1, target="fw", version=2, counter=1, hwid="esp32-sim")
+    m2 = f.save(u2, u2.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "fw2")
+    rc, lines, reps = f.run(send=[m2], updates=[u2])
+    assert rc == SIGKILL and states(reps)[-1] == "applied" and reps[-1]["slot"] == "ota_1", f.last.stdout
+    assert slot(f.devdir, "ota_1", len(fw2)) == fw2
+    # esp32.Partition.set_boot: the bootloader boots ota_1 pending verify;
+    # mark_app_valid_cancel_rollback (the agent's confirm) keeps it.
+    rc, lines, reps = f.run(confirm=True)
+    assert states(reps) == ["trial", "confirmed"], reps
+    assert f.run()[2] == []  # confirmed: it stays, nothing more to report
+    # v3 is applied from ota_1 into ota_0, but never confirmed: the next boot
+    # is its trial, the one after goes back to ota_1.
+    u3 = Update.create(fw3, base=fw2, target="fw", version=3, counter=1, hwid="esp32-sim")
+    m3 = f.save(u3, u3.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "fw3")
+    rc, lines, reps = f.run(send=[m3], updates=[u3])
+    assert rc == SIGKILL and reps[-1]["slot"] == "ota_0", f.last.stdout
+    assert states(f.run()[2]) == ["trial"]
+    rc, lines, reps = f.run()
+    assert states(reps) == ["rolled_back"], reps
+    # A firmware downgrade is refused (the device remembers v2 is installed).
+    u1 = Update.create(fw1, base=fw2, target="fw", version=1, counter=1, hwid="esp32-sim")
+    m1 = f.save(u1, u1.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "fw1")
+    rc, lines, reps = f.run(send=[m1])
+    assert states(reps) == ["rejected/downgrade"]

@@ -262,8 +262,11 @@ class Updater:
     device_id: this device's id (metadata for another device is refused).
     device_key: its P-256 private key (SEC1 DER from the keystore, or the raw
       32-byte scalar).
-    report(dict): called with each state to publish.
-    reboot(): called after a slot switch (default machine.reset).
+    report(dict): called with each state to publish. It may be called from
+      inside on_message, that is from inside the MQTT client's callback:
+      queue the report and publish it once the callback has returned.
+    reboot(): called after a slot switch. Default: set reboot_due, and the
+      agent resets (machine.reset()) once the "applied" report is out.
     anchors: the trust module (default: image.trust(), frozen in the firmware).
     """
 
@@ -280,6 +283,7 @@ class Updater:
         self._st = self._load_state()
         self._job = None  # the update being downloaded: _Job
         self._foreign = None  # id of the last stray chunk reported
+        self.reboot_due = False
 
     # -- persistent state --------------------------------------------------
 
@@ -625,9 +629,7 @@ class Updater:
         if self._reboot:
             self._reboot()
         else:
-            import machine
-
-            machine.reset()
+            self.reboot_due = True
 
 
 class _Job:

@@ -1,0 +1,142 @@
+"""Attack surface of the running agent: while it runs (the `ictl run` flow: a
+virtual board against the run's own mosquitto), the device process holds no
+listening socket and no UDP or raw socket, and its only network connection is
+one outbound TCP connection to the port the run's broker listens on, a port
+that speaks TLS only. Read from /proc (psutil is not pinned): the process's
+socket inodes in /proc/<pid>/fd, their state and addresses in
+/proc/<pid>/net/{tcp,tcp6,udp,udp6,raw,raw6}.
+
+Nothing here depends on what the agent publishes or how: only on the first
+reading reaching the console, which `ictl run` prints as a "/telemetry" line."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from mphelp import ROOT
+
+TCP_LISTEN = 0x0A
+TCP_ESTABLISHED = 0x01
+
+
+def _procs_with_env(needle):
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle.encode() in env:
+            out.append(int(pid))
+    return out
+
+
+def _procs_with_arg(needle):
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if needle.encode() in f.read():
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+def _socket_inodes(pid):
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _addr(hexaddr):
+    ip, port = hexaddr.split(":")
+    raw = bytes.fromhex(ip)
+    if len(raw) == 4:
+        host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+    else:  # /proc prints IPv6 as four little-endian 32-bit words
+        host = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return host, int(port, 16)
+
+
+def _sockets(pid):
+    """(kind, state, local, remote) of every inet socket the process owns."""
+    mine = _socket_inodes(pid)
+    found = []
+    for kind in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        with open("/proc/%d/net/%s" % (pid, kind)) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if int(cols[9]) in mine:
+                    found.append((kind, int(cols[3], 16), _addr(cols[1]), _addr(cols[2])))
+    return found
+
+
+def _listening_ports(pids):
+    ports = set()
+    for pid in pids:
+        for kind, state, local, _ in _sockets(pid):
+            if kind.startswith("tcp") and state == TCP_LISTEN:
+                ports.add(local)
+    return ports
+
+
+def test_running_agent_listens_nowhere_and_talks_only_tls_to_its_broker(tmp_path):
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "ictl", "run", "--dir", run_dir, "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+    lines = []
+    reading = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line)
+            if "/telemetry" in line:
+                reading.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert reading.wait(150), "no reading from the agent:\n" + "".join(lines)
+        devices = _procs_with_env("ESPSIM_DIR=" + os.path.join(run_dir, "device"))
+        brokers = [p for p in _procs_with_arg(run_dir) if p != proc.pid and p not in devices]
+        assert len(devices) == 1, (devices, "".join(lines))
+        broker_ports = _listening_ports(brokers)
+        assert broker_ports, "the run's broker listens nowhere?"
+        samples = []
+        for _ in range(5):  # over a couple of publish intervals
+            samples.append(_sockets(devices[0]))
+            time.sleep(0.5)
+        # The port the device talks to speaks TLS only: plaintext MQTT gets no CONNACK.
+        host, port = samples[0][0][3] if samples[0] else sorted(broker_ports)[0]
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04test")
+            try:
+                answer = s.recv(4)
+            except (socket.timeout, ConnectionResetError):
+                answer = b""
+        assert not answer.startswith(b"\x20"), answer
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for socks in samples:
+        assert not [s for s in socks if s[0].startswith("tcp") and s[1] == TCP_LISTEN], socks  # no listener
+        assert not [s for s in socks if not s[0].startswith("tcp")], socks  # no UDP (mDNS, ...), no raw
+        assert len(socks) == 1, socks  # one connection, nothing else
+        kind, state, local, remote = socks[0]
+        assert state == TCP_ESTABLISHED and remote in broker_ports, (socks, broker_ports)
