@@ -135,6 +135,8 @@ def test_device_readings_open_with_pycose(fleet):
         assert body["battery_mv"] == 3700 - i and body["ts"] > 1735689600
         # Data minimisation: only allowlisted numeric fields left the device.
         assert set(body) == {"id", "ts", "seq", "temp_c", "battery_mv"}
+        # Deterministic map order (RFC 8949 4.2.1: text keys shorter first).
+        assert list(body) == sorted(body, key=lambda k: (len(k), k))
         # The topic is bound: pycose refuses it under another one.
         m2 = Enc0Message.decode(msg)
         m2.key = k

@@ -70,6 +70,49 @@ def head(major, arg):
     raise CBORError("integer too large")
 
 
+def head_into(buf, pos, major, arg):
+    """head(), written into buf at pos (no allocation); returns the end."""
+    mt = major << 5
+    if arg < 24:
+        buf[pos] = mt | arg
+        return pos + 1
+    if arg < 0x100:
+        n, ai = 1, 24
+    elif arg < 0x10000:
+        n, ai = 2, 25
+    elif arg < 0x100000000:
+        n, ai = 4, 26
+    elif arg < 0x10000000000000000:
+        n, ai = 8, 27
+    else:
+        raise CBORError("integer too large")
+    buf[pos] = mt | ai
+    end = pos + 1 + n
+    i = end - 1
+    while i > pos:
+        buf[i] = arg & 0xFF
+        arg >>= 8
+        i -= 1
+    return end
+
+
+def number_into(buf, pos, v):
+    """A bool, int or float written into buf at pos, encoded as encode()
+    does; returns the end. For writers that fill a reused buffer."""
+    if v is False or v is True:
+        buf[pos] = _TRUE if v else _FALSE
+        return pos + 1
+    if isinstance(v, int):
+        return head_into(buf, pos, _UINT, v) if v >= 0 else head_into(buf, pos, _NINT, -1 - v)
+    struct.pack_into(">f", buf, pos + 1, v)
+    if struct.unpack_from(">f", buf, pos + 1)[0] == v or v != v:
+        buf[pos] = 0xFA
+        return pos + 5
+    buf[pos] = 0xFB
+    struct.pack_into(">d", buf, pos + 1, v)
+    return pos + 9
+
+
 def encode(obj, max_depth=_MAX_DEPTH):
     """obj -> CBOR bytes. Raises CBORError on an unsupported type."""
     out = bytearray()
@@ -101,13 +144,8 @@ def _enc(out, obj, depth):
         # ESP32, whose floats are single), else double: the shortest of the
         # two, as RFC 8949 section 4.2.2 prefers. NaN and infinities pass as
         # they are (the reader decides).
-        f = struct.pack(">f", obj)
-        if struct.unpack(">f", f)[0] == obj or obj != obj:
-            out.append(0xFA)
-            out.extend(f)
-        else:
-            out.append(0xFB)
-            out.extend(struct.pack(">d", obj))
+        b = bytearray(9)
+        out.extend(memoryview(b)[:number_into(b, 0, obj)])
     elif isinstance(obj, str):
         b = obj.encode()
         out.extend(head(_TSTR, len(b)))

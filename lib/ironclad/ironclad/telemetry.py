@@ -36,6 +36,7 @@ _IV_LEN = const(13)
 # SSID, MAC or free text can ride along). The agent may pass its own tuple.
 FIELDS = ("seq", "uptime_ms", "temp_c", "humidity_pct", "pressure_hpa", "battery_mv",
           "rssi_dbm", "heap_free", "interval_s", "spool_queued", "spool_dropped")
+_NUM = (int, float)  # built once: a tuple literal in a call is built per call
 _MAX_OUT = const(1100)  # the reused output buffer: a reading is far smaller
 _MAX_EVENTS = const(8)  # event records per message (128 bytes each)
 
@@ -125,6 +126,13 @@ class Sealer:
         self._topic_b = b""
         self.fields = fields
         self.dropped = 0  # fields dropped by the allowlist since boot
+        # A reading's body is written into a reused buffer, keys pre-encoded
+        # and in deterministic order (RFC 8949 section 4.2.1: for text keys,
+        # shorter first, then bytewise), so a reading allocates nothing.
+        self._order = sorted(set(fields) | {"id", "ts"}, key=lambda k: (len(k), k))
+        self._keys = {k: cbor.encode(k) for k in self._order}
+        self._id = cbor.encode(device_id)
+        self._body = bytearray(1 + len(self._id) + sum(len(k) + 9 for k in self._keys.values()))
 
     def seal(self, topic, plaintext):
         """Any plaintext -> COSE_Encrypt0 bound to topic (a memoryview)."""
@@ -138,17 +146,37 @@ class Sealer:
 
     def body(self, reading):
         """The reading as it will be sent: allowlisted numeric fields, the
-        pseudonymous id and the wall time when known (CBOR bytes)."""
-        m = {"id": self.device_id}
+        pseudonymous id and the wall time when known (CBOR, a view of a
+        reused buffer)."""
+        t = _wall()
+        n = 2 if t else 1
         for k, v in reading.items():
-            if k in self.fields and isinstance(v, (int, float)):
-                m[k] = v
+            if k in self.fields and isinstance(v, _NUM):
+                n += 1
             else:
                 self.dropped += 1
-        t = _wall()
-        if t:
-            m["ts"] = t
-        return cbor.encode(m)
+        b = self._body
+        pos = cbor.head_into(b, 0, 5, n)  # map(n)
+        for k in self._order:
+            if k == "id":
+                v = None
+            elif k == "ts":
+                if not t:
+                    continue
+                v = t
+            else:
+                v = reading.get(k)
+                if not isinstance(v, _NUM) or k not in self.fields:
+                    continue
+            e = self._keys[k]
+            b[pos:pos + len(e)] = e
+            pos += len(e)
+            if v is None:
+                b[pos:pos + len(self._id)] = self._id
+                pos += len(self._id)
+            else:
+                pos = cbor.number_into(b, pos, v)
+        return memoryview(b)[:pos]
 
     def seal_reading(self, topic, reading):
         return self.seal(topic, self.body(reading))
