@@ -204,13 +204,14 @@ def verify(data, keys, hwid=None, floor=0, retired=()):
         return h, "empty" if data[:HEADER_SIZE] == b"\xff" * HEADER_SIZE else "bad_magic"
     if h["format"] != FORMAT:
         return h, "bad_format"
-    if h["header_size"] != HEADER_SIZE or h["flags"] or any(h["reserved"]) or \
-            not _ID.match(h["hwid"]) or not _ID.match(h["key_id"]) or \
-            data[64:64 + 16] != h["hwid"].encode().ljust(16, b"\0") or \
-            data[80:96] != h["key_id"].encode().ljust(16, b"\0"):
+    if h["header_size"] != HEADER_SIZE or h["flags"] or any(h["reserved"]):
         return h, "bad_header"
     if h["sig_len"] == 0:
         return h, "unsigned"
+    if not _ID.match(h["hwid"]) or not _ID.match(h["key_id"]) or \
+            data[64:64 + 16] != h["hwid"].encode().ljust(16, b"\0") or \
+            data[80:96] != h["key_id"].encode().ljust(16, b"\0"):
+        return h, "bad_header"
     if HEADER_SIZE + h["length"] + h["sig_len"] > len(data):
         return h, "too_large"
     if hwid is not None and h["hwid"] != hwid:

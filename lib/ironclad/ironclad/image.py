@@ -58,10 +58,10 @@ class Header:
             raise Rejected(BAD_FORMAT)
         if self.header_size != HEADER_SIZE or self.flags or reserved1 != bytes(8) or reserved2 != bytes(32):
             raise Rejected(BAD_HEADER)
-        self.hwid = _ident(hwid)
-        self.key_id = _ident(key_id)
         if self.sig_len == 0:
             raise Rejected(UNSIGNED)
+        self.hwid = _ident(hwid)
+        self.key_id = _ident(key_id)
 
     def version_str(self):
         v = self.version
