@@ -133,7 +133,9 @@ def seal_encrypt0(key, base_iv, counter, plaintext, external_aad):
 
 class Message:
     """One thing the console saw: kind is telemetry, events, state, reply or
-    alarm (a check failed: forged payload, broken event chain, replay...)."""
+    alarm (a check failed: forged payload, broken event chain, replay...).
+    body: the decoded payload (for events: the one record, whose chain link
+    checked; records: [that record]); counter: the message's Partial IV."""
 
     def __init__(self, device, kind, text, body=None, counter=None, records=None):
         self.device = device
@@ -468,7 +470,7 @@ class Console:
                 if r["seq"] == 1 and r["prev"] != bytes(16):
                     out.append(Message(dev, "alarm", "event #1 does not start a chain"))
                     continue
-                out.append(Message(dev, "events", _fmt_event(r) + note, r, ctr))
+                out.append(Message(dev, "events", _fmt_event(r) + note, r, ctr, [r]))
             elif r["seq"] <= last[0]:
                 known = d["evh"].get(r["seq"])
                 if known == r["hash"]:
@@ -483,11 +485,11 @@ class Console:
                 if r["prev"] != last[1]:
                     out.append(Message(dev, "alarm", "event chain broken before #%d: a record was altered or replaced" % r["seq"]))
                 else:
-                    out.append(Message(dev, "events", _fmt_event(r), r, ctr))
+                    out.append(Message(dev, "events", _fmt_event(r), r, ctr, [r]))
             else:
                 out.append(Message(dev, "alarm", "events #%d..#%d missing: removed, or overwritten on the device before they were sent"
                                    % (last[0] + 1, r["seq"] - 1)))
-                out.append(Message(dev, "events", _fmt_event(r), r, ctr))
+                out.append(Message(dev, "events", _fmt_event(r), r, ctr, [r]))
             d["events"] = (r["seq"], r["hash"])
             d["evh"][r["seq"]] = r["hash"]
             if len(d["evh"]) > EVENT_WINDOW:
