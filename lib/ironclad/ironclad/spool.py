@@ -40,6 +40,10 @@ def _wall():
 
 
 class Spool:
+    """The queue in directory path. max_bytes: queued records, headers
+    included; max_age_s: 0 for no age limit; seg_bytes: segment file size
+    (a record must fit one)."""
+
     def __init__(self, path=PATH, max_bytes=32768, max_age_s=7 * 86400, seg_bytes=4096):
         if seg_bytes < 64 or max_bytes < seg_bytes:
             raise ValueError("spool limits")

@@ -37,7 +37,7 @@ _IV_LEN = const(13)
 FIELDS = ("seq", "uptime_ms", "temp_c", "humidity_pct", "pressure_hpa", "battery_mv",
           "rssi_dbm", "heap_free", "interval_s", "spool_queued", "spool_dropped")
 _NUM = (int, float)  # built once: a tuple literal in a call is built per call
-_MAX_OUT = const(1100)  # the reused output buffer: a reading is far smaller
+_OUT0 = const(160)  # the reused output buffer: fits a reading, grows for event batches
 _MAX_EVENTS = const(8)  # event records per message (128 bytes each)
 
 
@@ -121,7 +121,7 @@ class Sealer:
         self.counter = counter
         key, iv = derive(z, counter.epoch, UP, device_id)
         self._enc = cose.Encrypt0(key, iv)
-        self._out = bytearray(_MAX_OUT)
+        self._out = bytearray(_OUT0)
         self._topic = None  # the last topic and its bytes (the AAD)
         self._topic_b = b""
         self.fields = fields
@@ -136,7 +136,7 @@ class Sealer:
 
     def seal(self, topic, plaintext):
         """Any plaintext -> COSE_Encrypt0 bound to topic (a memoryview)."""
-        n = len(plaintext) + 32  # header and tag, with room to spare
+        n = len(plaintext) + 32  # header (at most 21 bytes here) and tag
         if n > len(self._out):
             self._out = bytearray(n)
         if topic != self._topic:
