@@ -20,7 +20,7 @@ TOPIC = "ironclad/dev-0007/cmd"
 
 
 def _now():
-    return telemetry._wall()
+    return events._wall()
 
 
 class Console:

@@ -116,7 +116,7 @@ class Verifier:
         iat = body.get("iat")
         if not isinstance(iat, int):
             self._reject("bad_args", "iat")
-        now = telemetry._wall()
+        now = events._wall()
         if now:
             if iat < now - MAX_AGE_S:
                 self._reject("expired", "%s %ds old" % (op, now - iat))

@@ -22,21 +22,16 @@
 import binascii
 import os
 import struct
-import time
 from micropython import const
+
+from ironclad import events
+from ironclad.events import _wall  # Unix seconds, 0 while the clock is not set
 
 PATH = "/ironclad/spool"
 _HDR = "<HHII"
 _HDR_LEN = const(12)
 _HEAD = "<IIIII"  # segment, offset, dropped (size), dropped (age), dropped (corrupt)
 _HEAD_LEN = const(20)  # then its crc32
-
-
-def _wall():
-    t = int(time.time())
-    if time.gmtime(0)[0] == 2000:  # MicroPython's embedded epoch
-        t += 946684800
-    return t if t > 1735689600 else 0
 
 
 class Spool:
@@ -226,8 +221,6 @@ class Spool:
                 break
             if not self._full_noted:
                 # One event per episode, not one per dropped record.
-                from ironclad import events
-
                 events.record("spool", "full", "failed", "oldest readings dropped")
                 self._full_noted = True
             self._pop(r[2], 0)

@@ -22,10 +22,10 @@
 # in a payload is the fleet-assigned pseudonym from the certificate; an id
 # that carries the chip's MAC address is refused.
 import binascii
-import time
 from micropython import const
 
 from ironclad import cbor, cose, der, kdf, p256
+from ironclad.events import _wall  # Unix seconds, 0 while the clock is not set
 
 UP = b"device-to-fleet"
 DOWN = b"fleet-to-device"
@@ -39,14 +39,6 @@ FIELDS = ("seq", "uptime_ms", "temp_c", "humidity_pct", "pressure_hpa", "battery
 _NUM = (int, float)  # built once: a tuple literal in a call is built per call
 _OUT0 = const(160)  # the reused output buffer: fits a reading, grows for event batches
 _MAX_EVENTS = const(8)  # event records per message (128 bytes each)
-
-
-def _wall():
-    # Unix seconds, or 0 while the clock was never set (as ironclad.events).
-    t = int(time.time())
-    if time.gmtime(0)[0] == 2000:  # MicroPython's embedded epoch
-        t += 946684800
-    return t if t > 1735689600 else 0
 
 
 def private_scalar(key):
