@@ -309,6 +309,7 @@ class Console:
                   cert_reqs=ssl.CERT_REQUIRED)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         c.on_disconnect = lambda cl, ud, fl, rc, props: self._connected.clear()
         c.reconnect_delay_set(0.2, 5)
         self._client = c
@@ -328,6 +329,13 @@ class Console:
             return
         # "state/#" also matches state itself (the agent's online/offline).
         client.subscribe([("%s/+/%s" % (self.prefix, k + ("/#" if k == "state" else "")), 1) for k in KINDS_IN])
+
+    def _on_subscribe(self, client, userdata, mid, codes, props):
+        # Ready once the broker has confirmed the subscriptions: from here on
+        # nothing a device publishes can pass the console by.
+        if any(c.is_failure for c in codes):
+            self._q.put(Message("-", "alarm", "broker refused a console subscription: %s" % codes))
+            return
         self._connected.set()
 
     def stop(self):
