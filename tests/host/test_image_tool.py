@@ -89,7 +89,8 @@ def test_trust_and_install_into_a_simulated_board(work, tmp_path):
     r = ictl("trust", "--device", str(dev), "--key", "fleet-a=%s" % (d / "k.pem"), "--key", "old=%s" % (d / "other.pem"),
              "--retire", "old")
     assert r.returncode == 0, r.stderr
-    src = (dev / "board" / "ironclad_trust.py").read_text()
+    assert (dev / "board" / "ironclad_trust.mpy").exists()  # compiled, as a firmware freezes it
+    src = (dev / "board" / "src" / "ironclad_trust.py").read_text()
     assert "'fleet-a'" in src and "RETIRED = ('old', )" in src and "HWID = 'esp32-sim'" in src
     assert ictl("build", str(d / "app"), "-o", str(tmp_path / "i.img"), "--key", str(d / "k.pem"), "--key-id", "fleet-a").returncode == 0
     assert ictl("install", str(dev), str(tmp_path / "i.img")).returncode == 0

@@ -50,8 +50,8 @@ def register(sub):
     c.add_argument("--retire", action="append", default=[], metavar="ID",
                    help="key id the device must reject from now on, repeatable")
     c.add_argument("--hwid", help="hardware id of the board (default: the device's, with --device)")
-    c.add_argument("-o", "--out", help="file to write (default with --device: <dir>/board/ironclad_trust.py)")
-    c.add_argument("--device", help="simulated device directory: write its board's trust module")
+    c.add_argument("-o", "--out", help="file to write (for a firmware build to freeze)")
+    c.add_argument("--device", help="simulated device: its board's firmware gets the module (board/), with its hwid")
     c.set_defaults(func=do_trust)
 
     c = s.add_parser("install", help="flash an image into a simulated device (factory flashing, as esptool)")
@@ -128,15 +128,17 @@ def do_trust(args):
         raise ToolError("give at least one trusted key with --key")
     keys = [image.parse_key_spec(spec) for spec in args.key]
     if args.device:
+        if args.hwid or args.out:
+            raise ToolError("with --device the hardware id is the device's and the output its board/ dir")
         from ictl import device as sim_device
 
-        hwid = args.hwid or sim_device.load(args.device)["hwid"]
-        out = args.out or os.path.join(image.board_dir(args.device), image.TRUST_MODULE)
+        out = image.trust_device(args.device, keys, args.retire)
+        hwid = sim_device.load(args.device)["hwid"]
     else:
         if not args.out or not args.hwid:
             raise ToolError("give --out and --hwid, or --device")
         hwid, out = args.hwid, args.out
-    image.write_trust(out, keys, hwid, args.retire)
+        image.write_trust(out, keys, hwid, args.retire)
     print("wrote %s: hwid %s, keys %s, retired %s" % (
         out, hwid, ", ".join(k for k, _ in keys if k not in args.retire) or "none", ", ".join(args.retire) or "none"))
 

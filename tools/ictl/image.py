@@ -303,11 +303,20 @@ def write_trust(path, keys, hwid, retired=()):
 
 
 def trust_device(devdir, keys, retired=()):
-    """Give a simulated board a firmware that trusts these keys (its board/ dir)."""
+    """Give a simulated board a firmware that trusts these keys: the module
+    compiled into its board/ dir (as a firmware build freezes it: no
+    on-device compile), its source kept in board/src/. Returns the source."""
+    from ictl import unixfw
+
     cfg = sim_device.load(devdir)
-    path = os.path.join(board_dir(devdir), TRUST_MODULE)
-    write_trust(path, keys, cfg["hwid"], retired)
-    return path
+    src = os.path.join(board_dir(devdir), "src", TRUST_MODULE)
+    write_trust(src, keys, cfg["hwid"], retired)
+    out = os.path.join(board_dir(devdir), TRUST_MODULE[:-3] + ".mpy")
+    r = subprocess.run([unixfw.MPY_CROSS, "-o", out + ".tmp", src], capture_output=True, text=True)
+    if r.returncode:
+        raise ToolError("mpy-cross %s: %s" % (src, r.stderr.strip()))
+    os.replace(out + ".tmp", out)
+    return src
 
 
 # --- simulated devices: factory flashing ------------------------------------
