@@ -48,8 +48,11 @@ class Console:
 
 
 def _rejected(v, topic, msg, reason):
+    # Refused with that reason, nothing changed, and an event unless the
+    # same reason was already recorded since the last accepted command.
     floor = v.floor
     n = events.head()[0]
+    first = reason not in v._logged
     try:
         v.open(topic, msg)
     except commands.Rejected as e:
@@ -58,7 +61,27 @@ def _rejected(v, topic, msg, reason):
         raise AssertionError("accepted, expected %s" % reason)
     assert v.floor == floor
     ev = events.since(n)
-    assert len(ev) == 1 and ev[0]["kind"] == "cmd" and ev[0]["reason"] == reason and ev[0]["outcome"] == "rejected"
+    if first:
+        assert len(ev) == 1 and ev[0]["kind"] == "cmd" and ev[0]["reason"] == reason and ev[0]["outcome"] == "rejected"
+    else:
+        assert ev == []
+
+
+def test_a_flood_of_rejections_does_not_wipe_the_ring():
+    c = Console()
+    v = c.verifier()
+    events.record("boot", "bad_signature")  # the evidence a flood would push out
+    for i in range(3 * events.SLOTS):
+        _rejected(v, TOPIC, b"\xd0" + bytes(i % 50), "malformed")
+    assert v.suppressed == 3 * events.SLOTS - 1
+    _rejected(v, TOPIC, c.cmd("exec"), "not_allowed")
+    ev = events.since(0)
+    assert [(e["kind"], e["reason"]) for e in ev] == [("boot", "bad_signature"), ("cmd", "malformed"), ("cmd", "not_allowed")]
+    assert ev[2]["detail"].startswith("+%d " % (3 * events.SLOTS - 1))
+    # An accepted command starts a new episode: the next rejection is recorded.
+    v.open(TOPIC, c.cmd("read"))
+    _rejected(v, TOPIC, c.cmd("exec"), "not_allowed")
+    assert events.since(0)[-1]["reason"] == "not_allowed"
 
 
 def test_allowlisted_commands_accepted_in_order():

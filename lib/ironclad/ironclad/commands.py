@@ -14,8 +14,9 @@
 # confidential. The price: the key is shared with the console, so whoever
 # holds the fleet data key can command every device (docs/telemetry.md).
 #
-# Checks, in order, each failure a ("cmd", reason) security event and no
-# effect: topic, size, COSE structure ("malformed"), tag ("forged"), counter
+# Checks, in order, each failure a ("cmd", reason) security event (once per
+# reason until a command is accepted, the rest counted) and no effect:
+# topic, size, COSE structure ("malformed"), tag ("forged"), counter
 # ("replayed" when it equals the last accepted one, "old" below it), time
 # ("expired"/"future", only when the device knows the wall time), the op
 # allowlist ("not_allowed") and its arguments ("bad_args"). The counter is
@@ -83,9 +84,22 @@ class Verifier:
         # A floor kept for another epoch belongs to other keys: commands
         # under those never open now, so counting restarts.
         self.floor = floor if ep == self._epoch else 0
+        self._logged = []  # reasons recorded since the last accepted command
+        self.suppressed = 0  # rejections not recorded since the last recorded event
 
     def _reject(self, reason, detail=""):
-        events.record("cmd", reason, "rejected", detail)
+        # Each reason is recorded once until a command is accepted: anyone on
+        # the broker can send garbage, and a flood of one kind of rejection
+        # must not overwrite the rest of the event ring. The rejections left
+        # out are counted, and the count goes into the next recorded event.
+        if reason in self._logged:
+            self.suppressed += 1
+        else:
+            self._logged.append(reason)
+            if self.suppressed:
+                detail = ("+%d " % self.suppressed + detail)[:39]
+                self.suppressed = 0
+            events.record("cmd", reason, "rejected", detail)
         raise Rejected(reason)
 
     def open(self, topic, msg):
@@ -134,5 +148,7 @@ class Verifier:
         self._nvs.set_blob("floor", struct.pack(_REC, self._epoch, ctr))
         self._nvs.commit()
         self.floor = ctr
-        events.record("cmd", op, "ok", "ctr %d" % ctr)
+        self._logged = []
+        events.record("cmd", op, "ok", ("ctr %d" % ctr) + (" +%d rejected" % self.suppressed if self.suppressed else ""))
+        self.suppressed = 0
         return Command(op, args, ctr)
