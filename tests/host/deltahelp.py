@@ -326,3 +326,67 @@ class Fleet:
         self.events = [tuple(e) for l in lines if l.startswith("EVENTS ") for e in json.loads(l[7:])]
         self.last = r
         return r.returncode, lines, reports
+
+
+# -- over the real broker ----------------------------------------------------------
+#
+# MQTT_DRIVER is the device side as the agent wires it: ironclad.mqtt over
+# mutual TLS, the update topic fed to the Updater, reports queued and
+# published on <prefix>/<id>/state/update after the callback returns, and
+# machine.reset() once "applied" is out. It boots like UPDATE_DRIVER.
+MQTT_DRIVER = UPDATE_DRIVER.split("cfg = json.load", 1)[0] + r"""
+import ssl, time, machine
+from ironclad.mqtt import MQTTClient
+cfg = json.load(open(sys.argv[1]))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations(cadata=open(cfg["ca"], "rb").read())
+ctx.load_cert_chain(open(cfg["cert"], "rb").read(), open(cfg["keyder"], "rb").read())
+pending = []
+u = update.Updater(cfg["dev"], bytes.fromhex(cfg["key"]), report=pending.append)
+inbox = []
+c = MQTTClient(cfg["dev"], "127.0.0.1", cfg["port"], ctx, server_hostname="localhost",
+               max_packet=update.MAX_PACKET)
+c.set_callback(lambda topic, msg: inbox.append(msg))
+c.connect()
+c.subscribe("%s/%s/update" % (cfg["prefix"], cfg["dev"]), qos=1)
+out = "%s/%s/state/update" % (cfg["prefix"], cfg["dev"])
+u.start()
+if cfg.get("confirm"):
+    u.confirm()
+end = time.ticks_add(time.ticks_ms(), cfg.get("seconds", 60) * 1000)
+while time.ticks_diff(end, time.ticks_ms()) > 0:
+    c.wait_msg(200)
+    while inbox:
+        u.on_message(inbox.pop(0))
+    while pending:
+        rep = pending.pop(0)
+        print("REPORT", json.dumps(rep))
+        c.publish(out, update.report_bytes(rep), qos=1)
+    if u.reboot_due:
+        machine.reset()
+    u.tick()
+    if cfg.get("confirm") and not u.busy():
+        break
+c.disconnect()
+print("IDLE")
+"""
+
+
+def run_mqtt_device(f, broker, cert_der, key_der, ca_der, seconds=60, **cfg):
+    """Start the device (a unix-port process) against the broker; returns Popen."""
+    f.n += 1
+    spec = os.path.join(f.tmp, "mq%d.json" % f.n)
+    paths = {}
+    for name, data in (("cert", cert_der), ("keyder", key_der), ("ca", ca_der)):
+        paths[name] = os.path.join(f.tmp, "%s.%s.der" % (f.dev_id, name))
+        with open(paths[name], "wb") as fh:
+            fh.write(data)
+    with open(spec, "w") as fh:
+        json.dump(dict(cfg, dev=f.dev_id, key=f.scalar_hex(), port=broker.port, prefix=broker.prefix,
+                       seconds=seconds, updates={}, **paths), fh)
+    env = mphelp.mp_env(f.devdir, extra={"MICROPYPATH": device_path(f.devdir)})
+    # 256 KiB: the package's bytecode (frozen on a board) and mbedTLS's
+    # session buffers share the unix port's heap.
+    return subprocess.Popen([mphelp.MICROPYTHON, "-X", "heapsize=256K", "-c", MQTT_DRIVER, spec], env=env,
+                            cwd=mphelp.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

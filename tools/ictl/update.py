@@ -267,7 +267,7 @@ class Rollout:
     preference (delta first, then full)."""
 
     def __init__(self, host, port, ca, cert, key, prefix="ironclad", client_id=UPDATER_ID, out=None,
-                 resend_s=20.0):
+                 resend_s=30.0):
         self.host, self.port, self.prefix = host, port, prefix
         self.ca, self.cert, self.key, self.client_id = ca, cert, key, client_id
         self.out = out or sys.stderr
@@ -339,6 +339,11 @@ class Rollout:
             if rep.get("id") not in (None, upd.id.hex()):
                 return  # about another update
             state = rep.get("state")
+            if state == "idle":
+                # The device (re)connected and listens: offer the update now.
+                if self.status[dev].get("state") == "sent":
+                    self._send_meta(dev)
+                return
             if state == "rejected" and rep.get("reason") == "base_mismatch" \
                     and self._cur[dev] + 1 < len(self._plans[dev]):
                 self._cur[dev] += 1  # fall back to the full image

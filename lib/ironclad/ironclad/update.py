@@ -29,13 +29,19 @@
 #      "rolled_back".
 # A rejection at any step leaves the running slot and the boot state as they
 # were, records a security event and reports the reason.
+import gc
 import hashlib
 import json
+import os
 import struct
 import time
 from micropython import const
 
-from ironclad import cbor, detools, events, kdf, keywrap, p256, rsapss
+import esp32
+
+# Everything imported up front: a module loaded mid-update would scatter its
+# code through the free heap just before the 4 KiB buffers are allocated.
+from ironclad import bootstate, cbor, der, detools, events, image, kdf, keywrap, p256, rsapss
 from ironclad.ccm import CCM, AuthError
 
 STORE = "/ironclad/update"  # littlefs directory (tests point it elsewhere)
@@ -45,12 +51,15 @@ WINDOW = const(8)  # chunks asked for at a time
 CKPT_SECTORS = const(4)  # result sectors between checkpoints
 REASK_MS = const(15000)  # ask again when no chunk came for this long
 MAX_META = const(2048)
+MAX_MESSAGE = const(4133)  # a chunk message: 1 + 16 + 4 + CHUNK + 16
+MAX_PACKET = const(4352)  # MQTTClient(max_packet=...) that fits it with its topic
 _TAG = const(16)
 _ID_LEN = const(16)
 _ALG_PS256 = const(-37)
 _FW_MAGIC = const(0xE9)  # first byte of an ESP app image (what set_boot checks)
 
 # Report states.
+IDLE = "idle"
 DOWNLOADING = "downloading"
 APPLIED = "applied"
 TRIAL = "trial"
@@ -112,8 +121,6 @@ def _path(name):
 
 
 def _mkdirs():
-    import os
-
     p = ""
     for part in STORE.strip("/").split("/"):
         p += "/" + part
@@ -140,8 +147,6 @@ def _write(name, data):
 
 
 def _remove(name):
-    import os
-
     try:
         os.remove(_path(name))
     except OSError:
@@ -149,8 +154,6 @@ def _remove(name):
 
 
 def _part(label):
-    import esp32
-
     P = esp32.Partition
     found = P.find(P.TYPE_DATA, label=label) or P.find(P.TYPE_APP, label=label)
     if not found:
@@ -169,6 +172,20 @@ def _slot_sha(part, n, buf):
         h.update(mv[:k])
         off += k
     return h.digest()
+
+
+def _scalar(key):
+    # The 32-byte P-256 scalar from a raw scalar or the keystore's SEC1
+    # ECPrivateKey DER (as ironclad.telemetry reads it; not imported from
+    # there, to keep the telemetry stack out of the updater's heap).
+    if len(key) == 32:
+        return bytes(key)
+    s, e = der.expect(key, 0, len(key), 0x30)
+    v, pos = der.read_uint(key, s, e, 1)
+    a, b = der.expect(key, pos, e, 0x04)
+    if v != 1 or b - a != 32:
+        raise ValueError("not a P-256 SEC1 private key")
+    return bytes(key[a:b])
 
 
 def _need(m, key, typ, n=None):
@@ -276,8 +293,6 @@ class Updater:
         self._report_cb = report
         self._reboot = reboot
         if anchors is None:
-            from ironclad import image
-
             anchors = image.trust()
         self._anchors = anchors
         self._st = self._load_state()
@@ -346,20 +361,20 @@ class Updater:
                     return
         if self._job:
             self._ask()
+        elif not pend:
+            # Listening and free: a fleet waiting to offer an update can send
+            # it now rather than at its next retry.
+            self._report(IDLE)
 
     def _check_pending(self, pend):
         # What became of the update installed before the last reboot.
         uid = bytes.fromhex(pend["id"])
         trial = True
         if pend["target"] == "app":
-            from ironclad import bootstate
-
             st = bootstate.state()
             running = st["booted"] or st["active"]
             trial = st["trial"]
         else:
-            import esp32
-
             running = esp32.Partition(esp32.Partition.RUNNING).info()[4]
         if running == pend["slot"] and trial:
             self._report(TRIAL, uid, ver=pend["ver"])
@@ -384,16 +399,12 @@ class Updater:
         if not pend or pend["target"] == "app":
             # An app image on trial is confirmed whether or not this updater
             # installed it (its record may have been lost to a power cut).
-            from ironclad import bootstate
-
             if bootstate.state()["trial"]:
                 bootstate.confirm()
         if not pend:
             return None
         uid = bytes.fromhex(pend["id"])
         if pend["target"] == "fw":
-            import esp32
-
             esp32.Partition.mark_app_valid_cancel_rollback()
             self._st["fw_ver"] = pend["ver"]
             self._st["fw_ctr"] = max(self._st["fw_ctr"], pend["ctr"])
@@ -485,8 +496,6 @@ class Updater:
         if self._st.get("pending"):
             raise Rejected("busy", "update on trial")
         if man.target == "app":
-            from ironclad import bootstate, image
-
             st = bootstate.state()
             if st["trial"]:
                 raise Rejected("busy", "image on trial")
@@ -504,8 +513,6 @@ class Updater:
             if man.ctr < st["floor"]:
                 raise Rejected("rollback", "ctr %d < %d" % (man.ctr, st["floor"]))
         else:
-            import esp32
-
             base = esp32.Partition(esp32.Partition.RUNNING)
             target = base.get_next_update()
             if man.ver < self._st["fw_ver"]:
@@ -523,10 +530,8 @@ class Updater:
         return base, target
 
     def _unwrap(self, man):
-        from ironclad.telemetry import private_scalar
-
         try:
-            z = p256.ecdh(private_scalar(self._key), man.epk)
+            z = p256.ecdh(_scalar(self._key), man.epk)
             return keywrap.unwrap(kek(z, man.id, self.device_id, man.epk), man.wk)
         except (ValueError, keywrap.UnwrapError):
             raise Rejected("bad_key_wrap")
@@ -590,8 +595,6 @@ class Updater:
             raise Rejected("bad_result", "hash")
         label = job.target.info()[4]
         if man.target == "app":
-            from ironclad import bootstate, image
-
             try:
                 h = image.verify(label, anchors=self._anchors, event=None)
             except image.Rejected as e:
@@ -637,17 +640,21 @@ class _Job:
     hash, the position, the work buffers."""
 
     def __init__(self, man, base, target, key):
-        import gc
-
         # The big buffers in one go, on a freshly collected heap: 4 KiB
-        # blocks are what a fragmented heap runs out of first.
+        # blocks are what a fragmented heap runs out of first. CCM grows its
+        # two work buffers to the first message's size: a throw-away
+        # decryption of a chunk-sized message makes it do so now.
         gc.collect()
+        self.ccm = CCM(key, _TAG, 13)
         self.pt = bytearray(CHUNK)
+        try:
+            self.ccm.decrypt_into(nonce(0), b"", bytearray(CHUNK + _TAG), self.pt)
+        except AuthError:
+            pass
         self.sector = bytearray(detools.SECTOR)
         self.man = man
         self.base = base
         self.target = target
-        self.ccm = CCM(key, _TAG, 13)
         self.next = 0  # next chunk to take
         self.skip = 0  # bytes of chunk `next` already applied (after a resume)
         self.chain = bytes(32)
