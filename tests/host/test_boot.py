@@ -150,6 +150,13 @@ def test_wrong_key_hwid_retired_and_rollback(lab, tmp_path):
     image.flash_image(dev, lab.v1[0], floor=2)
     r = bootlab.boot(dev)
     assert "event boot rejected rollback app_a" in r.stdout and bootlab.ran(r) is None
+    # ... or below the firmware's MIN_COUNTER, even with the boot state erased.
+    image.trust_device(dev, [(k, key.public_key()) for k, key in keys], min_counter=2)
+    image.flash_image(dev, lab.v1[0], floor=0)
+    r = bootlab.boot(dev)
+    assert "event boot rejected rollback app_a" in r.stdout and bootlab.ran(r) is None
+    image.flash_image(dev, lab.v2[0], floor=0)
+    assert bootlab.ran(bootlab.boot(dev)) == "2.0.0"
 
 
 def test_trial_without_confirm_rolls_back(lab, tmp_path):

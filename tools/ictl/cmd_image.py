@@ -50,6 +50,8 @@ def register(sub):
     c.add_argument("--retire", action="append", default=[], metavar="ID",
                    help="key id the device must reject from now on, repeatable")
     c.add_argument("--hwid", help="hardware id of the board (default: the device's, with --device)")
+    c.add_argument("--min-counter", type=int, default=0,
+                   help="lowest app security counter this firmware accepts, whatever the boot state says (default 0)")
     c.add_argument("-o", "--out", help="file to write (for a firmware build to freeze)")
     c.add_argument("--device", help="simulated device: its board's firmware gets the module (board/), with its hwid")
     c.set_defaults(func=do_trust)
@@ -132,13 +134,13 @@ def do_trust(args):
             raise ToolError("with --device the hardware id is the device's and the output its board/ dir")
         from ictl import device as sim_device
 
-        out = image.trust_device(args.device, keys, args.retire)
+        out = image.trust_device(args.device, keys, args.retire, args.min_counter)
         hwid = sim_device.load(args.device)["hwid"]
     else:
         if not args.out or not args.hwid:
             raise ToolError("give --out and --hwid, or --device")
         hwid, out = args.hwid, args.out
-        image.write_trust(out, keys, hwid, args.retire)
+        image.write_trust(out, keys, hwid, args.retire, args.min_counter)
     print("wrote %s: hwid %s, keys %s, retired %s" % (
         out, hwid, ", ".join(k for k, _ in keys if k not in args.retire) or "none", ", ".join(args.retire) or "none"))
 

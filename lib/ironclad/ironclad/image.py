@@ -127,7 +127,8 @@ def check(h, slot_size, floor, anchors, hwid=None):
     key = anchors.KEYS.get(h.key_id)
     if key is None:
         raise Rejected(UNKNOWN_KEY)
-    if h.counter < floor:
+    # The firmware's own minimum holds even if the boot state record is lost.
+    if h.counter < floor or h.counter < getattr(anchors, "MIN_COUNTER", 0):
         raise Rejected(ROLLBACK)
     return key
 
