@@ -15,7 +15,7 @@ def register(sub):
                     "settings and fleet data key are written into the board's keystore. Refuses a provisioned "
                     "board unless --reprovision. Appends a JSON line per attempt to the provisioning log.")
     p.add_argument("--port", required=True, help="the board's port, as mpremote accepts it (e.g. /dev/ttyUSB0)")
-    p.add_argument("--device-id", help="the device id (certificate CN, topic level); default ic-<chip unique id>")
+    p.add_argument("--device-id", help="the device id (certificate CN, topic level); default: the inventory's id for this chip, else a random ic-<hex>")
     p.add_argument("--ca-dir", help="fleet CA directory (default: the broker's, or build/broker/pki)")
     p.add_argument("--broker-dir", help="take broker host, port and prefix from this `ictl broker` state directory")
     p.add_argument("--broker-host", help="broker host the board connects to")

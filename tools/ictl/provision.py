@@ -32,6 +32,7 @@ import getpass
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 
@@ -90,8 +91,14 @@ def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFI
     return {"host": host, "port": port, "hostname": hostname, "prefix": fleet_broker.validate_prefix(prefix)}
 
 
-def default_device_id(uid):
-    return "ic-" + uid
+def default_device_id(uid, inventory):
+    """The id a board gets when none is given: the one the inventory already
+    has for this chip, else a random pseudonym. Never derived from the unique
+    id, which is the chip's MAC address (payloads must not carry it)."""
+    for c in inventory.devices().values():
+        if c.get("uid") == uid and c.get("status") != "abandoned":
+            return c["device_id"]
+    return "ic-" + secrets.token_hex(6)
 
 
 def check_uid(uid):
@@ -187,7 +194,7 @@ class Provisioner:
                 raise NotAgent("the board speaks provisioning protocol %r, this ictl %d: update one of them"
                                % (info.get("protocol"), PROTOCOL))
             uid = check_uid(info.get("uid"))
-            dev = pki.validate_device_id(default_device_id(uid) if self.device_id is None else self.device_id)
+            dev = pki.validate_device_id(default_device_id(uid, self.inventory) if self.device_id is None else self.device_id)
             self.record.update(uid=uid, device_id=dev, firmware=firmware_text(info))
             self.out("      firmware: %s" % self.record["firmware"])
             self.out("      unique id %s, device id %s" % (uid, dev))

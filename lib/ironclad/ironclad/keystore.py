@@ -106,7 +106,7 @@ class KeyStore:
                 n = self._knvs.get_blob(_SK, k)
             except OSError as e:
                 if not _not_found(e):
-                    raise
+                    raise KeyStoreError("keystore storage key is corrupt")
                 if not create:
                     return None
                 # No key: whatever records are left (a wipe cut short) can

@@ -10,20 +10,21 @@
 #   finish(cert, ca, broker, fleet_pub)   check the certificate is for this
 #                               key and id and signed by the CA, store it all,
 #                               then mark the board provisioned (last write)
-#   abort() / wipe()            erase every credential (keystore wipe)
+#   wipe()                      erase every credential (keystore wipe)
 #
 #   from ironclad import provision
 #   me = provision.require()   # Identity, or NotProvisioned + security event
 import binascii
 import hashlib
 import json
+from micropython import const
 
 from ironclad.keystore import KeyStore, KeyStoreError
 
 PROTOCOL = 1
 _OUT = "ICPROV "
 _OID_CN = b"\x06\x03\x55\x04\x03"  # DER of the commonName OID 2.5.4.3
-_MAX_ID = 64
+_MAX_ID = const(64)
 
 
 class ProvisionError(Exception):
@@ -109,7 +110,7 @@ def _info():
 
         b = bootstate.booted()  # set by boot.py; None in recovery mode
         if b:
-            out["app"] = {"slot": b[0], "version": b[1].version}
+            out["app"] = {"slot": b["slot"], "version": b["version"]}
     except ImportError:
         pass
     try:
@@ -261,5 +262,3 @@ def _wipe():
 def wipe():
     _step(_wipe)
 
-
-abort = wipe
