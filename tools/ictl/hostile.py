@@ -348,6 +348,7 @@ class DeviceRunner:
         self.heap_kib = heap_kib
         self.device_id = device_id
         self.runs = 0
+        self.env = {}  # more environment for the device process (ESPSIM_DIR...)
         ca = pki.load_ca(pki_dir)
         key, cert = pki.make_client_key_and_cert(ca, device_id)
         self.files = {}
@@ -360,11 +361,11 @@ class DeviceRunner:
     def _cmd(self, code, port, args):
         # Each run has its own directory (A["dir"]): a fresh event log.
         self.runs += 1
-        d = os.path.join(self.dir, "run%d" % self.runs)
+        d = self.last_dir = os.path.join(self.dir, "run%d" % self.runs)
         os.makedirs(d, exist_ok=True)
         a = dict(self.files, id=self.device_id, port=port, dir=d, **args)
         env = dict(os.environ, IC_MQTT_ARGS=json.dumps(a),
-                   MICROPYPATH=":".join((".frozen", self.mpy, os.path.join(ROOT, "firmware", "unix"))))
+                   MICROPYPATH=":".join((".frozen", self.mpy, os.path.join(ROOT, "firmware", "unix"))), **self.env)
         return [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-c", PREAMBLE + code], env
 
     def run(self, code, port, timeout=120, **args):

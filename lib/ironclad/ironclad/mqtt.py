@@ -8,8 +8,10 @@
 #   c.connect()                                  # -> session_present (bool)
 #   c.subscribe("fleet/dev-1/cmd")               # -> granted QoS (0x80 refused)
 #   c.publish("fleet/dev-1/telemetry", data, qos=1)        # waits for PUBACK
-#   c.publish(topic, data, qos=1, wait=False)    # pipelined: returns the packet
-#                                                # id; set_ack_callback(f) gets it
+#   c.publish(topic, data, qos=1, wait=False)    # pipelined: queued in the write
+#                                                # buffer, returns the packet id;
+#   c.sync()                                     # sends, waits for every PUBACK
+#                                                # (set_ack_callback(f) gets each)
 #   c.check_msg()     # never blocks: handles what has arrived, keepalive, resends
 #   c.wait_msg()      # waits at most timeout_ms for a packet
 #   c.ping(); c.disconnect()
@@ -72,6 +74,9 @@ _DISCONNECT = const(0xE0)
 _DUP = const(0x08)
 _MAX_REMAINING = const(268435455)  # 4 varint bytes
 
+_RX = const(64)  # read-ahead buffer
+_WBUF = const(1024)  # write buffer for publishes queued with wait=False
+_TICK = const(50)  # timers (resend, keepalive) are checked this often, in ms
 _IN = select.POLLIN
 _OUT = select.POLLOUT
 
@@ -201,8 +206,14 @@ class MQTTClient:
         self._poll = None
         self._buf = bytearray(self.max_packet)
         self._mv = memoryview(self._buf)
-        self._b1 = bytearray(1)
-        self._mv1 = memoryview(self._b1)
+        # Read-ahead: mbedTLS hands out one record per read, and a PUBACK or
+        # PINGRESP is one record, so a packet this small costs one read.
+        self._rx = bytearray(_RX)
+        self._rxv = memoryview(self._rx)
+        self._rp = self._rn = 0  # unread bytes are _rx[_rp:_rn]
+        self._out = bytearray(_WBUF)
+        self._outv = memoryview(self._out)
+        self._on = 0  # queued bytes are _out[:_on]
         self.pid = 0
         self.cb = None
         self.ack_cb = None
@@ -215,6 +226,7 @@ class MQTTClient:
         self._up_since = None
         self._last_tx = 0
         self._last_rx = 0
+        self._due = 0
         self._ping_at = None
 
     # --- settings ------------------------------------------------------------
@@ -267,8 +279,9 @@ class MQTTClient:
         # readinto/write that never returns None.
         self.sock = sock
         self._poll = None
+        self._rp = self._rn = self._on = 0
         self._ping_at = None
-        self._last_tx = self._last_rx = time.ticks_ms()
+        self._last_tx = self._last_rx = self._due = time.ticks_ms()
 
     def _close(self):
         s = self.sock
@@ -280,9 +293,8 @@ class MQTTClient:
             except OSError:
                 pass
 
-    def _send(self, pkt, deadline, handshake=False):
-        mv = memoryview(pkt)
-        n = len(pkt)
+    def _write(self, mv, deadline, handshake=False):
+        n = len(mv)
         sent = 0
         while sent < n:
             try:
@@ -297,10 +309,66 @@ class MQTTClient:
                 sent += k
         self._last_tx = time.ticks_ms()
 
+    def _queue(self, pkt):
+        # Deferred send (publish with wait=False): packets share one write,
+        # so one TLS record and one system call carry several.
+        n = len(pkt)
+        if self._on + n > _WBUF:
+            self._flush()
+            if n > _WBUF:
+                self._write(memoryview(pkt), self._deadline())
+                return
+        self._out[self._on:self._on + n] = pkt
+        self._on += n
+
+    def _flush(self):
+        if self._on:
+            n = self._on
+            self._on = 0
+            self._write(self._outv[:n], self._deadline())
+
+    def _send(self, pkt, deadline, handshake=False):
+        # Now, after what is queued (packets leave in order).
+        if self._on:
+            self._queue(pkt)
+            self._flush()
+        else:
+            self._write(memoryview(pkt), deadline, handshake)
+
+    def _fill(self, deadline):
+        """Refill the empty read-ahead buffer: -> bytes read (0: the broker
+        closed), or None if nothing came by deadline (None: do not wait)."""
+        while True:
+            try:
+                k = self.sock.readinto(self._rxv)
+            except OSError as e:
+                raise ConnectionLost("read", str(e.args[0]))
+            if k is not None:
+                self._rp = 0
+                self._rn = k
+                return k
+            if deadline is None or not self._wait(_IN, deadline):
+                return None
+
+    def _byte(self, deadline):
+        # The next byte of a packet that has started.
+        if self._rp == self._rn:
+            k = self._fill(deadline)
+            if k is None:
+                raise ProtocolError("slow_packet", "packet not complete in %d ms" % self.timeout_ms)
+            if not k:
+                raise ProtocolError("truncated", "connection closed inside a packet")
+        b = self._rx[self._rp]
+        self._rp += 1
+        return b
+
     def _recv(self, mv, n, deadline):
         """Fill mv[:n] before deadline: the rest of a packet that has started,
         so a close is a truncation and a timeout a slow drip."""
-        got = 0
+        got = min(self._rn - self._rp, n)
+        if got:
+            mv[:got] = self._rxv[self._rp:self._rp + got]
+            self._rp += got
         while got < n:
             try:
                 k = self.sock.readinto(mv[got:n])
@@ -313,37 +381,31 @@ class MQTTClient:
                 raise ProtocolError("truncated", "connection closed inside a packet")
             else:
                 got += k
-        return got
 
     def _read_packet(self, wait_ms):
         """Read one packet into self._buf: -> (first byte, length), or None if
         no packet started within wait_ms."""
-        b1 = self._b1
-        try:
-            k = self.sock.readinto(b1)
-        except OSError as e:
-            raise ConnectionLost("read", str(e.args[0]))
-        if k is None:
-            if wait_ms <= 0:
-                return None
-            end = self._deadline(wait_ms)
-            while k is None:
-                if not self._wait(_IN, end):
+        if self._rp == self._rn:
+            k = self._fill(None)
+            if k is None:
+                if wait_ms <= 0:
                     return None
-                try:
-                    k = self.sock.readinto(b1)
-                except OSError as e:
-                    raise ConnectionLost("read", str(e.args[0]))
-        if k == 0:
-            raise ConnectionLost("closed by broker")
-        op = b1[0]
+                end = self._deadline(wait_ms)
+                while k is None:
+                    # Poll first: the read just found nothing.
+                    if not self._wait(_IN, end):
+                        return None
+                    k = self._fill(None)
+            if not k:
+                raise ConnectionLost("closed by broker")
+        op = self._rx[self._rp]
+        self._rp += 1
         # From the first byte on, the whole packet has one deadline.
         deadline = self._deadline()
         n = 0
         shift = 0
         while True:
-            self._recv(self._mv1, 1, deadline)
-            c = b1[0]
+            c = self._byte(deadline)
             n |= (c & 0x7F) << shift
             if not c & 0x80:
                 break
@@ -361,18 +423,22 @@ class MQTTClient:
         return op, n
 
     @staticmethod
-    def _head(ptype, n):
-        # Fixed header: type byte and remaining length (1-4 bytes).
+    def _packet(ptype, n):
+        """A packet buffer with its fixed header (type byte, remaining length
+        of 1-4 bytes) written: -> (buffer, where the n body bytes go)."""
         if n > _MAX_REMAINING:
             raise ValueError("packet too long for MQTT")
-        h = bytearray(1)
-        h[0] = ptype
+        hl = 2 if n < 0x80 else 3 if n < 0x4000 else 4 if n < 0x200000 else 5
+        pkt = bytearray(hl + n)
+        pkt[0] = ptype
+        i = 1
         while True:
             b = n & 0x7F
             n >>= 7
-            h.append(b | 0x80 if n else b)
+            pkt[i] = b | 0x80 if n else b
+            i += 1
             if not n:
-                return h
+                return pkt, i
 
     # --- packets from the broker ---------------------------------------------
     def _handle(self, op, n):
@@ -445,6 +511,14 @@ class MQTTClient:
         raise ProtocolError("unknown_puback", "PUBACK for packet id %d never sent" % pid)
 
     # --- timers --------------------------------------------------------------
+    def _tick(self):
+        # The timers every _TICK ms, not per packet: scanning the window for
+        # each PUBACK would cost more than reading it.
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._due) >= 0:
+            self._due = time.ticks_add(now, _TICK)
+            self._timers()
+
     def _timers(self):
         now = time.ticks_ms()
         if self._ping_at is not None and time.ticks_diff(now, self._ping_at) >= self.timeout_ms:
@@ -554,7 +628,9 @@ class MQTTClient:
         body = b"\x00\x04MQTT\x04" + bytes((flags, ka >> 8, ka & 0xFF)) + self._str(self.client_id) + will + cred
         try:
             # The first write runs the TLS handshake.
-            self._send(self._head(_CONNECT, len(body)) + body, deadline, handshake=True)
+            pkt, i = self._packet(_CONNECT, len(body))
+            pkt[i:] = body
+            self._send(pkt, deadline, handshake=True)
         except ValueError as e:
             msg = str(e).strip()
             raise TLSError(_tls_reason(msg), msg.split("\n")[0])
@@ -608,10 +684,16 @@ class MQTTClient:
                 return self.pid
 
     def publish(self, topic, msg, retain=False, qos=0, wait=True):
-        """Send a PUBLISH. QoS 1: keeps a copy until the PUBACK (resent with
-        DUP after timeout_s and after a reconnect); wait=True returns after the
-        PUBACK, wait=False once the packet is sent (and an in-flight slot was
-        free). Returns the packet id (0 for QoS 0)."""
+        """Send a PUBLISH; returns the packet id (0 for QoS 0). QoS 1 keeps a
+        copy until the PUBACK: resent with DUP after timeout_s and after a
+        reconnect.
+
+        wait=True (umqtt's behaviour): sent now; QoS 1 returns after its
+        PUBACK. wait=False (pipelining): queued, to share one write with the
+        messages around it, once an in-flight slot is free; it goes out when
+        the write buffer fills or with the next call that reads (check_msg,
+        wait_msg, sync, maintain, a waiting publish). The PUBACK is reported
+        to set_ack_callback's function."""
         if qos not in (0, 1):
             raise ValueError("qos must be 0 or 1")
         topic = _b(topic)
@@ -620,18 +702,20 @@ class MQTTClient:
             raise ValueError("publish topic must be non-empty without wildcards")
         self._need()
         try:
-            if qos:
+            if qos and len(self._inflight) >= self.max_inflight:
+                # Window full: wait for a PUBACK, then take every packet that
+                # has already arrived, so the slots they free fill up as one
+                # batch (one write) rather than one write per PUBACK.
                 while len(self._inflight) >= self.max_inflight:
                     self._service(self.timeout_ms)
-            n = 2 + tl + 2 * qos + len(msg)
-            h = self._head(_PUBLISH | (qos << 1) | (1 if retain else 0), n)
-            hl = len(h)
-            pkt = bytearray(hl + n)
-            pkt[0:hl] = h
-            pkt[hl] = tl >> 8
-            pkt[hl + 1] = tl & 0xFF
-            i = hl + 2 + tl
-            pkt[hl + 2:i] = topic
+                for _ in range(self.max_inflight):
+                    if self._service(0) is None:
+                        break
+            pkt, i = self._packet(_PUBLISH | (qos << 1) | (1 if retain else 0), 2 + tl + 2 * qos + len(msg))
+            pkt[i] = tl >> 8
+            pkt[i + 1] = tl & 0xFF
+            pkt[i + 2:i + 2 + tl] = topic
+            i += 2 + tl
             pid = 0
             if qos:
                 pid = self._next_pid()
@@ -639,7 +723,10 @@ class MQTTClient:
                 pkt[i + 1] = pid & 0xFF
                 i += 2
             pkt[i:] = msg
-            self._send(pkt, self._deadline())
+            if wait:
+                self._send(pkt, self._deadline())
+            else:
+                self._queue(pkt)
             if qos:
                 self._inflight.append([pid, pkt, time.ticks_ms(), 1])
                 if wait:
@@ -689,7 +776,9 @@ class MQTTClient:
     def _subscribe(self, topic, qos, deadline):
         pid = self._next_pid()
         body = bytes((pid >> 8, pid & 0xFF)) + self._str(topic) + bytes((qos,))
-        self._send(self._head(_SUBSCRIBE, len(body)) + body, deadline)
+        pkt, i = self._packet(_SUBSCRIBE, len(body))
+        pkt[i:] = body
+        self._send(pkt, deadline)
         while True:
             left = time.ticks_diff(deadline, time.ticks_ms())
             if left <= 0:
@@ -709,16 +798,17 @@ class MQTTClient:
     def _service(self, wait_ms):
         # Handle one packet if one starts within wait_ms (in slices, so the
         # timers run), then the timers.
+        self._flush()
         end = self._deadline(wait_ms)
         while True:
-            self._timers()
+            self._tick()
             left = time.ticks_diff(end, time.ticks_ms())
             p = self._read_packet(min(left, 1000))
             if p is not None:
                 op = self._handle(*p)
                 if op == _SUBACK:
                     raise ProtocolError("unexpected", "SUBACK with no SUBSCRIBE pending")
-                self._timers()
+                self._tick()
                 return op
             if left <= 1000:
                 return None
