@@ -201,6 +201,17 @@ def test_corrupted_active_slot_falls_back(lab, tmp_path):
     assert image.read_bootstate(dev)["active"] == "app_a"
 
 
+def test_signed_payload_that_is_not_romfs_falls_back(lab, tmp_path):
+    dev = device(lab, tmp_path)
+    payload = b"this is not a ROMFS image" * 10
+    junk = image.sign(image.pack_header(image.parse_version("3.0.0"), 3, "esp32-sim", payload) + payload,
+                      lab.keys["k1"], "k1")
+    image.flash_image(dev, lab.v1[0], slot="app_a", active=False)
+    image.flash_image(dev, junk, slot="app_b")
+    r = bootlab.boot(dev)
+    assert "event boot rejected bad_payload app_b" in r.stdout and bootlab.ran(r) == "1.0.0"
+
+
 def test_key_rotation(lab, tmp_path):
     # Firmware trusts k1 and k2: images by either boot.
     dev = device(lab, tmp_path)

@@ -11,16 +11,29 @@ from ironclad import bootstate, events, image
 _UNLOAD = ("ironclad.bootflow", "ironclad.image", "ironclad.rsapss", "ironclad.events", "ironclad_trust")
 
 
-def _verify(label, st):
+def _load(label, st):
+    """(Header, VfsRom, window) for a slot whose image may run, else None
+    (each rejection recorded as an event)."""
+    import vfs
+
     try:
-        return image.verify(label, floor=st.floor, event="boot")
+        h = image.verify(label, floor=st.floor, event="boot")
     except image.Rejected:
         return None
+    try:
+        win = image.map_payload(label, h)
+        return h, vfs.VfsRom(win), win
+    except image.Rejected as e:
+        reason = e.reason
+    except OSError:
+        reason = "bad_payload"  # signed, but not a ROMFS image
+    events.record("boot", reason, detail=label)
+    return None
 
 
 def select():
-    """Verify the active slot (after ending an expired trial), else the other
-    one. Returns (label, Header), or None when neither may run."""
+    """Load the active slot (after ending an expired trial), else the other
+    one. Returns (label, Header, VfsRom, window), or None when neither may run."""
     st = bootstate.read()
     if st.trial and st.attempts == 0:
         # The new image booted ATTEMPTS times and never confirmed itself.
@@ -31,16 +44,16 @@ def select():
         bootstate.write(st)
     for i in (st.active, 1 - st.active):
         label = bootstate.SLOTS[i]
-        h = _verify(label, st)
-        if h is None:
+        got = _load(label, st)
+        if got is None:
             continue
         if i != st.active:
-            # The active slot failed verification: the other one is signed and
-            # not below the floor, so it becomes the active, confirmed slot.
+            # The active slot was rejected: the other one is signed and not
+            # below the floor, so it becomes the active, confirmed slot.
             events.record("boot", "fallback", outcome="info", detail=label)
             st.active, st.trial, st.attempts, st.fallback = i, 0, 0, bootstate.NONE
             bootstate.write(st)
-        return label, h
+        return (label,) + got
     return None
 
 
@@ -59,14 +72,8 @@ def boot(where="/app"):
     if sel is None:
         _recovery("no verified app image")
         return None
-    label, h = sel
-    try:
-        win = image.map_payload(label, h)
-        vfs.mount(vfs.VfsRom(win), where)
-    except (image.Rejected, OSError) as e:
-        events.record("boot", "mount_failed", outcome="failed", detail=label)
-        _recovery("cannot mount %s: %r" % (label, e))
-        return None
+    label, h, fs, win = sel
+    vfs.mount(fs, where)
     bootstate.set_booted(label, h, win)
     sys.path[:] = [where] + [p for p in sys.path if p not in ("", ".", "/", "/lib", where)]
     print("ironclad: boot %s %s%s" % (label, h.describe(), " (trial)" if bootstate.read().trial else ""))

@@ -23,7 +23,6 @@ _ID_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
 # Reason codes (also the events' reason field).
 EMPTY = "empty"  # erased slot
-TRUNCATED = "truncated"  # shorter than a header (a file, not a slot)
 BAD_MAGIC = "bad_magic"
 BAD_FORMAT = "bad_format"
 BAD_HEADER = "bad_header"
@@ -186,20 +185,6 @@ def _verify(part, floor, hwid, anchors):
     return h
 
 
-def verify_bytes(data, floor=0, hwid=None, anchors=None):
-    """Verify an image held in memory (host-side tests, small images)."""
-    anchors = anchors or trust()
-    if len(data) < HEADER_SIZE:
-        raise Rejected(TRUNCATED)
-    h = Header(memoryview(data)[:HEADER_SIZE])
-    key = check(h, len(data), floor, anchors, hwid)
-    if hashlib.sha256(memoryview(data)[HEADER_SIZE:HEADER_SIZE + h.length]).digest() != h.sha256:
-        raise Rejected(BAD_HASH)
-    if not _signature_ok(h, key, memoryview(data)[HEADER_SIZE + h.length:h.total()]):
-        raise Rejected(BAD_SIGNATURE)
-    return h
-
-
 def map_payload(part, h):
     """The verified payload as a buffer for vfs.VfsRom, checked again against
     the header's SHA-256 (so what is mounted is what was verified).
@@ -224,7 +209,11 @@ class SlotWriter:
     erased when the first byte for it arrives. Bounded by the slot size."""
 
     def __init__(self, part):
+        from ironclad import bootstate
+
         self.part = _part(part)
+        if bootstate.running(label(self.part)):
+            raise ValueError("cannot write the running slot")
         self.size = self.part.info()[3]
         self.pos = 0
 
