@@ -33,17 +33,23 @@ class RamSlot:
 
 part = RamSlot()
 image.verify(part, floor=0, event=None)  # the unmodified image must pass
-positions = %(positions)r
+HDR, N, TOTAL = 128, %(length)d, len(data)
+count = 0
 accepted = []
-for p in positions:
-    data[p] ^= 1 << (p %% 8)
-    try:
-        image.verify(part, floor=0, event=None)
-        accepted.append(p)
-    except image.Rejected:
-        pass
-    data[p] ^= 1 << (p %% 8)
-print("TAMPER", len(positions), len(accepted), accepted[:10])
+# Every header byte, every signature byte (by sig_step), payload positions
+# spread evenly (at most %(payload)d); one bit of each flipped in turn.
+for start, stop, step, limit in ((0, HDR, %(hstep)d, HDR), (HDR + N, TOTAL, %(sstep)d, TOTAL),
+                                 (HDR, HDR + N, max(1, N // max(1, %(payload)d)), %(payload)d)):
+    for p in range(start, stop, step)[:limit]:
+        data[p] ^= 1 << (p %% 8)
+        try:
+            image.verify(part, floor=0, event=None)
+            accepted.append(p)
+        except image.Rejected:
+            pass
+        data[p] ^= 1 << (p %% 8)
+        count += 1
+print("TAMPER", count, len(accepted), accepted[:10])
 """
 
 
@@ -63,14 +69,8 @@ def tamper_campaign(workdir, payload_positions=1000, header_step=1, sig_step=1):
     with open(path, "wb") as f:
         f.write(data)
     n = image.parse_header(data)["length"]
-    hdr = image.HEADER_SIZE
-    positions = list(range(0, hdr, header_step))
-    positions += list(range(hdr + n, len(data), sig_step))
-    if payload_positions:
-        step = max(1, n // payload_positions)
-        positions += list(range(hdr, hdr + n, step))[:payload_positions]
-    r = bootlab.run(dev, TAMPER % {"path": path, "slot": len(data) + 4096, "positions": positions},
-                    timeout=600)
+    r = bootlab.run(dev, TAMPER % {"path": path, "slot": len(data) + 4096, "length": n, "hstep": header_step,
+                                   "sstep": sig_step, "payload": payload_positions}, timeout=600)
     line = [l for l in r.stdout.splitlines() if l.startswith("TAMPER ")]
     if r.returncode or not line:
         raise RuntimeError("tamper campaign failed: %s" % (r.stdout + r.stderr)[-800:])
