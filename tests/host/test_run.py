@@ -1,5 +1,7 @@
-"""`ictl run` (what `make run` does), first version: broker, virtual board,
-mutual TLS from the unix port, readings shown by the console; nothing left running."""
+"""`ictl run` (what `make run` does): broker, development keys, signed app v1
+flashed and verified at boot, provisioning over the real mpremote, decrypted
+telemetry and events in the console, a delta update to v2 confirmed on trial,
+a tampered update rejected; nothing left running afterwards."""
 import os
 import subprocess
 import sys
@@ -7,22 +9,29 @@ import sys
 from mphelp import ROOT
 
 
-def _mosquittos():
-    out = subprocess.run(["pgrep", "-f", "mosquitto -c"], capture_output=True, text=True).stdout
-    return set(out.split())
+def _mosquittos(under):
+    """mosquitto processes whose config lies under this directory."""
+    out = subprocess.run(["pgrep", "-af", "mosquitto -c"], capture_output=True, text=True).stdout
+    return [l for l in out.splitlines() if str(under) in l]
 
 
-def test_run_publishes_readings_over_mutual_tls(tmp_path):
-    before = _mosquittos()
-    r = subprocess.run([sys.executable, "-m", "ictl", "run", "--dir", str(tmp_path / "run"), "--readings", "2", "--timeout", "30"],
-                       capture_output=True, text=True, timeout=180, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
-    assert r.returncode == 0, r.stdout + r.stderr
-    lines = [l for l in r.stdout.splitlines() if "/telemetry" in l]
-    assert len(lines) == 2 and '"seq": 1' in lines[0] and '"seq": 2' in lines[1]
+def test_run_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ictl", "run", "--dir", str(tmp_path / "run"), "--readings", "2", "--timeout", "60"],
+                       capture_output=True, text=True, timeout=400, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+    out = r.stdout.replace("\r", "\n")
+    assert r.returncode == 0, out + r.stderr
+    assert "provisioned ic-" in out
+    assert "ironclad: boot app_a v1.0.0" in out  # the verified boot, as the device printed it
+    assert "agent: connected" in out and "over mutual TLS" in out
+    tele = [l for l in out.splitlines() if "console |" in l and " telemetry " in l]
+    assert len(tele) >= 3 and "temp_c=" in tele[0]  # decrypted by the console
+    assert "rollout: confirmed" in out
+    assert "boot/confirmed ok (v2" in out  # the device's own event: v2 kept after its trial
+    assert "update/bad_signature rejected" in out  # the tampered update
+    assert "ALARM" not in out  # the console found every payload and the event chain sound
     log = (tmp_path / "run" / "device" / "console.log").read_text(errors="replace")
-    assert "over mutual TLS" in log
-    assert _mosquittos() <= before  # the broker it started is gone
-    # no device process is left either (they carry ESPSIM_DIR=<tmp_path>/...)
+    assert "ironclad: boot app_b v2.0.0" in log
+    assert not _mosquittos(tmp_path)  # the broker it started is gone
     left = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

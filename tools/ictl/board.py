@@ -26,10 +26,9 @@ import tty
 
 from ictl import ROOT, ToolError
 from ictl import device as sim_device
+from ictl import unixfw
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
-START = os.path.join(ROOT, "firmware", "unix", "start.py")
-MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix"))
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
 
@@ -92,7 +91,9 @@ class VirtualBoard:
     def _spawn(self, raw, soft=False):
         m, s = pty.openpty()
         tty.setraw(s)
-        env = dict(os.environ, MICROPYPATH=MICROPYPATH, ESPSIM_DIR=self.devdir, **self.extra_env)
+        fw = unixfw.build()  # the frozen code precompiled, as an ESP32 firmware carries it
+        env = dict(os.environ, MICROPYPATH=":".join(os.path.join(fw, p) for p in ("lib/ironclad", "firmware/unix")),
+                   ESPSIM_DIR=self.devdir, **self.extra_env)
         for k in ("ESPSIM_RAW_REPL", "ESPSIM_SOFT_REBOOT"):
             env.pop(k, None)
         if raw:
@@ -100,7 +101,7 @@ class VirtualBoard:
         if soft:
             env["ESPSIM_SOFT_REBOOT"] = "1"
         self.proc = subprocess.Popen(
-            [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-i", START],
+            [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-i", os.path.join(fw, "firmware", "unix", "start.py")],
             stdin=s, stdout=s, stderr=s, env=env, cwd=self.devdir, close_fds=True, start_new_session=True,
         )
         os.close(s)

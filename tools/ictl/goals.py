@@ -21,6 +21,9 @@ GOALS = {
     "fuzz_packets": (">=", 100000),
     "fuzz_failures": ("==", 0),
     "qos1_lost": ("==", 0),
+    "spool_cut_failures": ("==", 0),
+    "nonce_reuse": ("==", 0),
+    "spool_readings_lost": ("==", 0),
     # updates
     "delta_ratio_app": ("<=", 0.03),
     "delta_apply_ratio": ("<=", 3),

@@ -15,6 +15,7 @@
 #   from ironclad import provision
 #   me = provision.require()   # Identity, or NotProvisioned + security event
 import binascii
+import gc
 import hashlib
 import json
 from micropython import const
@@ -242,6 +243,8 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
         p256.ecdh(d, fleet_pub)
     except ValueError:
         raise ProvisionError("fleet data public key is not a P-256 point")
+    del d, key
+    gc.collect()  # the checks' big-number garbage, before the NVS writes
     ks.put("cert", cert)
     ks.put("ca", ca)
     ks.put("broker", broker.encode())

@@ -1,0 +1,212 @@
+# The agent: the app that the verified boot runs. It refuses to start any
+# network service on a board that is not provisioned, then keeps one mutual-TLS
+# MQTT connection to the fleet broker and:
+#   * publishes a reading every interval, sealed (COSE_Encrypt0) for the fleet;
+#     while the broker is out of reach readings go to the spool on flash and
+#     are delivered in order, QoS 1, once it is back;
+#   * sends the security event log (hash-chained records) to the events topic;
+#   * confirms a trial boot once it is healthy (connected and the first
+#     message acknowledged), which also raises the anti-rollback floor;
+#   * obeys authenticated commands (ironclad.commands) and feeds update
+#     messages to the updater (ironclad.update).
+import gc
+import time
+
+import esp32
+import machine
+
+from ironclad import bootstate, commands, events, nonce, provision, telemetry, update
+from ironclad.identity import NotProvisioned
+from ironclad.mqtt import MQTTClient, MQTTError
+from ironclad.spool import Spool
+
+VERSION = "1"
+NVS_NS = "ic_agent"
+DEFAULT_INTERVAL_S = 2
+TICK_MS = 100
+
+
+def _settings():
+    nvs = esp32.NVS(NVS_NS)
+    try:
+        return nvs, nvs.get_i32("interval")
+    except OSError:
+        return nvs, DEFAULT_INTERVAL_S
+
+
+class Agent:
+    def __init__(self, me):
+        self.me = me
+        ks = me._ks
+        z = telemetry.shared_secret(ks.get("device_key"), me.fleet_data_pub)
+        self.counter = nonce.Counter()
+        self.sealer = telemetry.Sealer(z, me.device_id, self.counter)
+        self.verifier = commands.Verifier(z, me.device_id, self.counter.epoch, me.topic("cmd"))
+        z = None
+        self.hello = telemetry.hello(ks.get("cert"), self.counter.epoch)
+        self.spool = Spool()
+        self.nvs, self.interval_s = _settings()
+        self.topics = {k: me.topic(k) for k in ("telemetry", "events", "state", "reply", "cmd", "update")}
+        self.topics["report"] = me.topic("state/update")
+        c = MQTTClient(me.device_id, me.host, me.port, me.tls_context(), server_hostname=me.hostname, keepalive=30,
+                       max_packet=update.MAX_PACKET)
+        c.set_last_will(self.topics["state"], b"offline", retain=True, qos=1)
+        c.set_callback(self._on_message)
+        self.client = c
+        # Update reports can arise inside the MQTT callback: queued, and
+        # published by the loop once the callback has returned.
+        self.reports = []
+        self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self.reports.append)
+        self.seq = 0
+        self.online = False
+        self.healthy = False
+        self.read_now = False
+        gc.collect()
+
+    # --- messages from the broker ---------------------------------------------
+    def _on_message(self, topic, msg):
+        t = topic.decode() if isinstance(topic, (bytes, bytearray, memoryview)) else topic
+        if t == self.topics["cmd"]:
+            try:
+                cmd = self.verifier.open(t, msg)
+            except commands.Rejected:
+                return  # recorded as a security event; no answer to a forgery
+            self._obey(cmd)
+        elif t == self.topics["update"]:
+            self.updater.on_message(msg)
+
+    def _obey(self, cmd):
+        print("agent: command", cmd.op, cmd.args)
+        if cmd.op == "interval":
+            self.interval_s = cmd.args["s"]
+            self.nvs.set_i32("interval", self.interval_s)
+            self.nvs.commit()
+        elif cmd.op == "read":
+            self.read_now = True
+        elif cmd.op == "update":
+            self.updater.start()  # report where any update stands, resume a download
+        self._reply(cmd.counter, True)
+        if cmd.op == "reboot":
+            self.client.disconnect()
+            machine.reset()
+
+    def _reply(self, counter, ok, reason=""):
+        if self.online:
+            try:
+                self.client.publish(self.topics["reply"], self.sealer.seal_reply(self.topics["reply"], counter, ok, reason), qos=1)
+            except MQTTError:
+                pass  # the connection dropped; maintain() reconnects
+
+    # --- what the agent publishes ------------------------------------------------
+    def _publish(self, kind, msg):
+        self.client.publish(self.topics[kind], msg, qos=1)
+
+    def reading(self):
+        self.seq += 1
+        return {"seq": self.seq, "uptime_ms": time.ticks_ms(), "temp_c": esp32.mcu_temperature(),
+                "heap_free": gc.mem_free(), "interval_s": self.interval_s,
+                "spool_queued": self.spool.stats()["queued"], "spool_dropped": sum(self.spool.dropped)}
+
+    def _take_reading(self):
+        gc.collect()
+        if self.seq in (0, 9, 99):
+            # Heap in use by the agent's data: what the loaded code occupies
+            # is measured once at start (on an ESP32 that code is frozen in flash).
+            print("agent: heap %d bytes in use above the %d bytes of loaded code" % (gc.mem_alloc() - CODE[0], CODE[0]))
+        msg = self.sealer.seal_reading(self.topics["telemetry"], self.reading())
+        if self.online and not self.spool.stats()["queued"]:
+            try:
+                self._publish("telemetry", msg)
+                print("agent: published reading", self.seq)
+                self._healthy()
+                return
+            except MQTTError:
+                self.online = False
+        self.spool.put(msg)
+        print("agent: offline, reading %d spooled" % self.seq)
+
+    def _on_connect(self):
+        print("agent: connected to %s:%d over mutual TLS as %s" % (self.me.host, self.me.port, self.me.device_id))
+        self.client.publish(self.me.topic(telemetry.HELLO), self.hello, retain=True, qos=1)
+        for k in ("cmd", "update"):
+            self.client.subscribe(self.topics[k], qos=1)
+        n = self.spool.flush(lambda m: self._publish("telemetry", m))
+        if n:
+            print("agent: delivered %d spooled readings" % n)
+        self._send_events()
+        self.updater.start()
+        self._healthy()
+
+    def _send_events(self):
+        telemetry.send_events(self.sealer, lambda m: self._publish("events", m), self.topics["events"])
+
+    def _healthy(self):
+        # The health check of a trial boot: connected, a message acknowledged.
+        if self.healthy:
+            return
+        self.healthy = True
+        trial = bootstate.state()["trial"]
+        self.updater.confirm()  # an app or firmware update on trial is kept
+        me = bootstate.booted()
+        if me and me["counter"] > bootstate.floor():
+            bootstate.confirm()  # the floor follows the running image's counter
+        if trial:
+            events.record("boot", "confirmed", "ok", "v%s floor %d" % (VERSION, bootstate.floor()))
+            print("agent: trial image confirmed (floor %d)" % bootstate.floor())
+
+    # --- the loop ----------------------------------------------------------------
+    def run(self):
+        due = time.ticks_ms()
+        while True:
+            was = self.online
+            try:
+                self.online = self.client.maintain()
+                if self.online and not was:
+                    self._on_connect()
+                if time.ticks_diff(time.ticks_ms(), due) >= 0 or self.read_now:
+                    self.read_now = False
+                    due = time.ticks_add(time.ticks_ms(), self.interval_s * 1000)
+                    self._take_reading()
+                if self.online and events.head()[0] > events.sent():
+                    self._send_events()
+            except MQTTError:
+                self.online = False
+            self._updates()
+            time.sleep_ms(TICK_MS)
+
+    def _updates(self):
+        self.updater.tick()
+        while self.reports and self.online:
+            rep = self.reports[0]
+            try:
+                self.client.publish(self.topics["report"], update.report_bytes(rep), qos=1)
+            except MQTTError:
+                self.online = False
+                return
+            self.reports.pop(0)
+            print("agent: update", rep.get("state"), rep.get("reason") or rep.get("pct") or "")
+        if self.updater.reboot_due and not self.reports:
+            print("agent: rebooting into the new image")
+            self.client.disconnect()
+            machine.reset()
+
+
+CODE = [0]
+
+
+def main():
+    gc.collect()
+    CODE[0] = gc.mem_alloc()
+    try:
+        me = provision.require()
+    except NotProvisioned as e:
+        print("agent: not starting network services:", e)
+        return
+    try:
+        Agent(me).run()
+    except Exception as e:  # never left dead: record why, then reset (a trial image counts an attempt)
+        events.record("agent", "crash", "failed", "%s %s" % (type(e).__name__, e))
+        import sys
+
+        sys.print_exception(e)
+        machine.reset()
