@@ -142,7 +142,7 @@ def test_host_and_device_verifiers_agree(work, tmp_path):
              image.build(str(work / "app"), key, "gone", "1.0.0", 5), image.build(str(work / "app"), key, "k1", "1.0.0", 2),
              image.build(str(work / "app"), image.load_private(str(work / "other.pem")), "k1", "1.0.0", 5),
              good[:128] + bytes([good[128] ^ 4]) + good[129:], good[:-1] + bytes([good[-1] ^ 1]),
-             good.replace(b"k1\0", b"k2\0", 1)]
+             good.replace(b"k1\0", b"k2\0", 1), put(20, "<H", 256)[:128 + n + 256]]
     paths = []
     for i, c in enumerate(cases):
         p = tmp_path / ("c%d.img" % i)

@@ -220,14 +220,14 @@ def verify(data, keys, hwid=None, floor=0, retired=()):
         return h, "key_retired"
     if h["key_id"] not in keys:
         return h, "unknown_key"
+    pub = keys[h["key_id"]]
+    if h["sig_len"] != (pub.key_size + 7) // 8:
+        return h, "bad_header"
     if h["counter"] < floor:
         return h, "rollback"
     payload = data[HEADER_SIZE:HEADER_SIZE + h["length"]]
     if hashlib.sha256(payload).digest() != h["sha256"]:
         return h, "bad_hash"
-    pub = keys[h["key_id"]]
-    if h["sig_len"] != (pub.key_size + 7) // 8:
-        return h, "bad_header"
     sig = data[HEADER_SIZE + h["length"]:HEADER_SIZE + h["length"] + h["sig_len"]]
     try:
         pub.verify(sig, data[:HEADER_SIZE], PSS, hashes.SHA256())

@@ -17,7 +17,6 @@ import binascii
 import struct
 from micropython import const
 
-
 SLOTS = ("app_a", "app_b")
 PART = "bootstate"
 ATTEMPTS = const(3)  # boots a new image gets to confirm itself
@@ -25,7 +24,6 @@ _MAGIC = b"ICBS"
 _FMT = "<4sBBBBIIB11s"
 _SIZE = const(32)
 NONE = const(0xFF)  # no fallback slot
-_SECTOR = const(4096)
 
 # The image this boot verified and mounted: {"slot", "version", "counter",
 # "key_id", "sha256"}; plain values, so the verifier's modules can be unloaded

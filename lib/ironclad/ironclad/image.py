@@ -32,6 +32,7 @@ WRONG_HWID = "wrong_hwid"
 NO_TRUST = "no_trust"
 UNKNOWN_KEY = "unknown_key"
 KEY_RETIRED = "key_retired"
+BAD_KEY = "bad_key"  # the trust module lists a key rsapss does not take (size, exponent)
 ROLLBACK = "rollback"
 BAD_HASH = "bad_hash"
 BAD_SIGNATURE = "bad_signature"
@@ -126,6 +127,12 @@ def check(h, slot_size, floor, anchors, hwid=None):
     key = anchors.KEYS.get(h.key_id)
     if key is None:
         raise Rejected(UNKNOWN_KEY)
+    try:
+        k = rsapss.key_bytes(*key)
+    except ValueError:  # a key the verifier does not take: nothing it signed runs
+        raise Rejected(BAD_KEY)
+    if h.sig_len != k:
+        raise Rejected(BAD_HEADER)
     # The firmware's own minimum holds even if the boot state record is lost.
     if h.counter < floor or h.counter < getattr(anchors, "MIN_COUNTER", 0):
         raise Rejected(ROLLBACK)
@@ -133,11 +140,7 @@ def check(h, slot_size, floor, anchors, hwid=None):
 
 
 def _signature_ok(h, key, sig):
-    n, e = key
-    try:
-        return rsapss.verify(n, e, hashlib.sha256(h.raw).digest(), sig)
-    except ValueError:  # sig_len does not fit the key: a bad header, not a bad key
-        raise Rejected(BAD_HEADER)
+    return rsapss.verify(key[0], key[1], hashlib.sha256(h.raw).digest(), sig)
 
 
 def verify(part, floor=None, hwid=None, anchors=None, event="image"):

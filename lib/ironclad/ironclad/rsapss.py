@@ -86,6 +86,12 @@ def _check_key(n, e):
     return mod_bits
 
 
+def key_bytes(n, e):
+    """k, the signature length in octets for the key (n, e); ValueError if the
+    key is outside what verify() accepts."""
+    return (_check_key(n, e) + 7) >> 3
+
+
 def verify(n, e, mhash, sig):
     """RSASSA-PSS-VERIFY with SHA-256, MGF1-SHA256 and a 32-byte salt.
 
