@@ -168,7 +168,7 @@ def test_received_publish_puback_pingresp_and_acks():
             + b"\xd0\x00" + b"\x40\x02\x00\x01" + b"\x40\x02\x00\x02")
     for chunk in (0, 1, 3):
         c, s = attached(b"", chunk=chunk)
-        c.set_callback(lambda t, m: got.append((t, m)))
+        c.set_callback(lambda t, m: got.append((t, bytes(m))))
         c.set_ack_callback(acks.append)
         c.publish("t", b"a", qos=1, wait=False)
         c.publish("t", b"b", qos=1, wait=False)
@@ -258,6 +258,7 @@ BAD = [
     (b"\x30\x02\x00\x00", ProtocolError, "bad_topic"),
     (publish(b"a/#", b""), ProtocolError, "bad_topic"),
     (publish(b"a\x00b", b""), ProtocolError, "bad_topic"),
+    (publish(b"a" * 257, b""), ProtocolError, "bad_topic"),
     (b"\x32\x05\x00\x03abc", ProtocolError, "bad_topic"),
     (publish(TOPIC, b"x", qos=1, pid=0), ProtocolError, "bad_packet"),
     (publish(TOPIC, b"x", qos=2, pid=9), ProtocolError, "qos2"),

@@ -117,7 +117,7 @@ def test_commands_telemetry_keepalive_and_last_will(fleet):
 c = client(keepalive=2, timeout_s=2)
 c.set_last_will(A["t"] + "state", b"offline", retain=True, qos=1)
 got = []
-c.set_callback(lambda t, m: got.append([t.decode(), m.decode()]))
+c.set_callback(lambda t, m: got.append([t.decode(), bytes(m).decode()]))
 acked = []
 c.set_ack_callback(acked.append)
 out(session=c.connect())
@@ -237,7 +237,7 @@ def test_broker_down_backoff_then_persistent_session(fleet):
 import os
 c = client(timeout_s=2, backoff=Backoff(100, 800))
 got = []
-c.set_callback(lambda t, m: got.append(m.decode()))
+c.set_callback(lambda t, m: got.append(bytes(m).decode()))
 c.connect(clean_session=False)
 c.subscribe(A["t"] + "cmd", 1)
 c.disconnect()

@@ -4,7 +4,7 @@
 #   c = MQTTClient("dev-1", "broker.example", 8883, ssl_context,
 #                  server_hostname="broker.example", keepalive=60)
 #   c.set_last_will("fleet/dev-1/state", b"offline", retain=True, qos=1)
-#   c.set_callback(lambda topic, msg: ...)       # topic, msg: bytes
+#   c.set_callback(lambda topic, msg: ...)       # bytes, memoryview (see there)
 #   c.connect()                                  # -> session_present (bool)
 #   c.subscribe("fleet/dev-1/cmd")               # -> granted QoS (0x80 refused)
 #   c.publish("fleet/dev-1/telemetry", data, qos=1)        # waits for PUBACK
@@ -73,6 +73,7 @@ _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 _DUP = const(0x08)
 _MAX_REMAINING = const(268435455)  # 4 varint bytes
+_MAX_TOPIC = const(256)  # longest topic accepted from the broker (AWS IoT's limit too)
 
 _RX = const(64)  # read-ahead buffer
 _WBUF = const(1024)  # write buffer for publishes queued with wait=False
@@ -231,9 +232,12 @@ class MQTTClient:
 
     # --- settings ------------------------------------------------------------
     def set_callback(self, f):
-        """f(topic, msg) for each PUBLISH received (bytes copies). A QoS 1
-        message is acknowledged after f returns, so one f did not finish
-        (exception, reset) comes again."""
+        """f(topic, msg) for each PUBLISH received. topic is bytes; msg is a
+        memoryview of the receive buffer, valid until f returns or calls the
+        client (bytes(msg) to keep it): a payload is never copied, so a large
+        one cannot fail to allocate. A QoS 1 message is acknowledged after f
+        returns, so one that f did not finish (exception, reset) comes
+        again."""
         self.cb = f
 
     def set_ack_callback(self, f):
@@ -454,7 +458,7 @@ class MQTTClient:
                 raise ProtocolError("bad_topic", "PUBLISH shorter than its topic length")
             tl = (buf[0] << 8) | buf[1]
             pos = 2 + tl
-            if tl == 0 or pos + (2 if qos else 0) > n:
+            if tl == 0 or tl > _MAX_TOPIC or pos + (2 if qos else 0) > n:
                 raise ProtocolError("bad_topic", "topic length %d in a %d-byte packet" % (tl, n))
             topic = bytes(self._mv[2:pos])
             if b"+" in topic or b"#" in topic or b"\x00" in topic:
@@ -465,7 +469,9 @@ class MQTTClient:
                 if not pid:
                     raise ProtocolError("bad_packet", "PUBLISH with packet id 0")
                 pos += 2
-            msg = bytes(self._mv[pos:n])
+            # The payload is not copied: a view of the receive buffer (no
+            # allocation the size of what the broker sent).
+            msg = self._mv[pos:n]
             if self.cb:
                 self.cb(topic, msg)
                 if self.sock is None:
