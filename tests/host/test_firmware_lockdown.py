@@ -9,20 +9,17 @@ namespace (the repo's frozen files, the stand-in esp32/machine modules, the
 board's trust module) as a read-only directory at /.frozen, runs _boot.py, and
 prints REPL-REACHABLE if _boot.py returns (main.c would then run boot.py,
 main.py and the REPL). A reset is the stand-in's SIGKILL."""
+import glob
 import os
 import subprocess
 
 import pytest
 
 from mphelp import MICROPYTHON, ROOT, SIGKILL_RC, mp_env, run_mp
-from ictl import device as sim_device, image
+from ictl import device as sim_device, image, unixfw
 
 BOOT = os.path.join(ROOT, "firmware", "esp32", "modules", "_boot.py")
 MPY_CROSS = os.path.join(os.path.dirname(MICROPYTHON), "mpy-cross")
-# More than the usual 96 KiB: on an ESP32 the frozen modules' bytecode stays in
-# flash, here every module _boot.py and boot.py import (keystore, CCM, the
-# verifier, the stand-ins) is compiled into the heap.
-HEAP = "160K"
 # On an ESP32 ".frozen" is one namespace holding everything the manifest
 # freezes. On the unix port it holds only the port's own frozen modules (ssl),
 # so the harness adds the directory standing in for the rest: the one
@@ -80,17 +77,17 @@ def _sandbox(tmp, devdir, dev=False):
     with open(os.path.join(tmp, "_boot.py"), "w") as f:
         f.write(src)
     subprocess.run([MPY_CROSS, "-o", os.path.join(box, "_boot.mpy"), os.path.join(tmp, "_boot.py")], check=True)
+    fw = unixfw.build()  # lib/ironclad and the stand-ins compiled, as a firmware freezes them
     links = {
         "boot.py": os.path.join(ROOT, "boot.py"),
         "main.py": os.path.join(ROOT, "main.py"),
         "ironclad_main.py": os.path.join(ROOT, "firmware", "esp32", "modules", "ironclad_main.py"),
-        "ironclad": os.path.join(ROOT, "lib", "ironclad", "ironclad"),
+        "ironclad": os.path.join(fw, "lib", "ironclad", "ironclad"),
     }
     for mod in ("esp32", "machine", "espsim"):  # built into the ESP32 firmware
-        links[mod + ".py"] = os.path.join(ROOT, "firmware", "unix", mod + ".py")
-    trust = os.path.join(image.board_dir(devdir), image.TRUST_MODULE)
-    if os.path.exists(trust):
-        links[image.TRUST_MODULE] = trust
+        links[mod + ".mpy"] = os.path.join(fw, "firmware", "unix", mod + ".mpy")
+    for trust in glob.glob(os.path.join(image.board_dir(devdir), "ironclad_trust.*")):
+        links[os.path.basename(trust)] = trust
     if dev:
         links["ironclad_devmode.py"] = os.path.join(ROOT, "firmware", "esp32", "dev", "ironclad_devmode.py")
     for name, target in links.items():
@@ -131,7 +128,7 @@ def _boot(tmp_path, devdir, dev=False, planted=(), app_exit=None, timeout=60):
     code = HARNESS % {"sandbox": box, "planted": list(planted)}
     env = mp_env(devdir, extra={"IC_APP_EXIT": app_exit} if app_exit else None)
     env.pop("MICROPYPATH")  # only what the harness lays out is importable
-    return subprocess.run([MICROPYTHON, "-X", "heapsize=" + HEAP, "-c", code], env=env, capture_output=True,
+    return subprocess.run([MICROPYTHON, "-X", "heapsize=96K", "-c", code], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=str(tmp_path))
 
 
