@@ -88,7 +88,7 @@ def build_app(version, counter, keys, out, hwid, change=None):
     return img
 
 
-def _bump_version(ver):
+def bump_version(ver):
     def change(src):
         p = os.path.join(src, "agent.py")
         with open(p) as f:
@@ -234,7 +234,7 @@ def _forever(b, since):
 
 
 def demo_update(b, br, keys, dev, hwid, v1, root, s, con, timeout):
-    v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=_bump_version("2"))
+    v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))
     say("app v2 built (security counter 2); rolling it out as a signed, encrypted delta update")
     res = upd.rollout([(dev, con.devices[dev]["pub"])], v1, v2, br, keys.signing, keys.key_id,
                       timeout=timeout * 3, until=("confirmed", "rolled_back", "rejected"), out=sys.stdout)
