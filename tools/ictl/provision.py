@@ -15,8 +15,10 @@ Steps (each one `mpremote exec` of ironclad.provision on the board):
   3 the board makes its P-256 key pair and a CSR (the key never leaves it)
   4 the CA checks the CSR and issues the certificate (inventory: issued)
   5 the board checks the certificate is for its key and id and signed by the
-    CA, stores certificate, CA, broker settings and the fleet data key, and
-    marks itself provisioned (its last write)
+    CA and the fleet data key is a P-256 point (one exec), then stores
+    certificate, CA, broker settings and the fleet data key, and marks itself
+    provisioned, its last write (another: P-256 and the NVS writes together
+    do not fit a small heap)
   6 read the board again: provisioned, with this certificate (inventory:
     provisioned)
 A failure after step 2 wipes the board (inventory: abandoned, if a
@@ -122,11 +124,14 @@ class Board:
         self.mpremote = mpremote
         self.timeout = timeout
 
+    def _exec(self, code):
+        return subprocess.run([self.mpremote, "connect", self.port, "exec", code],
+                              capture_output=True, text=True, timeout=self.timeout)
+
     def call(self, step, *args):
         code = "from ironclad import provision\nprovision.%s(%s)" % (step, ", ".join(repr(a) for a in args))
         try:
-            r = subprocess.run([self.mpremote, "connect", self.port, "exec", code],
-                               capture_output=True, text=True, timeout=self.timeout)
+            r = self._exec(code)
         except subprocess.TimeoutExpired:
             raise ToolError("the board on %s did not answer within %d s" % (self.port, self.timeout)) from None
         except OSError as e:
@@ -228,9 +233,12 @@ class Provisioner:
             self.record["fingerprint"] = fp
             self.out("      serial %s, valid until %s, sha256 %s" % (fleet_ca.serial_hex(cert), cert.not_valid_after_utc.date(), fp))
 
-            self._step(5, "writing certificate, CA, broker %s:%d and the fleet data key" % (self.broker["host"], self.broker["port"]))
-            done = self.board.call("finish", pki.cert_der(self.cert_to_send(cert)).hex(),
-                                   pki.cert_der(self.ca.cert).hex(), json.dumps(self.broker), self.fleet_pub.hex())
+            self._step(5, "the board checks the certificate and stores certificate, CA, broker %s:%d and the fleet data key"
+                       % (self.broker["host"], self.broker["port"]))
+            cert_hex = pki.cert_der(self.cert_to_send(cert)).hex()
+            ca_hex = pki.cert_der(self.ca.cert).hex()
+            self.board.call("check", cert_hex, ca_hex, self.fleet_pub.hex())
+            done = self.board.call("finish", cert_hex, ca_hex, json.dumps(self.broker), self.fleet_pub.hex())
 
             self._step(6, "checking the board")
             after = self.board.call("info")

@@ -2,7 +2,8 @@
 # settings, the fleet's data public key, and the mutual-TLS context.
 #
 #   from ironclad import identity
-#   me = identity.load()                 # NotProvisioned if the board is not
+#   me = identity.require()              # NotProvisioned (+ security event) if
+#                                        # the board is not provisioned
 #   ctx = me.tls_context()               # CERT_REQUIRED, fleet CA, device key
 #   sock = ctx.wrap_socket(s, server_hostname=me.hostname)   # name checked
 #
@@ -70,6 +71,19 @@ def load(ks=None):
     if not dev or not broker or not pub or len(pub) != 65:
         raise NotProvisioned("device credentials incomplete: " + HINT)
     return Identity(ks, dev.decode(), _broker(broker), pub)
+
+
+def require(ks=None):
+    """The agent's gate before any network service: the Identity; on a board
+    that is not provisioned (or whose credentials do not authenticate),
+    record a security event and raise NotProvisioned with a message for the log."""
+    try:
+        return load(ks)
+    except NotProvisioned as e:
+        from ironclad import events
+
+        events.record("provisioning", "not_provisioned", detail=str(e))
+        raise
 
 
 def split_certs(data):

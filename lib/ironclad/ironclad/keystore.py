@@ -50,6 +50,8 @@ _FILL_CHUNK = const(1024)
 _NVS_SIZE = const(0x6000)  # if the partition table has no "nvs" entry to measure
 
 _ERR_NOT_FOUND = const(-4354)  # ESP_ERR_NVS_NOT_FOUND
+_ERR_INVALID_LENGTH = const(-4364)  # ESP_ERR_NVS_INVALID_LENGTH: the buffer is too small
+_READ_BUF = const(704)
 _AAD = b"ironclad-ks"
 
 
@@ -89,7 +91,9 @@ class KeyStore:
         self._nvs = nvs
         self._knvs = key_nvs
         self._uid = bytes(uid)
-        self._buf = bytearray(MAX_VALUE + _OVERHEAD)
+        # Sized for every usual entry (a certificate is ~500 bytes): one
+        # small buffer kept, the rare longer value read into a temporary one.
+        self._buf = bytearray(_READ_BUF)
         self._cipher = None
 
     def __repr__(self):
@@ -136,15 +140,19 @@ class KeyStore:
         return out
 
     def _read(self, key):
-        """The raw blob stored under key, as a memoryview of the read buffer, or None."""
-        try:
-            n = self._nvs.get_blob(key, self._buf)
-        except OSError as e:
-            if _not_found(e):
-                return None
-            # ESP_ERR_NVS_INVALID_LENGTH and the like: longer than any record.
-            self._tampered(key)
-        return memoryview(self._buf)[:n]
+        """The raw blob stored under key (a memoryview), or None."""
+        buf = self._buf
+        while True:
+            try:
+                return memoryview(buf)[:self._nvs.get_blob(key, buf)]
+            except OSError as e:
+                if _not_found(e):
+                    return None
+                if e.args and e.args[0] == _ERR_INVALID_LENGTH and len(buf) < MAX_VALUE + _OVERHEAD:
+                    # Longer than the usual entry: once more with room for the longest.
+                    buf = bytearray(MAX_VALUE + _OVERHEAD)
+                    continue
+                self._tampered(key)
 
     def _open(self, name):
         rec = self._read(name)

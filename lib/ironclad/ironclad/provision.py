@@ -7,13 +7,15 @@
 #   info()                      who am I: firmware, unique id, provisioned?
 #   start(device_id)            clean any half-done attempt, make the key pair,
 #                               keep it in the keystore, print the CSR
-#   finish(cert, ca, broker, fleet_pub)   check the certificate is for this
-#                               key and id and signed by the CA, store it all,
-#                               then mark the board provisioned (last write)
+#   check(cert, ca, fleet_pub)  the certificate is for this key and id and
+#                               signed by the CA; the fleet key is a P-256 point
+#   finish(cert, ca, broker, fleet_pub)   the cheap checks again, store it
+#                               all, then mark the board provisioned (last write)
 #   wipe()                      erase every credential (keystore wipe)
 #
-#   from ironclad import provision
-#   me = provision.require()   # Identity, or NotProvisioned + security event
+# The agent's gate is identity.require() (also importable from here; the
+# identity module alone is the lighter import):
+#   me = identity.require()     # Identity, or NotProvisioned + security event
 import binascii
 import gc
 import hashlib
@@ -33,18 +35,10 @@ class ProvisionError(Exception):
 
 
 def require(ks=None):
-    """The device's Identity; on a board that is not provisioned (or whose
-    credentials do not authenticate), record a security event and raise
-    NotProvisioned with a message for the log."""
+    """identity.require(): the agent's gate."""
     from ironclad import identity
 
-    try:
-        return identity.load(ks)
-    except identity.NotProvisioned as e:
-        from ironclad import events
-
-        events.record("provisioning", "not_provisioned", detail=str(e))
-        raise
+    return identity.require(ks)
 
 
 def _out(obj):
@@ -200,10 +194,11 @@ def parse_cert(cert):
     return bytes(cert[ts:tb]), spki, cns, sig
 
 
-def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
-    from ironclad import der, p256
+def _mine(ks, cert):
+    """The board's key pair and device id, after checking that cert is for
+    them; raises ProvisionError otherwise."""
+    from ironclad import der
 
-    ks = KeyStore()
     if ks.get("provisioned") is not None:
         raise ProvisionError("board is already provisioned")
     key = ks.get("device_key")
@@ -211,47 +206,67 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
     if key is None or dev is None:
         raise ProvisionError("no key pair on the board: run the start step first")
     d, pub = _sec1(key)
-    cert = binascii.unhexlify(cert_hex)
-    ca = binascii.unhexlify(ca_hex)
-    tbs, spki, cns, (r, s) = parse_cert(cert)
+    tbs, spki, cns, sig = parse_cert(cert)
     if spki != der.spki_p256_encode(pub):
         raise ProvisionError("certificate is for another key, not this board's")
-    if cns != [dev.decode()]:
-        raise ProvisionError("certificate is for another device (CN %s), not %s" % (",".join(cns) or "-", dev.decode()))
-    from ironclad.identity import split_certs
+    dev = dev.decode()
+    if cns != [dev]:
+        raise ProvisionError("certificate is for another device (CN %s), not %s" % (",".join(cns) or "-", dev))
+    return d, dev, tbs, sig
 
+
+def _check(cert_hex, ca_hex, fleet_pub_hex):
+    # The checks that need P-256 arithmetic, in a step of their own: with
+    # p256 loaded next to the NVS writes, a small board runs out of heap.
+    from ironclad import der, p256
+
+    d, dev, tbs, (r, s) = _mine(KeyStore(), binascii.unhexlify(cert_hex))
+    h = hashlib.sha256(tbs).digest()
+    ca = binascii.unhexlify(ca_hex)
     signed = False
-    for c in split_certs(ca):
+    for _, start, _, stop in _elements(ca, 0, len(ca)):
         try:
-            ca_pub = der.spki_p256_decode(parse_cert(c)[1])
+            ca_pub = der.spki_p256_decode(parse_cert(ca[start:stop])[1])
         except ValueError:
             continue
-        if p256.verify(ca_pub, hashlib.sha256(tbs).digest(), r, s):
+        if p256.verify(ca_pub, h, r, s):
             signed = True
     if not signed:
         raise ProvisionError("certificate is not signed by the CA given with it")
+    # ECDH validates the point (on P-256): the telemetry key agreement would
+    # fail later with a bad one.
+    try:
+        p256.ecdh(d, binascii.unhexlify(fleet_pub_hex))
+    except ValueError:
+        raise ProvisionError("fleet data public key is not a P-256 point")
+    return {"checked": True, "device_id": dev}
+
+
+def check(cert_hex, ca_hex, fleet_pub_hex):
+    _step(_check, cert_hex, ca_hex, fleet_pub_hex)
+
+
+def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
+    ks = KeyStore()
+    cert = binascii.unhexlify(cert_hex)
+    _, dev, _, _ = _mine(ks, cert)  # cheap checks again: these are the bytes stored
+    fleet_pub = binascii.unhexlify(fleet_pub_hex)
+    if len(fleet_pub) != 65 or fleet_pub[0] != 4:
+        raise ProvisionError("fleet data public key is not a P-256 point")
     b = json.loads(broker_json)
     if not (isinstance(b, dict) and isinstance(b.get("host"), str) and b["host"] and isinstance(b.get("port"), int)
             and 0 < b["port"] < 65536 and isinstance(b.get("hostname"), str) and b["hostname"]
             and isinstance(b.get("prefix"), str) and b["prefix"]):
         raise ProvisionError("broker settings need host, port (1-65535), hostname and prefix")
     broker = json.dumps({"host": b["host"], "port": b["port"], "hostname": b["hostname"], "prefix": b["prefix"]})
-    fleet_pub = binascii.unhexlify(fleet_pub_hex)
-    # ECDH validates the point (on P-256): the telemetry key agreement would
-    # fail later with a bad one.
-    try:
-        p256.ecdh(d, fleet_pub)
-    except ValueError:
-        raise ProvisionError("fleet data public key is not a P-256 point")
-    del d, key
-    gc.collect()  # the checks' big-number garbage, before the NVS writes
+    gc.collect()
     ks.put("cert", cert)
-    ks.put("ca", ca)
+    ks.put("ca", binascii.unhexlify(ca_hex))
     ks.put("broker", broker.encode())
     ks.put("fleet_data_pub", fleet_pub)
     fp = _fingerprint(cert)
     ks.put("provisioned", fp.encode())  # the commit point
-    return {"provisioned": True, "device_id": dev.decode(), "fingerprint": fp}
+    return {"provisioned": True, "device_id": dev, "fingerprint": fp}
 
 
 def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
