@@ -7,7 +7,6 @@ import time
 
 from ictl import bootlab, image
 from ictl.faults import MICROPYTHON
-from ictl.figures import best_of
 
 PAYLOAD = 256 * 1024
 
@@ -18,15 +17,24 @@ p = esp32.Partition("app_a")
 h = image.read_header(p)
 data = bytearray(h.length)
 p.readblocks(0, data, image.HEADER_SIZE)
-bv = bh = 1 << 30
-for i in range(9):
+import ironclad_trust
+from ironclad import rsapss
+n, e = ironclad_trust.KEYS[h.key_id]
+sig = bytearray(h.sig_len)
+p.readblocks(0, sig, image.HEADER_SIZE + h.length)
+hh = hashlib.sha256(h.raw).digest()
+bv = bh = br = 1 << 30
+for i in range(15):
     t = time.ticks_us()
     image.verify(p, floor=0, event=None)
     bv = min(bv, time.ticks_diff(time.ticks_us(), t))
     t = time.ticks_us()
     hashlib.sha256(data).digest()
     bh = min(bh, time.ticks_diff(time.ticks_us(), t))
-print("TIMES", h.length, bv, bh)
+    t = time.ticks_us()
+    rsapss.verify(n, e, hh, sig)
+    br = min(br, time.ticks_diff(time.ticks_us(), t))
+print("TIMES", h.length, bv, bh, br)
 """
 
 # The GC heap verification needs: a hole of F bytes is made (a bytearray),
@@ -109,10 +117,11 @@ def run(fig, tmp, args):
     # Pad so the ROMFS payload is about 256 KiB.
     dev, length = _device(tmp, "verify", PAYLOAD - 200)
     # The baseline holds the whole payload in RAM: a larger heap for this run.
-    n, tv, th = _line(bootlab.run(dev, TIMING, heap_kib=1024), "TIMES")
+    n, tv, th, tr = _line(bootlab.run(dev, TIMING, heap_kib=1024), "TIMES")
     fig.add("boot_verify_ratio", round(tv / th, 2), "ratio",
-            "image.verify of a %d-byte payload from the app slot (streamed 1 KiB reads, SHA-256, RSA-3072-PSS) / "
-            "one hashlib.sha256 over the same bytes in RAM; %d us vs %d us, best of 9" % (n, tv, th))
+            "image.verify of a %d-byte payload from the app slot (4 KiB reads through the esp32.Partition "
+            "stand-in, SHA-256, RSA-3072-PSS) / one hashlib.sha256 over the same bytes in RAM; %d us vs %d us, "
+            "best of 15; of which the RSA-PSS check alone %d us (pow(s, 65537, n) on the port's mpz)" % (n, tv, th, tr))
     peak = _line(bootlab.run(dev, PEAK, heap_kib=96), "PEAK")[0]
     fig.add("boot_verify_peak_heap_kib", round(peak / 1024, 2), "KiB",
             "least GC heap (one free hole, the rest of a 96 KiB heap filled with ballast; binary search, "
@@ -120,8 +129,11 @@ def run(fig, tmp, args):
     small, _ = _device(tmp, "boot", 0)
     e = bootlab.env(small)
     bootlab.boot(small)  # first boot formats the filesystem
-    base = best_of(lambda: _wall([MICROPYTHON, "-c", "pass"]))
-    boot = best_of(lambda: _wall([MICROPYTHON, "-X", "heapsize=96K", bootlab.start()], e))
+    # Interleaved, best of 7 each, so load from other work hits both alike.
+    base = boot = 1e9
+    for _ in range(7):
+        base = min(base, _wall([MICROPYTHON, "-c", "pass"]))
+        boot = min(boot, _wall([MICROPYTHON, "-X", "heapsize=96K", bootlab.start()], e))
     r = bootlab.boot(small)
     if bootlab.ran(r) != "1.0.0":
         raise RuntimeError("the bench app did not boot: %s" % (r.stdout + r.stderr)[-500:])

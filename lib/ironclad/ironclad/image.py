@@ -18,7 +18,7 @@ MAGIC = b"ICIM"
 FORMAT = const(1)
 HEADER_SIZE = const(128)
 _FMT = "<4sHHIIIHH8s32s16s16s32s"  # 128 bytes; field table in docs/image-format.md
-_CHUNK = const(512)  # payload read size; the signature (384 bytes) reuses the buffer
+_CHUNK = const(4096)  # payload read size: one flash sector
 _ID_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 
 # Reason codes (also the events' reason field).
@@ -179,10 +179,11 @@ def _verify(part, floor, hwid, anchors):
         off += n
     if sha.digest() != h.sha256:
         raise Rejected(BAD_HASH)
-    # The signature goes into the hash buffer: no second allocation.
-    sig = mv[:h.sig_len] if h.sig_len <= _CHUNK else bytearray(h.sig_len)
+    # Drop the read buffer before the RSA step, whose big-integer temporaries
+    # are the other half of the peak: the two never need RAM at once.
+    buf = mv = chunk = sha = None
+    sig = bytearray(h.sig_len)
     part.readblocks(0, sig, end)
-    sha = chunk = None
     if not _signature_ok(h, key, sig):
         raise Rejected(BAD_SIGNATURE)
     return h
