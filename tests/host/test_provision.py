@@ -428,3 +428,22 @@ def test_wrong_broker_hostname_fails_the_handshake(fleet, board):
     p.broker = provision.broker_settings("127.0.0.1", fleet.port, hostname="not-the-broker.example")
     p.run()
     assert "TLS-FAILED hostname_mismatch" in device_exec(board, DEVICE_TLS)
+
+
+def test_fleet_data_key_formats(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    point = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    for name, data in (("pem", key.public_key().public_bytes(serialization.Encoding.PEM, spki)),
+                       ("der", key.public_key().public_bytes(serialization.Encoding.DER, spki)),
+                       ("raw", point), ("hex", point.hex().encode() + b"\n")):
+        (tmp_path / name).write_bytes(data)
+        assert provision.load_fleet_pub(str(tmp_path / name)) == point
+    # the private half is refused (technicians never need it), and so is anything not P-256
+    (tmp_path / "priv").write_bytes(pki.key_pem(key))
+    (tmp_path / "p384").write_bytes(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, spki))
+    (tmp_path / "offcurve").write_bytes(b"\x04" + b"\x01" * 64)
+    for bad in ("priv", "p384", "offcurve", "missing"):
+        with pytest.raises(ToolError):
+            provision.load_fleet_pub(str(tmp_path / bad))

@@ -41,7 +41,7 @@ import sys
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ictl import ToolError, broker as fleet_broker, ca as fleet_ca, pki
+from ictl import ToolError, broker as fleet_broker, ca as fleet_ca, fleetkeys, pki
 
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 PROTOCOL = 1
@@ -56,7 +56,8 @@ class NotAgent(ToolError):
 
 def load_fleet_pub(path):
     """The fleet data public key as a 65-byte uncompressed P-256 point, from
-    a PEM or DER SubjectPublicKeyInfo, the raw 65 bytes, or their hex."""
+    a PEM or DER SubjectPublicKeyInfo, the raw 65 bytes, or their hex (what
+    `ictl console fleet-key` prints)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -75,7 +76,7 @@ def load_fleet_pub(path):
         raise ToolError("%s is not a P-256 public key (PEM, DER, or the 65-byte point)" % path) from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise ToolError("%s is not a P-256 public key" % path)
-    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return fleetkeys.public_point(key)
 
 
 def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFIX):
