@@ -134,7 +134,9 @@ class Agent:
         if n:
             print("agent: delivered %d spooled readings" % n)
         self._send_events()
-        self.updater.start()
+        if not self.updater.reboot_due:
+            # (A slot switch waiting for its reboot is not yet a verdict to report.)
+            self.updater.start()
         self._healthy()
 
     def _send_events(self):
