@@ -234,9 +234,11 @@ def test_recovery_installs_only_a_signed_full_image(lab, tmp_path):
     bad[-1] ^= 1
     (tmp_path / "bad.img").write_bytes(bytes(bad))
     state = image.read_bootstate(dev)
+    before = bootlab.flash_outside(dev)
     r = bootlab.install(dev, str(tmp_path / "bad.img"))
     assert "REFUSED" in r.stdout and "bad_signature" in r.stdout
     assert image.read_bootstate(dev) == state  # a rejection changes no boot state
+    assert bootlab.flash_outside(dev) == before  # nor any slot: the file is checked first
     r = bootlab.install(dev, lab.v1[1])
     assert "INSTALLED v1.0.0" in r.stdout
     st = image.read_bootstate(dev)
