@@ -16,7 +16,8 @@ import detools
 import pytest
 from heatshrink2.core import Encoder, Writer
 
-from deltahelp import apply_jobs, mphelp
+from ictl import ROOT
+from ictl.updatelab import apply_jobs
 
 VENV_BIN = os.path.dirname(sys.executable)
 DETOOLS_CLI = os.path.join(VENV_BIN, "detools")
@@ -77,7 +78,7 @@ def romfs(tmp, name, files):
 def app_sources():
     """Real MicroPython modules without viper (what `mpremote romfs build` compiles)."""
     files = {}
-    for p in sorted(glob.glob(os.path.join(mphelp.ROOT, "lib", "ironclad", "ironclad", "*.py"))):
+    for p in sorted(glob.glob(os.path.join(ROOT, "lib", "ironclad", "ironclad", "*.py"))):
         text = open(p).read()
         if "viper" not in text and "native" not in text:
             files[os.path.basename(p)] = text

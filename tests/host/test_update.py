@@ -1,5 +1,5 @@
 """Updates end to end on a simulated device, the fleet's side played from
-files (tests/host/deltahelp.py UPDATE_DRIVER): delta and full app updates,
+files (ictl.updatelab UPDATE_DRIVER): delta and full app updates,
 trial boot and confirmation, resume after a reboot mid-download, the
 firmware OTA target, and bad input rejected with the running slot untouched."""
 import glob
@@ -8,11 +8,13 @@ import subprocess
 
 import pytest
 
-from deltahelp import MPY_CROSS, Fleet, mphelp, sim_device
+from ictl import ROOT
+from ictl import device as sim_device
+from ictl.updatelab import MPY_CROSS, Fleet
 from ictl import image as app_image
 from ictl.update import Update
 
-SIGKILL = mphelp.SIGKILL_RC
+SIGKILL = -9  # a reset or power cut ends the device process with SIGKILL
 
 
 def app_tree(root, name, extra=""):
@@ -21,7 +23,7 @@ def app_tree(root, name, extra=""):
     os.makedirs(d)
     with open(os.path.join(d, "main.py"), "w") as f:
         f.write("print('app %s')\n" % name)
-    for p in sorted(glob.glob(os.path.join(mphelp.ROOT, "lib", "ironclad", "ironclad", "*.py"))):
+    for p in sorted(glob.glob(os.path.join(ROOT, "lib", "ironclad", "ironclad", "*.py"))):
         if os.path.basename(p) in ("__init__.py", "detools.py"):
             continue
         # Modules mpy-cross compiles without -march (no native code), as an app's are.

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from deltahelp import Fleet, mphelp, run_mqtt_device
+from ictl import ROOT
+from ictl.updatelab import Fleet, run_mqtt_device
 from ictl import broker as fleet_broker
 from ictl import image as app_image
 from ictl import pki
@@ -19,8 +20,8 @@ ICTL = [sys.executable, "-m", "ictl"]
 
 
 def ictl(*args):
-    env = dict(os.environ, PYTHONPATH=os.path.join(mphelp.ROOT, "tools"))
-    return subprocess.run(ICTL + list(args), capture_output=True, text=True, env=env, cwd=mphelp.ROOT, timeout=120)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"))
+    return subprocess.run(ICTL + list(args), capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 
 @pytest.fixture(scope="module")

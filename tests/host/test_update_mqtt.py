@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from deltahelp import Fleet, run_mqtt_device
+from ictl.updatelab import Fleet, run_mqtt_device
 from ictl import broker as fleet_broker
 from ictl import image as app_image
 from ictl import pki

@@ -380,6 +380,8 @@ class Updater:
             self._report(TRIAL, uid, ver=pend["ver"])
             return
         self._st["pending"] = None
+        if running != pend["slot"]:
+            self._st["last"] = None  # not running: the fleet may offer it again
         self._save_state()
         if running == pend["slot"]:
             self._report(CONFIRMED, uid, ver=pend["ver"])
