@@ -295,6 +295,15 @@ def _rollout(br, keys, names, con, v1, v2, devices, sup, rnd, cut_share, broker_
     t0 = time.monotonic()
     try:
         status = r.run(plans, until=FINAL, timeout=timeout, progress=False)
+        for _ in range(3):
+            # Power lost before the slot switch reached flash: the device still
+            # runs v1 and says so; the fleet sends it the update again.
+            again = {nm: plans[nm] for nm, st in status.items()
+                     if st.get("state") == "rejected" and st.get("reason") == "interrupted"}
+            if not again:
+                break
+            say("sending the update again to %d devices interrupted by a power cut" % len(again))
+            status.update(r.run(again, until=FINAL, timeout=timeout, progress=False))
     finally:
         stop.set()
         th.join(5)

@@ -405,8 +405,11 @@ class Rollout:
         states = {}
         for dev in plans:
             states[self.status[dev].get("state")] = states.get(self.status[dev].get("state"), 0) + 1
-        self.out.write("\rrollout [%-30s] %3d%%  %s" % (bar, pct, "  ".join("%s %d" % kv for kv in sorted(states.items()))))
-        self.out.flush()
+        line = "rollout [%-30s] %3d%%  %s" % (bar, pct, "  ".join("%s %d" % kv for kv in sorted(states.items())))
+        if line != getattr(self, "_last_line", None):  # redraw only on a change (logs stay readable)
+            self._last_line = line
+            self.out.write("\r" + line)
+            self.out.flush()
 
 
 def updater_credentials(pki_dir):
