@@ -4,7 +4,7 @@
 #   c = MQTTClient("dev-1", "broker.example", 8883, ssl_context,
 #                  server_hostname="broker.example", keepalive=60)
 #   c.set_last_will("fleet/dev-1/state", b"offline", retain=True, qos=1)
-#   c.set_callback(lambda topic, msg: ...)       # bytes, memoryview (see there)
+#   c.set_callback(lambda topic, msg: ...)       # topic, msg: bytes
 #   c.connect()                                  # -> session_present (bool)
 #   c.subscribe("fleet/dev-1/cmd")               # -> granted QoS (0x80 refused)
 #   c.publish("fleet/dev-1/telemetry", data, qos=1)        # waits for PUBACK
@@ -50,7 +50,7 @@
 # reasons, each recorded at most once per outage so a hostile broker cannot
 # flood the ring:
 #   mqtt: bad_length too_big bad_topic bad_packet unexpected unknown_puback
-#         qos2 truncated slow_packet bad_connack refused_<code>
+#         no_memory qos2 truncated slow_packet bad_connack refused_<code>
 #   tls:  cert_expired cert_not_yet_valid hostname_mismatch cert_untrusted
 #         cert_invalid handshake
 import os
@@ -83,7 +83,7 @@ _OUT = select.POLLOUT
 
 # One bit per event reason: each is recorded once until the connection has
 # been stable for stable_ms (see _event).
-_REASONS = ("bad_length", "too_big", "bad_topic", "bad_packet", "unexpected", "unknown_puback",
+_REASONS = ("bad_length", "too_big", "bad_topic", "bad_packet", "unexpected", "unknown_puback", "no_memory",
             "qos2", "truncated", "slow_packet", "bad_connack", "refused", "cert_expired",
             "cert_not_yet_valid", "hostname_mismatch", "cert_untrusted", "cert_invalid", "handshake")
 
@@ -232,12 +232,9 @@ class MQTTClient:
 
     # --- settings ------------------------------------------------------------
     def set_callback(self, f):
-        """f(topic, msg) for each PUBLISH received. topic is bytes; msg is a
-        memoryview of the receive buffer, valid until f returns or calls the
-        client (bytes(msg) to keep it): a payload is never copied, so a large
-        one cannot fail to allocate. A QoS 1 message is acknowledged after f
-        returns, so one that f did not finish (exception, reset) comes
-        again."""
+        """f(topic, msg) for each PUBLISH received (bytes copies). A QoS 1
+        message is acknowledged after f returns, so one that f did not
+        finish (exception, reset) comes again."""
         self.cb = f
 
     def set_ack_callback(self, f):
@@ -460,7 +457,15 @@ class MQTTClient:
             pos = 2 + tl
             if tl == 0 or tl > _MAX_TOPIC or pos + (2 if qos else 0) > n:
                 raise ProtocolError("bad_topic", "topic length %d in a %d-byte packet" % (tl, n))
-            topic = bytes(self._mv[2:pos])
+            try:
+                # Copies for the callback (umqtt gives bytes). The payload
+                # can be max_packet long: on a fragmented heap there may be no
+                # block for it, and that must end the connection, not the
+                # caller (QoS 1 comes again after the reconnect).
+                topic = bytes(self._mv[2:pos])
+                msg = bytes(self._mv[pos + (2 if qos else 0):n])
+            except MemoryError:
+                raise ProtocolError("no_memory", "no room for a %d-byte message" % n)
             if b"+" in topic or b"#" in topic or b"\x00" in topic:
                 raise ProtocolError("bad_topic", "wildcard or NUL in a PUBLISH topic")
             pid = 0
@@ -469,9 +474,6 @@ class MQTTClient:
                 if not pid:
                     raise ProtocolError("bad_packet", "PUBLISH with packet id 0")
                 pos += 2
-            # The payload is not copied: a view of the receive buffer (no
-            # allocation the size of what the broker sent).
-            msg = self._mv[pos:n]
             if self.cb:
                 self.cb(topic, msg)
                 if self.sock is None:
