@@ -128,12 +128,11 @@ def test_running_agent_listens_nowhere_and_talks_only_tls_to_its_broker(tmp_path
         # Sample over several publish intervals. The device process may be
         # replaced meanwhile (the run reboots it, updates it): look it up each time.
         samples = []
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and sum(1 for s in samples if len(s) == 1) < 5:
-            devices = _procs_with_env(needle)
-            assert len(devices) <= 1, devices
-            if devices:
-                samples.append(_sockets(devices[0]))
+            # (two for a moment when a reboot's new process starts before the old one is reaped)
+            for pid in _procs_with_env(needle):
+                samples.append(_sockets(pid))
             time.sleep(0.3)
         # The port the device talks to speaks TLS only: plaintext MQTT gets no CONNACK.
         host, port = sorted(broker_ports)[0]
