@@ -1,7 +1,9 @@
 """`ictl image` (keygen, build, sign, verify, inspect, trust, install) with
 one-line errors; the host and device verifiers agree on every reason code;
 RSA-PSS with a 2049-bit modulus (emLen = k - 1, which no vector file has)."""
+import contextlib
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -10,13 +12,25 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ictl import bootlab, image
+from ictl import bootlab, cli, image
 from mphelp import ROOT, run_mp
 
 
 def ictl(*args):
-    return subprocess.run([sys.executable, "-m", "ictl", "image", *args], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+    """`ictl image ARGS` in this process (the CLI entry point, without an interpreter start)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(["image", *args])
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+
+def test_cli_process():
+    r = subprocess.run([sys.executable, "-m", "ictl", "image", "verify", "/nonexistent.img", "--key", "/nonexistent.pem"],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+    assert "cannot read" in one_line_error(r)
+    r = subprocess.run([sys.executable, "-m", "ictl", "image", "--help"], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+    assert r.returncode == 0 and all(a in r.stdout for a in ("keygen", "build", "sign", "verify", "inspect", "trust"))
 
 
 def one_line_error(r):
@@ -156,21 +170,25 @@ def test_host_and_device_verifiers_agree(work, tmp_path):
     assert host[0] == "valid" and len(set(host)) >= 12
 
 
+_SMALL = [p for p in range(3, 400, 2) if all(p % d for d in range(3, int(p ** 0.5) + 1, 2))]
+
+
 def _prime(bits):
     import secrets
 
     while True:
-        c = secrets.randbits(bits) | 1 << (bits - 1) | 1
-        if c % 65537 != 1 and all(pow(secrets.randbelow(c - 3) + 2, c - 1, c) == 1 for _ in range(24)):
+        # Top two bits set: the product of a 1025- and a 1024-bit prime made
+        # this way always has exactly 2049 bits.
+        c = secrets.randbits(bits) | 3 << (bits - 2) | 1
+        if any(c % p == 0 for p in _SMALL) or c % 65537 == 1:
+            continue
+        if all(pow(secrets.randbelow(c - 3) + 2, c - 1, c) == 1 for _ in range(24)):
             return c
 
 
 def _key_2049():
     # OpenSSL rounds key sizes to whole bytes: build the key from our own primes.
-    while True:
-        p, q = _prime(1025), _prime(1024)
-        if (p * q).bit_length() == 2049:
-            break
+    p, q = _prime(1025), _prime(1024)
     e = 65537
     d = pow(e, -1, (p - 1) * (q - 1))
     pub = rsa.RSAPublicNumbers(e, p * q)
