@@ -92,9 +92,10 @@ def test_power_cut_sweep_over_keystore_writes():
 
 
 def test_power_cut_during_wipe():
-    # Every 5th operation of a wipe() (the NVS churn is ~130 operations).
-    points, failures = soak_keystore.wipe_sweep(points=range(1, 200, 5))
-    assert points >= 50
+    # Every 9th operation of a wipe() (~130 operations, most of them the NVS
+    # churn); `make soak` cuts at every one.
+    points, failures = soak_keystore.wipe_sweep(points=range(1, 200, 9))
+    assert points >= 28
     assert not failures, failures[:3]
 
 
