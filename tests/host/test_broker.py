@@ -373,6 +373,30 @@ def test_broker_config_command(tmp_path):
     assert "readwrite" not in r.stdout
 
 
+def test_production_options(tmp_path):
+    """--host, --server-name: the listener address and the names the fleet CA
+    puts in the broker certificate (devices check server_hostname against
+    them)."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"))
+    r = subprocess.run([sys.executable, "-m", "ictl", "broker", "config", "--dir", str(tmp_path), "--port", "8883",
+                        "--host", "0.0.0.0", "--server-cert", "/srv/broker.crt"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().endswith("give both --server-cert and --server-key, or neither")
+    r = subprocess.run([sys.executable, "-m", "ictl", "broker", "config", "--dir", str(tmp_path), "--port", "8883",
+                        "--host", "0.0.0.0", "--server-cert", "/srv/broker.crt", "--server-key", "/srv/broker.key"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and "listener 8883 0.0.0.0" in lines
+    assert "certfile /srv/broker.crt" in lines and "keyfile /srv/broker.key" in lines
+    b = broker.Broker(tmp_path / "b", server_names=("broker.example.com", "10.0.0.7"))
+    b.port = 8883
+    b.prepare()
+    cert = pki.load_cert(os.path.join(b.pki_dir, pki.SERVER_CERT))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["broker.example.com"]
+    assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+
+
 # ------------------------------------------------------------------ MicroPython client
 
 MP_CLIENT = r'''

@@ -126,10 +126,12 @@ def render_acl(prefix=DEFAULT_PREFIX, operators=DEFAULT_OPERATORS):
     return "\n".join(lines) + "\n"
 
 
-# TLS 1.2 suites for the broker's P-256 certificate: forward secret (ECDHE)
-# and authenticated encryption only; mbedTLS on the ESP32 and OpenSSL clients
-# (paho, the console) have them. TLS 1.3 suites are all AEAD already.
-CIPHERS = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"
+# TLS 1.2 suites: forward secret (ECDHE) and authenticated encryption only,
+# for the fleet CA's P-256 broker certificate or an RSA one from elsewhere;
+# mbedTLS on the ESP32 and OpenSSL clients (paho, the console) have them.
+# TLS 1.3 suites are all AEAD already.
+CIPHERS = ":".join("ECDHE-%s-%s" % (k, c) for k in ("ECDSA", "RSA")
+                   for c in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305"))
 # The largest packet the broker accepts from anyone (mosquitto drops a client
 # that sends more): telemetry is a few hundred bytes and devices take packets
 # of at most their max_packet (4 KiB by default), so this only stops a client
@@ -246,13 +248,16 @@ class Broker:
     <state_dir>/pki; a development CA is created there if none exists).
     die_with_parent: the broker gets SIGTERM when the *thread* that called
     start() exits; pass False when starting it from a short-lived thread.
-    server_cert/server_key: the listener's certificate and key (PEM paths)
-    instead of the fleet CA's server.crt (which is then not made).
+    server_names: the host names and addresses devices reach the broker by
+    (the SAN of the server.crt the fleet CA issues; server_hostname on the
+    device must be one of them). server_cert/server_key: the listener's
+    certificate and key (PEM paths) instead of that server.crt (e.g. one
+    from a public CA).
     """
 
     def __init__(self, state_dir, port=None, prefix=DEFAULT_PREFIX, pki_dir=None, host=HOST,
                  operators=DEFAULT_OPERATORS, mosquitto=None, die_with_parent=True,
-                 server_cert=None, server_key=None):
+                 server_cert=None, server_key=None, server_names=pki.DEFAULT_SERVER_HOSTS):
         if bool(server_cert) != bool(server_key):
             raise ToolError("give both the server certificate and its key, or neither")
         self.state_dir = os.path.abspath(str(state_dir))
@@ -266,6 +271,7 @@ class Broker:
         self.die_with_parent = die_with_parent
         self.server_cert = server_cert
         self.server_key = server_key
+        self.server_names = tuple(server_names)
         self.ca_created = False
         self.proc = None
         self._stderr = None
@@ -324,7 +330,7 @@ class Broker:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         ca = self.load_ca()
         if not self.server_cert:
-            pki.ensure_server_cert(ca, pki.DEFAULT_SERVER_HOSTS)
+            pki.ensure_server_cert(ca, self.server_names)
         pki.ensure_console_cert(ca)
         with open(self.acl_path, "w") as f:
             f.write(render_acl(self.prefix, self.operators))

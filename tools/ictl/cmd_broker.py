@@ -1,7 +1,7 @@
 """ictl broker: run the fleet MQTT broker (mosquitto, TLS with client certificates)."""
 import os
 
-from ictl import ROOT, ToolError, broker
+from ictl import ROOT, ToolError, broker, pki
 
 DEFAULT_DIR = os.path.join(ROOT, "build", "broker")
 
@@ -20,9 +20,22 @@ def _port(text):
 def _common(p, port_help):
     p.add_argument("--dir", default=DEFAULT_DIR, help="broker state directory (default: build/broker)")
     p.add_argument("--port", type=_port, default=None, help=port_help)
+    p.add_argument("--host", default=broker.HOST,
+                   help="address to listen on (default %s; 0.0.0.0 for every interface)" % broker.HOST)
     p.add_argument("--prefix", default=broker.DEFAULT_PREFIX,
                    help="topic prefix: devices use PREFIX/<device-id>/... (default: %s)" % broker.DEFAULT_PREFIX)
     p.add_argument("--pki", default=None, help="fleet CA directory (default: DIR/pki; a development CA is made if missing)")
+    p.add_argument("--server-name", action="append", metavar="NAME",
+                   help="host name or address devices connect to, in the broker certificate the fleet CA issues "
+                        "(repeatable; default: localhost and 127.0.0.1)")
+    p.add_argument("--server-cert", metavar="PEM", help="use this broker certificate instead (with --server-key)")
+    p.add_argument("--server-key", metavar="PEM", help="the key of --server-cert")
+
+
+def _broker(args):
+    return broker.Broker(args.dir, port=args.port, prefix=args.prefix, pki_dir=args.pki, host=args.host,
+                         server_cert=args.server_cert, server_key=args.server_key,
+                         server_names=args.server_name or pki.DEFAULT_SERVER_HOSTS)
 
 
 def register(sub):
@@ -46,7 +59,7 @@ def register(sub):
 
 
 def do_start(args):
-    b = broker.Broker(args.dir, port=args.port, prefix=args.prefix, pki_dir=args.pki)
+    b = _broker(args)
     b.start()
     try:
         ca = "%s%s" % (b.ca_path, " (development CA, created now)" if b.ca_created else "")
@@ -70,7 +83,9 @@ def do_start(args):
 
 def do_config(args):
     port = args.port or broker.read_state(args.dir).get("port") or 8883
-    print(broker.render_config(args.dir, port, args.pki), end="")
+    if bool(args.server_cert) != bool(args.server_key):
+        raise ToolError("give both --server-cert and --server-key, or neither")
+    print(broker.render_config(args.dir, port, args.pki, args.host, args.server_cert, args.server_key), end="")
     print("# %s contains:" % os.path.join(os.path.abspath(args.dir), broker.ACL))
     for line in broker.render_acl(args.prefix).splitlines():
         print("#   " + line if line else "#")
