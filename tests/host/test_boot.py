@@ -188,6 +188,27 @@ def test_confirm_raises_the_floor_and_blocks_rollback(lab, tmp_path):
     assert image.read_bootstate(dev)["active"] == "app_b"
 
 
+def test_running_app_installs_an_update_from_its_filesystem(lab, tmp_path):
+    # What an updater does: the new image is on the board's filesystem (as
+    # `mpremote cp` or a download puts it), the running app installs it.
+    dev = device(lab, tmp_path)
+    src = bootlab.make_app(str(tmp_path / "updater"), "1.5.0")
+    with open(os.path.join(src, "main.py"), "a") as f:
+        f.write("print('INSTALL', bootstate.install_file('/new.img').describe(), bootstate.state())\n")
+    image.flash_image(dev, image.build(src, lab.keys["k1"], "k1", "1.5.0", 1))
+    bootlab.boot(dev)  # formats littlefs
+    r = bootlab.run(dev, "import esp32, vfs\nvfs.mount(vfs.VfsLfs2(esp32.Partition.find(1, label='vfs')[0]), '/mnt')\n"
+                         "with open('/mnt/new.img', 'wb') as f:\n    f.write(open(%r, 'rb').read())\n" % lab.v2c[1])
+    assert r.returncode == 0, r.stderr
+    r = bootlab.boot(dev)
+    assert bootlab.ran(r) == "1.5.0" and "INSTALL v2.0.0 ctr=2" in r.stdout, r.stdout + r.stderr
+    st = image.read_bootstate(dev)
+    assert st["active"] == "app_b" and st["trial"] and st["fallback"] == "app_a"
+    r = bootlab.boot(dev)
+    assert bootlab.ran(r) == "2.0.0" and "APP-CONFIRM" in r.stdout
+    assert image.read_bootstate(dev)["floor"] == 2
+
+
 def test_corrupted_active_slot_falls_back(lab, tmp_path):
     dev = device(lab, tmp_path)
     image.flash_image(dev, lab.v1[0], slot="app_a", active=False)
