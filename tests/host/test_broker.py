@@ -397,6 +397,35 @@ def test_production_options(tmp_path):
     assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
 
 
+def test_broker_host_without_the_ca_key(tmp_path, clients):
+    """Production: the broker host gets ca.crt, server.crt/key and the
+    console's certificate, never ca.key. It must use them as they are, and
+    neither make a new CA nor replace anything."""
+    ca = pki.init_ca(tmp_path / "ca", dev=True)
+    kp, cp = pki.ensure_server_cert(ca)
+    ckp, ccp = pki.ensure_console_cert(ca)
+    host = tmp_path / "host-pki"
+    os.makedirs(host)
+    for name in (pki.CA_CERT, pki.SERVER_CERT, pki.SERVER_KEY, pki.CONSOLE_CERT, pki.CONSOLE_KEY):
+        with open(os.path.join(str(tmp_path / "ca"), name), "rb") as src, open(str(host / name), "wb") as dst:
+            dst.write(src.read())
+        os.chmod(str(host / name), 0o600)
+    before = {n: open(str(host / n), "rb").read() for n in os.listdir(str(host))}
+    b = broker.Broker(tmp_path / "state", pki_dir=host)
+    try:
+        b.start()
+        f = Fleet.__new__(Fleet)
+        f.broker, f.dir, f.ca = b, str(tmp_path), ca
+        assert clients(f, f.identity("host-dev")).try_connect()
+    finally:
+        b.stop()
+    assert {n: open(str(host / n), "rb").read() for n in os.listdir(str(host))} == before
+    os.unlink(str(host / pki.SERVER_KEY))
+    with pytest.raises(ToolError) as e:
+        broker.Broker(tmp_path / "state2", pki_dir=host).start()
+    assert "no CA key" in str(e.value) and "server.key" in str(e.value)
+
+
 # ------------------------------------------------------------------ MicroPython client
 
 MP_CLIENT = r'''

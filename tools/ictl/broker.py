@@ -326,17 +326,31 @@ class Broker:
         return ca
 
     def prepare(self):
-        """CA, server and console certificates, config and ACL on disk."""
+        """CA, server and console certificates, config and ACL on disk.
+
+        A pki_dir with ca.crt but no ca.key is a production broker host (the
+        CA key stays on the CA's machine): its certificates are used as they
+        are, and nothing is issued or replaced."""
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        ca = self.load_ca()
-        if not self.server_cert:
-            pki.ensure_server_cert(ca, self.server_names)
-        pki.ensure_console_cert(ca)
+        if self._without_ca_key():
+            need = [] if self.server_cert else [pki.SERVER_CERT, pki.SERVER_KEY]
+            missing = [n for n in need if not os.path.exists(os.path.join(self.pki_dir, n))]
+            if missing:
+                raise ToolError("%s has the CA certificate but no CA key, so it cannot issue %s: copy them from the CA's "
+                                "machine or give --server-cert/--server-key" % (self.pki_dir, " and ".join(missing)))
+        else:
+            ca = self.load_ca()
+            if not self.server_cert:
+                pki.ensure_server_cert(ca, self.server_names)
+            pki.ensure_console_cert(ca)
         with open(self.acl_path, "w") as f:
             f.write(render_acl(self.prefix, self.operators))
         with open(self.config_path, "w") as f:
             f.write(render_config(self.state_dir, self.port, self.pki_dir, self.host, self.server_cert, self.server_key))
-        return ca
+
+    def _without_ca_key(self):
+        return (os.path.exists(os.path.join(self.pki_dir, pki.CA_CERT))
+                and not os.path.exists(os.path.join(self.pki_dir, pki.CA_KEY)))
 
     def _check_not_running_elsewhere(self):
         st = read_state(self.state_dir)
