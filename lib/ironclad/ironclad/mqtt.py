@@ -156,16 +156,17 @@ class Backoff:
 
 
 def _tls_reason(msg):
-    # MicroPython raises ValueError with mbedTLS's verify text when the
-    # broker's certificate fails verification.
-    if "expired" in msg:
-        return "cert_expired"
-    if "future" in msg:
-        return "cert_not_yet_valid"
-    if "Common Name" in msg or "CN" in msg:
-        return "hostname_mismatch"
-    if "trusted" in msg or "not correctly signed" in msg:
+    # MicroPython raises ValueError with mbedTLS's verify text (one line per
+    # failed check) when the broker's certificate fails verification. Not
+    # from our CA outranks everything else about the certificate.
+    if "not correctly signed by the trusted CA" in msg:
         return "cert_untrusted"
+    if "validity has expired" in msg:
+        return "cert_expired"
+    if "validity starts in the future" in msg:
+        return "cert_not_yet_valid"
+    if "Common Name" in msg:
+        return "hostname_mismatch"
     return "cert_invalid"
 
 
@@ -594,8 +595,12 @@ class MQTTClient:
             sp = self._connect(clean_session, deadline)
             for e in self._inflight:
                 # Sends count per connection: the old one's PUBACK cannot come.
-                e[3] = 0
-                self._resend(e)
+                # Resent in order, as one write.
+                e[1][0] |= _DUP
+                e[2] = time.ticks_ms()
+                e[3] = 1
+                self._queue(e[1])
+            self._flush()
             if not sp:
                 for topic, qos in self._subs:
                     self._subscribe(topic, qos, deadline)
@@ -608,8 +613,11 @@ class MQTTClient:
     def _connect(self, clean_session, deadline):
         # DNS resolution has no timeout in MicroPython: use an address or a
         # resolver on the local network.
-        ai = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0]
-        s = socket.socket(ai[0], socket.SOCK_STREAM)
+        try:
+            ai = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0]
+            s = socket.socket(ai[0], socket.SOCK_STREAM)
+        except OSError as e:
+            raise ConnectionLost("connect", "%s: %s" % (self.server, e.args[0]))
         try:
             s.settimeout(self.timeout_ms / 1000)
             s.connect(ai[-1])
