@@ -186,7 +186,8 @@ def run(fig, args):
                 "power cut before, and tear at 1/5/17 bytes of, every flash operation of an install (slot write and "
                 "switch), a confirmation and a trial expiry; a boot follows each")
         fig.add("bootstate_cut_failures", len(failures), "count",
-                "boots after a cut that did not end on a verified image (must be 0)")
+                "cuts after which no valid boot state copy was left, the floor dropped, or the next boot did "
+                "not run a verified, allowed image (must be 0)")
         for f in failures[:3]:
             print("  cut failure:", f)
         return accepted + len(failures)
