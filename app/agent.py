@@ -86,9 +86,21 @@ class Agent:
         elif cmd.op == "update":
             self.updater.start()  # report where any update stands, resume a download
         self._reply(cmd.counter, True)
+        if cmd.op == "wipe":
+            self._decommission()
         if cmd.op == "reboot":
             self.client.disconnect()
             machine.reset()
+
+    def _decommission(self):
+        # Remote decommissioning (a locked production board has no REPL to
+        # wipe it from): every credential erased and overwritten, then a
+        # reset into the unprovisioned state, where no network service starts.
+        self._send_events()
+        self.client.disconnect()
+        n = self.me._ks.wipe()
+        events.record("provisioning", "wiped", "ok", "%d entries, by command" % n)
+        machine.reset()
 
     def _reply(self, counter, ok, reason=""):
         if self.online:
@@ -174,7 +186,19 @@ class Agent:
             except MQTTError:
                 self.online = False
             self._updates()
-            time.sleep_ms(TICK_MS)
+            self._idle(due)
+
+    def _idle(self, due):
+        # Wait for the broker or the next reading, whichever comes first: a
+        # device idles in poll(), not in a busy loop.
+        wait = max(0, min(1000, time.ticks_diff(due, time.ticks_ms())))
+        if self.online and not self.reports and not self.updater.reboot_due:
+            try:
+                self.client.wait_msg(wait)
+            except MQTTError:
+                self.online = False
+        else:
+            time.sleep_ms(min(wait, TICK_MS))
 
     def _updates(self):
         self.updater.tick()

@@ -83,3 +83,39 @@ def test_console_part_without_a_device_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ictl", "run", "--dir", str(tmp_path), "--part", "console"],
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 2 and "no running `ictl run --part device`" in r.stderr
+
+
+def test_remote_decommission(tmp_path):
+    """A locked board has no REPL: the fleet wipes it with an authenticated
+    command; the board erases its credentials and comes back unprovisioned,
+    starting no network service."""
+    import json
+
+    from ictl import console as fleet_console, fleetkeys, pki
+
+    root = tmp_path / "run"
+    dev = _start("--dir", str(root), "--part", "device", "--timeout", "60")
+    try:
+        _wait_for(dev, "device running")
+        st = json.loads((root / "run.json").read_text())
+        host, port, prefix, pki_dir, ca_path = st["broker"]
+        kp, cp = pki.ensure_console_cert(pki.load_ca(pki_dir))
+        con = fleet_console.Console(host, port, ca_path, cp, kp, fleetkeys.load(fleetkeys.path_in(st["keys"])), prefix)
+        con.start()
+        try:
+            con.wait_device(st["device"], timeout=30)
+            con.send_command(st["device"], "wipe", confirm=0x57495045)
+        finally:
+            con.stop()
+        log = root / "device" / "console.log"
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            text = log.read_text(errors="replace")
+            if "event provisioning ok wiped" in text and "agent: not starting network services" in text.split("wiped", 1)[1]:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(log.read_text(errors="replace")[-3000:])
+    finally:
+        _interrupt(dev)
+    assert not _left_behind(root)

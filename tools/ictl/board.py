@@ -26,7 +26,7 @@ import tty
 
 from ictl import ROOT, ToolError
 from ictl import device as sim_device
-from ictl import unixfw
+from ictl import broker as fleet_broker, unixfw
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -103,6 +103,7 @@ class VirtualBoard:
         self.proc = subprocess.Popen(
             [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-i", os.path.join(fw, "firmware", "unix", "start.py")],
             stdin=s, stdout=s, stderr=s, env=env, cwd=self.devdir, close_fds=True, start_new_session=True,
+            preexec_fn=fleet_broker.die_with_parent,  # a killed `ictl run` leaves no device behind
         )
         os.close(s)
         self.dm = m

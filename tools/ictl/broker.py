@@ -230,7 +230,7 @@ def _load_prctl():
 _PRCTL = _load_prctl()  # looked up in the parent: the forked child only calls it
 
 
-def _die_with_parent():
+def die_with_parent():
     # preexec_fn: SIGTERM the broker if the thread that started it dies, so a
     # crashed test run leaves no mosquitto behind.
     if _PRCTL is not None:
@@ -398,7 +398,7 @@ class Broker:
         self.proc = subprocess.Popen(
             [exe, "-c", self.config_path], stdin=subprocess.DEVNULL, stdout=self._stderr,
             stderr=self._stderr, cwd=self.state_dir, start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent and _PRCTL else None)
+            preexec_fn=die_with_parent if self.die_with_parent and _PRCTL else None)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -79,7 +79,8 @@ class Device:
         fw, env = _fw_env(self.devdir)
         self.proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=%dK" % HEAP_KIB, os.path.join(fw, "firmware", "unix", "start.py")],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=self.devdir, start_new_session=True)
+                                     env=env, cwd=self.devdir, start_new_session=True,
+                                     preexec_fn=fleet_broker.die_with_parent)  # none outlives a killed simulation
         self.boots += 1
 
     def power_cut(self, off_s):

@@ -44,6 +44,7 @@ OPS = {
     "interval": (("s", 1, 86400),),  # seconds between readings
     "reboot": (),
     "update": (),  # look for an update (the update itself is signed: ironclad.update)
+    "wipe": (("confirm", 0x57495045, 0x57495045),),  # decommission: "WIPE" as the argument, so no stray op erases
 }
 
 
