@@ -256,6 +256,13 @@ u.start()
 if cfg.get("confirm"):
     print("CONFIRM", u.confirm())
 chunks_left = cfg.get("stop_after", -1)
+heap = cfg.get("heap")
+if heap:
+    # The updater's own data: live bytes after a collection, after each
+    # message, over what was live before the first one.
+    gc.collect()
+    heap_base = gc.mem_alloc()
+    heap_peak = 0
 for item in [None] + cfg.get("send", []):
     if item is not None:
         queue.append(item)
@@ -268,6 +275,10 @@ for item in [None] + cfg.get("send", []):
                 break
             chunks_left -= 1
         deliver(item)
+        if heap:
+            gc.collect()
+            heap_peak = max(heap_peak, gc.mem_alloc() - heap_base)
+            print("HEAP", heap_peak)
         if u.reboot_due:
             import machine
 

@@ -450,6 +450,13 @@ class Updater:
             uid = self._job.man.id if self._job else None
             self._abandon()
             self._reject("flash_error", uid, detail=str(e)[:39])
+        except MemoryError:
+            # The heap could not hold the update's buffers: free them and say
+            # so (the fleet can retry; the checkpoint stays for a resume).
+            uid = self._job.man.id if self._job else None
+            self._job = None
+            gc.collect()
+            self._reject("no_memory", uid)
 
     def tick(self):
         """Call from the agent's loop: asks again for chunks that never came."""
