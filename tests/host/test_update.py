@@ -111,6 +111,27 @@ def test_full_update_resumes_after_lost_link_and_reboot(tmp_path, images):
     assert states(reps) == ["trial", "confirmed"]
 
 
+@pytest.mark.parametrize("offset", [0, 24, 60, 90])
+def test_corrupt_checkpoint_restarts_cleanly(tmp_path, images, offset):
+    # Offsets: the magic, the chunk index, the applier state's magic and its
+    # positions. A checkpoint that does not fit is dropped and the download
+    # starts over; one that fits but lies is caught by the applier or the
+    # result hash, and the next offer starts over.
+    f = fleet(tmp_path, images)
+    upd = Update.create(images["v2"])
+    meta = f.save(upd, upd.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "full")
+    assert f.run(send=[meta], updates=[upd], stop_after=10)[0] == 0
+    rc, lines, reps = f.run(send=[meta], updates=[upd], corrupt_ckpt=offset)
+    st = states(reps)
+    assert rc in (0, SIGKILL), f.last.stdout + f.last.stderr
+    if rc == 0:  # a lying checkpoint: the patch or the result check refuses it
+        assert st[-1] in ("rejected/bad_result", "rejected/bad_patch"), st
+        assert app_image.read_bootstate(f.devdir)["active"] == "app_a"
+        rc, lines, reps = f.run(send=[meta], updates=[upd])
+    assert rc == SIGKILL and states(reps)[-1] == "applied", f.last.stdout
+    assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
+
+
 def signed_meta(f, upd, key=None, kid=None, **override):
     """Metadata with some fields replaced, signed: what a hostile or buggy
     fleet could send with the real key."""

@@ -251,6 +251,13 @@ def deliver(item):
         u.on_message(chunk(item[1], item[2]))
 
 
+if cfg.get("corrupt_ckpt") is not None:
+    # Flip one byte of the saved checkpoint, as a bad flash cell would.
+    with open(update.STORE + "/ckpt", "rb") as f:
+        ck = bytearray(f.read())
+    ck[cfg["corrupt_ckpt"]] ^= 0x5A
+    with open(update.STORE + "/ckpt", "wb") as f:
+        f.write(ck)
 u = update.Updater(cfg["dev"], bytes.fromhex(cfg["key"]), report=report)
 u.start()
 if cfg.get("confirm"):

@@ -666,11 +666,11 @@ class _Job:
         self.target = target
         self.next = 0  # next chunk to take
         self.skip = 0  # bytes of chunk `next` already applied (after a resume)
-        self.chain = bytes(32)
+        self.chain = bytes(32)  # chain digest before chunk `next`
+        self.chain_next = self.chain  # ... and after it, once it is decrypted
         self.asked = 0
         self.window_end = 0
-        self.patch = detools.Patch(base, man.base_len, target, man.result_len, man.patch_len,
-                                   on_sector=self._on_sector, sector=self.sector)
+        self._new_patch()
 
     def _on_sector(self, patch):
         if (patch.to_pos // detools.SECTOR) % CKPT_SECTORS:
@@ -682,15 +682,24 @@ class _Job:
         chain = self.chain if i == self.next else self.chain_next
         _write("ckpt", struct.pack(_CKPT_HEAD, _CKPT_MAGIC, self.man.id, i, c - i * CHUNK, chain) + patch.state())
 
+    def _new_patch(self):
+        man = self.man
+        self.patch = detools.Patch(self.base, man.base_len, self.target, man.result_len, man.patch_len,
+                                   on_sector=self._on_sector, sector=self.sector)
+
     def restore(self, blob):
         n = struct.calcsize(_CKPT_HEAD)
         try:
             magic, uid, i, skip, chain = struct.unpack(_CKPT_HEAD, blob[:n])
-            if magic != _CKPT_MAGIC or uid != self.man.id or i >= self.man.n:
+            if magic != _CKPT_MAGIC or uid != self.man.id or i >= self.man.n or skip >= CHUNK:
                 raise detools.PatchError("checkpoint")
             self.patch.restore(blob[n:])
+            if self.patch.consumed != i * CHUNK + skip:
+                raise detools.PatchError("checkpoint position")
         except (ValueError, detools.PatchError):
-            # A checkpoint that does not fit: start the download over.
+            # A checkpoint that does not fit: start the download over, with
+            # an applier that no half-restored state has touched.
+            self._new_patch()
             return
         self.next, self.skip, self.chain = i, skip, chain
 
