@@ -139,6 +139,16 @@ def test_cli_patches_romfs_and_firmware_sized(tmp_path):
     p = cli_patch(tmp_path, fw1, fw2, "fw", "-c", "heatshrink")
     jobs.append(job(tmp_path, "fw", fw1, p, len(fw2), src="ota_0", dst="ota_1"))
     want.append(("fw", sha(fw2)))
+    # Two real releases of one binary (the bench's firmware-sized pair), when
+    # this host has them.
+    from ictl.bench_delta import fw_pair
+
+    pair = fw_pair()
+    if pair:
+        r1, r2 = (open(x, "rb").read() for x in pair)
+        p = make_patch(r1, r2, compression="heatshrink")
+        jobs.append(job(tmp_path, "fw-real", r1, p, len(r2), src="ota_0", dst="ota_1"))
+        want.append(("fw-real", sha(r2)))
     results = apply_jobs(tmp_path, jobs)
     for (n, h), r in zip(want, results):
         assert r[:2] == ("OK", h), (n, r)
