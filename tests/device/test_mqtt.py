@@ -311,3 +311,21 @@ def test_callback_can_publish():
     c.set_callback(cb)
     assert c.wait_msg(0) == 0x30
     assert s.out[-4:] == b"\x40\x02\x00\x07" and c.inflight() == 0
+
+
+def test_subscribe_waits_for_its_suback():
+    # Broker: a retained PUBLISH first (handled while waiting), then the SUBACK.
+    c, s = attached(publish(TOPIC, b"retained") + b"\x90\x03\x00\x01\x01")
+    got = []
+    c.set_callback(lambda t, m: got.append(m))
+    assert c.subscribe(TOPIC, 1) == 1
+    assert s.out == b"\x82" + bytes((5 + len(TOPIC),)) + b"\x00\x01\x00" + bytes((len(TOPIC),)) + TOPIC + b"\x01"
+    assert got == [b"retained"] and c._subs == [(TOPIC, 1)]
+    # refused (0x80): returned, not restored after a reconnect
+    c, s = attached(b"\x90\x03\x00\x02\x80", c=c)
+    assert c.subscribe(b"other", 1) == 0x80 and c._subs == [(TOPIC, 1)]
+    # a SUBACK for another request, or with a code 3.1.1 does not have
+    c, s = attached(b"\x90\x03\x00\x09\x01", c=c)
+    raises(ProtocolError, "bad_packet", c.subscribe, b"x", 0)
+    c, s = attached(b"\x90\x03\x00\x04\x02", c=c)
+    raises(ProtocolError, "bad_packet", c.subscribe, b"x", 0)

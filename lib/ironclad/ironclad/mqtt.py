@@ -30,11 +30,11 @@
 #     packet type has its exact size; input is checked with exceptions, never
 #     assert. Packets are read into one buffer allocated up front.
 #   * A time limit on every blocking call: connect (TCP, TLS handshake,
-#     CONNACK, restoring subscriptions) within timeout_s; once a packet's
-#     first byte has arrived the whole packet must arrive within timeout_s (a
-#     slow drip is cut off, not reset per byte); PUBACK within timeout_s (one
-#     resend with DUP, then the connection is dropped); PINGRESP within
-#     timeout_s.
+#     CONNACK, restoring subscriptions) within connect_timeout_s (default
+#     timeout_s); once a packet's first byte has arrived the whole packet must
+#     arrive within timeout_s (a slow drip is cut off, not reset per byte);
+#     PUBACK within timeout_s (one resend with DUP, then the connection is
+#     dropped); PINGRESP within timeout_s.
 #   * QoS 0 and 1 (QoS 2 is never requested, so a QoS 2 packet is a protocol
 #     violation), packet ids tracked in a bounded in-flight window.
 #
@@ -183,7 +183,7 @@ class MQTTClient:
 
     def __init__(self, client_id, server, port, ssl_context, server_hostname=None, keepalive=60,
                  timeout_s=10, max_packet=None, max_inflight=None, user=None, password=None,
-                 backoff=None, stable_ms=60000):
+                 backoff=None, stable_ms=60000, connect_timeout_s=None):
         if ssl_context is None or getattr(ssl_context, "verify_mode", None) != ssl.CERT_REQUIRED:
             # No plaintext and no unverified TLS: not even as a fallback.
             raise ValueError("an SSLContext with verify_mode CERT_REQUIRED is required")
@@ -194,6 +194,9 @@ class MQTTClient:
         self.hostname = server_hostname or server
         self.keepalive = keepalive
         self.timeout_ms = int(timeout_s * 1000)
+        # The TLS handshake (ECDHE, two signatures) may need longer than a
+        # packet: about a second on an ESP32.
+        self.connect_ms = int((connect_timeout_s or timeout_s) * 1000)
         if max_packet:
             self.max_packet = max_packet
         if max_inflight:
@@ -585,12 +588,12 @@ class MQTTClient:
     # --- the umqtt.simple surface ----------------------------------------------
     def connect(self, clean_session=True):
         """TCP, TLS (certificate and host name verified) and CONNECT/CONNACK
-        within timeout_s. Then resends unacknowledged QoS 1 publishes with DUP
+        within connect_timeout_s. Then resends unacknowledged QoS 1 publishes with DUP
         and, when the broker has no session, the subscriptions made before.
         Returns session_present."""
         self._close()
         self.clean_session = clean_session
-        deadline = self._deadline()
+        deadline = self._deadline(self.connect_ms)
         try:
             sp = self._connect(clean_session, deadline)
             for e in self._inflight:
@@ -619,7 +622,7 @@ class MQTTClient:
         except OSError as e:
             raise ConnectionLost("connect", "%s: %s" % (self.server, e.args[0]))
         try:
-            s.settimeout(self.timeout_ms / 1000)
+            s.settimeout(self.connect_ms / 1000)
             s.connect(ai[-1])
             s.setblocking(False)
             tls = self.ctx.wrap_socket(s, server_hostname=self.hostname, do_handshake_on_connect=False)
@@ -653,11 +656,11 @@ class MQTTClient:
         except ConnectionLost as e:
             raise TLSError("handshake", e.detail)
         except Timeout:
-            raise TLSError("handshake", "not complete in %d ms" % self.timeout_ms)
+            raise TLSError("handshake", "not complete in %d ms" % self.connect_ms)
         left = time.ticks_diff(deadline, time.ticks_ms())
         p = self._read_packet(max(left, 1))
         if p is None:
-            raise Timeout("connack", "no CONNACK in %d ms" % self.timeout_ms)
+            raise Timeout("connack", "no CONNACK in %d ms" % self.connect_ms)
         op, n = p
         if op != _CONNACK or n != 2 or self._buf[0] > 1:
             raise ProtocolError("bad_connack", "0x%02x of %d bytes" % (op, n))
@@ -859,9 +862,10 @@ class MQTTClient:
     # --- staying connected ---------------------------------------------------
     def maintain(self):
         """Call from the main loop; never raises MQTTError and never blocks
-        longer than one connect (timeout_s). Services the connection, or
-        reconnects once the backoff delay after the last failure has passed.
-        Returns True while connected."""
+        longer than one connect (connect_timeout_s) or one packet
+        (timeout_s). Services the connection, or reconnects once the backoff
+        delay after the last failure has passed. Returns True while
+        connected."""
         try:
             if self.sock is not None:
                 self.check_msg()
