@@ -8,12 +8,10 @@ import hashlib
 import io
 import os
 import random
-import shutil
 import subprocess
 import sys
 
 import detools
-import pytest
 from heatshrink2.core import Encoder, Writer
 
 from ictl import ROOT

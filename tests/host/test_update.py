@@ -3,16 +3,19 @@ files (ictl.updatelab UPDATE_DRIVER): delta and full app updates,
 trial boot and confirmation, resume after a reboot mid-download, the
 firmware OTA target, and bad input rejected with the running slot untouched."""
 import glob
+import hashlib
 import os
 import subprocess
+import time
 
 import pytest
 
 from ictl import ROOT
 from ictl import device as sim_device
-from ictl.updatelab import MPY_CROSS, Fleet
 from ictl import image as app_image
 from ictl.update import Update
+from ictl.updatelab import MPY_CROSS, Fleet
+from test_delta_patch import hs, varint
 
 SIGKILL = -9  # a reset or power cut ends the device process with SIGKILL
 
@@ -159,8 +162,6 @@ def assert_untouched(f, rejected_reasons):
 
 
 def test_bad_metadata_rejected_before_a_byte_is_written(tmp_path, images):
-    from cryptography.hazmat.primitives import serialization
-
     f = fleet(tmp_path, images)
     # A second key the firmware has retired, and a third it never trusted.
     k2, k3 = (os.path.join(str(tmp_path), n) for n in ("k2.pem", "k3.pem"))
@@ -193,7 +194,7 @@ def test_bad_metadata_rejected_before_a_byte_is_written(tmp_path, images):
     case("bad_key_wrap", signed_meta(f, good, kw={"epk": good.wrap_for(f.dev_id, f.dev_pub)["epk"], "wk": bytes(24)}))
     case("bad_metadata", signed_meta(f, good, n=good.n + 1))
     case("bad_metadata", signed_meta(f, good, chunk=1024))
-    old = int(__import__("time").time()) - 30 * 86400
+    old = int(time.time()) - 30 * 86400
     case("expired", signed_meta(f, good, iat=old, exp=old + 86400))
     case("bad_message", b"M" + b"\xd2\x84" + b"\x00" * 10)
     case("bad_message", b"Z" + b"\x00" * 40)
@@ -211,8 +212,8 @@ def test_bad_metadata_rejected_before_a_byte_is_written(tmp_path, images):
 def test_bad_content_rejected_running_slot_untouched(tmp_path, images):
     f = fleet(tmp_path, images)
     v1, v2 = images["v1"], images["v2"]
-    base = {"len": len(v1), "sha": __import__("hashlib").sha256(v1).digest(), "ver": 1}
-    res = {"len": len(v2), "sha": __import__("hashlib").sha256(v2).digest()}
+    base = {"len": len(v1), "sha": hashlib.sha256(v1).digest(), "ver": 1}
+    res = {"len": len(v2), "sha": hashlib.sha256(v2).digest()}
     hdr = app_image.parse_header(v2)
     from ictl.update import make_patch
 
@@ -235,9 +236,7 @@ def test_bad_content_rejected_running_slot_untouched(tmp_path, images):
     for reason, p, r in (
             ("bad_patch", patch[:-7], res),
             ("bad_patch", patch, {"len": len(v2) - 100, "sha": res["sha"]}),
-            ("bad_patch", bytes([4]) + bytes(__import__("detools").bsdiff.pack_size(len(v2)))
-             + __import__("test_delta_patch").hs(b"\x00\x00" + bytes(__import__("detools").bsdiff.pack_size(1 << 30))
-                                                 + bytes(1 << 16)), res),
+            ("bad_patch", bytes([4]) + varint(len(v2)) + hs(b"\x00\x00" + varint(1 << 30) + bytes(1 << 16)), res),
             # The declared hash does not match what the patch makes.
             ("bad_result", patch, {"len": len(v2), "sha": bytes(32)})):
         u = sealed(p, r)

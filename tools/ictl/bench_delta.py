@@ -7,7 +7,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 
 from ictl import ROOT
 from ictl import device as sim_device
