@@ -22,7 +22,7 @@ from ictl.hostile import DeviceRunner
 
 N = 2000  # messages per timed run
 WINDOW = 16  # unacknowledged QoS 1 publishes in flight, both clients
-ROUNDS = 5
+ROUNDS = 7
 HEAP_KIB = 256  # the rate does not depend on it; the module code (unix, 64-bit) does not fit 64 KiB
 
 DEVICE = r'''

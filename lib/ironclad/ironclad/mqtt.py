@@ -219,6 +219,8 @@ class MQTTClient:
         self._out = bytearray(_WBUF)
         self._outv = memoryview(self._out)
         self._on = 0  # queued bytes are _out[:_on]
+        self._tk = None  # the last publish topic as given, and as bytes
+        self._tb = b""
         self.pid = 0
         self.cb = None
         self.ack_cb = None
@@ -715,10 +717,17 @@ class MQTTClient:
         to set_ack_callback's function."""
         if qos not in (0, 1):
             raise ValueError("qos must be 0 or 1")
-        topic = _b(topic)
+        if topic is not self._tk:
+            # Checked and encoded once per topic, not per message (str and
+            # bytes cannot change behind our back).
+            t = topic.encode() if isinstance(topic, str) else bytes(topic)
+            if not t or b"+" in t or b"#" in t:
+                raise ValueError("publish topic must be non-empty without wildcards")
+            if isinstance(topic, (str, bytes)):
+                self._tk = topic
+            self._tb = t
+        topic = self._tb
         tl = len(topic)
-        if not tl or b"+" in topic or b"#" in topic:
-            raise ValueError("publish topic must be non-empty without wildcards")
         self._need()
         try:
             if qos and len(self._inflight) >= self.max_inflight:
@@ -816,7 +825,7 @@ class MQTTClient:
 
     def _service(self, wait_ms):
         # Handle one packet if one starts within wait_ms (in slices, so the
-        # timers run), then the timers.
+        # timers run).
         self._flush()
         end = self._deadline(wait_ms)
         while True:
@@ -827,7 +836,6 @@ class MQTTClient:
                 op = self._handle(*p)
                 if op == _SUBACK:
                     raise ProtocolError("unexpected", "SUBACK with no SUBSCRIBE pending")
-                self._tick()
                 return op
             if left <= 1000:
                 return None
