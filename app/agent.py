@@ -15,7 +15,7 @@ import time
 import esp32
 import machine
 
-from ironclad import bootstate, commands, events, nonce, provision, telemetry, update
+from ironclad import bootstate, commands, events, identity, nonce, telemetry, update
 from ironclad.identity import NotProvisioned
 from ironclad.mqtt import MQTTClient, MQTTError
 from ironclad.spool import Spool
@@ -224,7 +224,7 @@ def main():
     gc.collect()
     CODE[0] = gc.mem_alloc()
     try:
-        me = provision.require()
+        me = identity.require()
     except NotProvisioned as e:
         print("agent: not starting network services:", e)
         return

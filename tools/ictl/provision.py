@@ -48,6 +48,7 @@ PROTOCOL = 1
 LOG = "provision.jsonl"
 _ANSWER = "ICPROV "
 STEPS = 6
+DEVICE_IMPORT = "from ironclad import provision\n"  # the frozen module each step runs (firmware manifest checks it)
 
 
 class NotAgent(ToolError):
@@ -130,7 +131,7 @@ class Board:
                               capture_output=True, text=True, timeout=self.timeout)
 
     def call(self, step, *args):
-        code = "from ironclad import provision\nprovision.%s(%s)" % (step, ", ".join(repr(a) for a in args))
+        code = DEVICE_IMPORT + "provision.%s(%s)" % (step, ", ".join(repr(a) for a in args))
         try:
             r = self._exec(code)
         except subprocess.TimeoutExpired:
