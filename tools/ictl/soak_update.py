@@ -174,8 +174,8 @@ def run(fig, args):
         if args.update_sweep_stride:
             m, sweep_fail, ops = sweep_campaign(os.path.join(work, "sweep"), "full", args.update_sweep_stride)
             fig.add("update_sweep_points", m, "faults",
-                    "cut before, and tear at 5 bytes of, every %s flash operation of a full update (%d ops)"
-                    % ("" if args.update_sweep_stride == 1 else "%dth" % args.update_sweep_stride, ops["full"]))
+                    "cut before, and tear at 5 bytes of, every %sflash operation of a full update (%d ops)"
+                    % ("" if args.update_sweep_stride == 1 else "%dth " % args.update_sweep_stride, ops["full"]))
             failures += sweep_fail
         fig.add("update_cut_failures", len(failures), "count",
                 "runs where a boot had no verified image, the device raised, or v2 was not confirmed in the end "
