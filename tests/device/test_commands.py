@@ -147,7 +147,10 @@ def test_not_allowlisted_and_bad_arguments_rejected():
     c = Console()
     v = c.verifier()
     _rejected(v, TOPIC, c.cmd("exec"), "not_allowed")
-    _rejected(v, TOPIC, c.cmd("wipe"), "not_allowed")
+    _rejected(v, TOPIC, c.cmd("format"), "not_allowed")
+    # wipe (remote decommission) needs its confirmation word and nothing else
+    _rejected(v, TOPIC, c.cmd("wipe"), "bad_args")
+    _rejected(v, TOPIC, c.cmd("wipe", confirm=1), "bad_args")
     _rejected(v, TOPIC, c.cmd("interval"), "bad_args")
     _rejected(v, TOPIC, c.cmd("interval", s=0), "bad_args")
     _rejected(v, TOPIC, c.cmd("interval", s=86401), "bad_args")

@@ -110,6 +110,7 @@ class VirtualBoard:
         os.set_blocking(m, False)
         self.boots += 1
         self.tail = b""
+        self.vm_up = False  # set by the process's first output
         self.raw = False
         self.syncing = raw  # hide the new process's banner until it is in the raw REPL
         self.sync_buf = b""
@@ -143,6 +144,7 @@ class VirtualBoard:
                     select.select([], [self.cm], [], 0.05)
 
     def _from_device(self, data):
+        self.vm_up = True
         if self.syncing:
             self.sync_buf += data
             buf = self.sync_buf
@@ -171,6 +173,11 @@ class VirtualBoard:
     def _from_client(self, data):
         out = bytearray()
         for b in data:
+            if b == 3 and not self.vm_up:
+                # Still starting (the unix port's launcher is a CPython script):
+                # a signal now would kill the launcher, not interrupt a program.
+                # Nothing runs yet to interrupt; the prompt comes by itself.
+                continue
             if b == 3 and not self._idle():
                 # The program is running: the board's UART IRQ would raise
                 # KeyboardInterrupt; the unix port needs a signal for that.
