@@ -142,12 +142,15 @@ class TimedRollout(upd.Rollout):
         self.t0 = time.monotonic()
 
     def _on_message(self, cl, ud, msg):
-        super()._on_message(cl, ud, msg)
         try:
             rep = json.loads(msg.payload)
             dev = msg.topic.split("/")[-3]
         except (ValueError, IndexError):
-            return
+            rep, dev = None, None
+        if self.status.get(dev, {}).get("state") != "confirmed":
+            # A device that confirmed the update refuses a late resend of its
+            # metadata (wrong_update): that answer does not undo the confirmation.
+            super()._on_message(cl, ud, msg)
         if isinstance(rep, dict):
             self.timeline.append((time.monotonic() - self.t0, dev, rep.get("state"), rep.get("pct"), rep.get("reason")))
 
@@ -270,7 +273,10 @@ def _rollout(br, keys, names, con, v1, v2, devices, sup, rnd, cut_share, broker_
     delta, full, metas = upd.create_for(pubs, v2, v1, keys.signing, keys.key_id)
     plans = {nm: [(delta, metas["delta"][nm]), (full, metas["full"][nm])] for nm in names}
     kp, cp = upd.updater_credentials(br.pki_dir)
-    r = TimedRollout(br.host, br.port, br.ca_path, cp, kp, prefix=br.prefix, out=open(os.devnull, "w"))
+    # Offer the metadata again only after a device was silent for a while: the
+    # more devices share two cores, the longer an honest device takes to answer.
+    r = TimedRollout(br.host, br.port, br.ca_path, cp, kp, prefix=br.prefix, out=open(os.devnull, "w"),
+                     resend_s=max(20.0, 0.3 * len(names)))
     r.connect()
     victims = rnd.sample(devices, max(1, int(round(len(devices) * cut_share)))) if cut_share else []
     faults = {"cuts": [], "broker_restart": None}
