@@ -147,10 +147,11 @@ class TimedRollout(upd.Rollout):
             dev = msg.topic.split("/")[-3]
         except (ValueError, IndexError):
             rep, dev = None, None
-        if self.status.get(dev, {}).get("state") != "confirmed":
+        if self.status.get(dev, {}).get("state") == "confirmed":
             # A device that confirmed the update refuses a late resend of its
             # metadata (wrong_update): that answer does not undo the confirmation.
-            super()._on_message(cl, ud, msg)
+            return
+        super()._on_message(cl, ud, msg)
         if isinstance(rep, dict):
             self.timeline.append((time.monotonic() - self.t0, dev, rep.get("state"), rep.get("pct"), rep.get("reason")))
 
