@@ -285,17 +285,18 @@ def _rollout(br, keys, names, con, v1, v2, devices, sup, rnd, cut_share, broker_
     stop = threading.Event()
 
     def chaos():
-        # Power cuts: each victim loses power once, while it downloads.
+        # Power cuts: each victim loses power once, while its update is under way.
         pending = list(victims)
         restarted = not broker_restart
-        while not stop.wait(0.1):
+        while not stop.wait(0.02):
             try:
                 peak[0] = max(peak[0], br.rss_kib())
             except ToolError:
                 pass
             st = dict(r.status)
             for d in list(pending):
-                if st.get(d.name, {}).get("state") == "downloading":
+                # mid-update: downloading, or applied and not yet switched over
+                if st.get(d.name, {}).get("state") in ("downloading", "applied"):
                     sup.cut(d, rnd.uniform(0.5, 3.0))
                     faults["cuts"].append((time.monotonic() - r.t0, d.name))
                     pending.remove(d)

@@ -339,6 +339,10 @@ class Rollout:
             if rep.get("id") not in (None, upd.id.hex()):
                 return  # about another update
             state = rep.get("state")
+            if state == "rejected" and rep.get("reason") == "wrong_update":
+                # A stray chunk (a resent window that arrived after the device
+                # finished) refused: says nothing about how the update went.
+                return
             if state == "idle":
                 # The device (re)connected and listens: offer the update now.
                 if self.status[dev].get("state") == "sent":
