@@ -35,3 +35,22 @@ def _fmt(v):
 def best_of(fn, n=5):
     """The fastest of n runs: the least disturbed by a noisy machine."""
     return min(fn() for _ in range(n))
+
+
+def areas(kind):
+    """The areas `ictl bench` or `ictl soak` runs: modules ictl/<kind>_<area>.py."""
+    import glob
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    return sorted(os.path.basename(p)[len(kind) + 1:-3] for p in glob.glob(os.path.join(here, kind + "_*.py")))
+
+
+def chosen(kind, only):
+    """The areas asked for with --only (all by default), or a one-line error."""
+    from ictl import ToolError
+
+    have = areas(kind)
+    unknown = sorted(set(only or ()) - set(have))
+    if unknown:
+        raise ToolError("unknown %s area %s (have: %s)" % (kind, ", ".join(unknown), ", ".join(have)))
+    return only or have
