@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from ictl import ROOT, ToolError
+from ictl.cmd_run import DEFAULT_HEAP_KIB
 
 _HEAP = re.compile(r"agent: heap (\d+) bytes in use above the (\d+) bytes of loaded code")
 
@@ -29,10 +30,4 @@ def run(fig, tmp, args):
             % ", ".join("%.1f" % (int(a) / 1024) for a, _ in found))
     fig.add("agent_code_heap_kib", round(code / 1024, 1), "KiB",
             "precompiled code the unix port holds in the GC heap (an ESP32 keeps it frozen in flash): "
-            "why `ictl run` gives the device %d KiB, not 64" % _default_heap())
-
-
-def _default_heap():
-    from ictl.cmd_run import DEFAULT_HEAP_KIB
-
-    return DEFAULT_HEAP_KIB
+            "why `ictl run` gives the device %d KiB, not 64" % DEFAULT_HEAP_KIB)

@@ -14,7 +14,6 @@ would only add a serial link per device.
 
 Returns figures (time to 100%, bytes delta vs full, failures, broker memory,
 bricked devices) and writes a per-device timeline PNG."""
-import json
 import os
 import random
 import shutil
@@ -29,10 +28,10 @@ from ictl import device as sim_device
 from ictl import fleetkeys, image as app_image
 from ictl import provision as prov
 from ictl import update as upd
-from ictl.cmd_run import Keys, bump_version, build_app
+from ictl.cmd_run import DEFAULT_HEAP_KIB, Keys, bump_version, build_app
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
-HEAP_KIB = 320  # as `ictl run`: 64 KiB of data above the code an ESP32 keeps in flash
+HEAP_KIB = DEFAULT_HEAP_KIB  # as `ictl run` (why: cmd_run.DEFAULT_HEAP_KIB)
 FINAL = ("confirmed", "rolled_back", "rejected")
 READING_INTERVAL_S = 30
 INTERVAL_CODE = "import esp32\nn = esp32.NVS('ic_agent')\nn.set_i32('interval', %d)\nn.commit()\n" % READING_INTERVAL_S
@@ -131,29 +130,6 @@ class Supervisor:
         self._t.join(5)
         for d in self.devices:
             d.stop()
-
-
-class TimedRollout(upd.Rollout):
-    """The rollout, keeping every device report with its time for the timeline."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.timeline = []  # (seconds since start, device, state, pct)
-        self.t0 = time.monotonic()
-
-    def _on_message(self, cl, ud, msg):
-        try:
-            rep = json.loads(msg.payload)
-            dev = msg.topic.split("/")[-3]
-        except (ValueError, IndexError):
-            rep, dev = None, None
-        if self.status.get(dev, {}).get("state") == "confirmed":
-            # A device that confirmed the update refuses a late resend of its
-            # metadata (wrong_update): that answer does not undo the confirmation.
-            return
-        super()._on_message(cl, ud, msg)
-        if isinstance(rep, dict):
-            self.timeline.append((time.monotonic() - self.t0, dev, rep.get("state"), rep.get("pct"), rep.get("reason")))
 
 
 def provision_all(names, devdirs, br, keys, log_path, workers=2):
@@ -276,7 +252,7 @@ def _rollout(br, keys, names, con, v1, v2, devices, sup, rnd, cut_share, broker_
     kp, cp = upd.updater_credentials(br.pki_dir)
     # Offer the metadata again only after a device was silent for a while: the
     # more devices share two cores, the longer an honest device takes to answer.
-    r = TimedRollout(br.host, br.port, br.ca_path, cp, kp, prefix=br.prefix, out=open(os.devnull, "w"),
+    r = upd.Rollout(br.host, br.port, br.ca_path, cp, kp, prefix=br.prefix, out=open(os.devnull, "w"),
                      resend_s=max(20.0, 0.3 * len(names)))
     r.connect()
     victims = rnd.sample(devices, max(1, int(round(len(devices) * cut_share)))) if cut_share else []

@@ -280,6 +280,9 @@ class Rollout:
         self._changed = threading.Event()
         self._client = None
         self.bytes_sent = 0
+        self.t0 = time.monotonic()
+        self.timeline = []  # every report taken: (seconds since t0, device, state, pct, reason)
+        self._last_line = None
 
     def _topic(self, dev, kind):
         return "%s/%s/%s" % (self.prefix, dev, kind)
@@ -343,6 +346,11 @@ class Rollout:
                 # A stray chunk (a resent window that arrived after the device
                 # finished) refused: says nothing about how the update went.
                 return
+            if self.status[dev].get("state") == "confirmed":
+                # Final: a late resend of the metadata refused by a device
+                # already on the new image does not undo its confirmation.
+                return
+            self.timeline.append((time.monotonic() - self.t0, dev, state, rep.get("pct"), rep.get("reason")))
             if state == "idle":
                 # The device (re)connected and listens: offer the update now.
                 if self.status[dev].get("state") == "sent":
@@ -410,7 +418,7 @@ class Rollout:
         for dev in plans:
             states[self.status[dev].get("state")] = states.get(self.status[dev].get("state"), 0) + 1
         line = "rollout [%-30s] %3d%%  %s" % (bar, pct, "  ".join("%s %d" % kv for kv in sorted(states.items())))
-        if line != getattr(self, "_last_line", None):  # redraw only on a change (logs stay readable)
+        if line != self._last_line:  # redraw only on a change (logs stay readable)
             self._last_line = line
             self.out.write("\r" + line)
             self.out.flush()
