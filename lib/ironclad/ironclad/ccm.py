@@ -321,6 +321,11 @@ class CCM:
         _mac_head(self._macv, self._flags, nonce, nl, n, aad, a, h, self._chain)
         return h
 
+    def reserve(self, n):
+        """Grows the work buffers for n-byte messages now (say, on a freshly
+        collected heap) rather than at the first message of that size."""
+        self._prepare(bytes(self.nonce_len), b"", n)
+
     def encrypt_into(self, nonce, aad, pt, out, off=0):
         """Writes ciphertext || tag (len(pt) + tag_len bytes) to out[off:]."""
         n = len(pt)
