@@ -1,8 +1,9 @@
 # The simulated ESP32 behind the stand-in `esp32` and `machine` modules on the
 # unix port. One device is one directory on the host:
 #
-#   device.json  identity and the partition table (written by `ictl device create`)
-#   flash.bin    the whole SPI flash, byte for byte (partitions at their offsets)
+#   device.json  identity, eFuse keys, where the partition table is (written by `ictl device create`)
+#   flash.bin    the whole SPI flash, byte for byte: the binary partition table at
+#                CONFIG_PARTITION_TABLE_OFFSET, partitions at their offsets
 #   reset        why the last run ended, for machine.reset_cause()
 #
 # Flash behaves like NOR flash: erasing a 4 KiB sector sets it to 0xFF, and a
@@ -18,7 +19,9 @@
 # on the same directory. ESPSIM_TRACE=path appends one line per operation.
 import os
 import json
+import struct
 import binascii
+import hashlib
 from micropython import const
 
 SECTOR = const(4096)
@@ -26,6 +29,14 @@ _CHUNK = const(256)  # small: the flash driver is not the app's heap
 
 _ERR_INVALID_SIZE = const(-260)  # ESP_ERR_INVALID_SIZE, as check_esp_err raises it
 _ERR_INVALID_ARG = const(22)  # EINVAL
+
+# The binary partition table (ESP-IDF esp_partition_info_t): 32-byte entries
+# {magic 0x50AA, type, subtype, offset, size, label[16], flags}, an optional MD5
+# entry over the entries before it, then an erased entry that ends the table.
+_ENTRY = "<HBBII16sI"
+_MAGIC = const(0x50AA)
+_MAGIC_MD5 = const(0xEBEB)
+_MAX_ENTRIES = const(96)  # ESP_PARTITION_TABLE_MAX_ENTRIES: 0xC00 bytes
 
 _flash = None
 
@@ -51,7 +62,7 @@ class Flash:
             with open(path + "/device.json") as f:
                 cfg = json.load(f)
             self.size = int(cfg["flash_size"])
-            self.parts = cfg["partitions"]
+            self.table_at = int(cfg["partition_table_offset"])
             self.uid = binascii.unhexlify(cfg["unique_id"])
             # The simulated eFuse: keys the hardware keeps from software (esp32.NVS).
             self.efuse = cfg.get("efuse") or {}
@@ -62,6 +73,7 @@ class Flash:
         if self.f.tell() != self.size:
             raise SimError("device directory %r: flash.bin is not %d bytes: recreate it with `ictl device create`" % (path, self.size))
         self.path = path
+        self.parts = self._read_table()
         self.ops = 0
         self.cut_at = 0
         self.tear_bytes = -1
@@ -154,6 +166,39 @@ class Flash:
             done += k
         if land < n:
             _die()
+
+    def _read_table(self):
+        """The partition table as the ESP-IDF bootloader reads it from flash
+        (esp_partition_table_verify): a table that is erased, torn or corrupt
+        stops the boot, as it does on the chip."""
+        parts = []
+        md5 = hashlib.md5()
+        md5_seen = False
+        e = bytearray(32)
+        for i in range(_MAX_ENTRIES):
+            self.read(self.table_at + 32 * i, e)
+            magic, typ, sub, off, size, label, _ = struct.unpack(_ENTRY, e)
+            if magic == _MAGIC and not md5_seen:
+                if off + size > self.size:
+                    raise self._bad_table("partition %d exceeds the flash" % i)
+                md5.update(e)
+                parts.append({"label": label.split(b"\0")[0].decode(), "type": typ, "subtype": sub,
+                              "offset": off, "size": size})
+            elif magic == _MAGIC_MD5 and not md5_seen:
+                if e[16:] != md5.digest():
+                    raise self._bad_table("incorrect MD5 checksum")
+                md5_seen = True
+            elif magic == 0xFFFF and typ == 0xFF and sub == 0xFF:
+                if not parts:
+                    break
+                return parts
+            else:
+                raise self._bad_table("entry %d is invalid (magic 0x%04x)" % (i, magic))
+        raise self._bad_table("no partition table" if not parts else "no terminating entry")
+
+    def _bad_table(self, why):
+        return SimError("device directory %r: no valid partition table at 0x%x (%s): recreate it with `ictl device create --force`"
+                       % (self.path, self.table_at, why))
 
     def set_reset_cause(self, cause):
         self.reset_file.seek(0)

@@ -3,62 +3,15 @@ import json
 import os
 import secrets
 
-from ictl import ROOT, ToolError
+from ictl import ToolError, firmware
 
-FLASH_SIZE = 4 * 1024 * 1024
-DEFAULT_TABLE = os.path.join(ROOT, "firmware", "partitions-4MiB.csv")
-SECTOR = 4096
-
-_TYPES = {"app": 0, "data": 1}
-_SUBTYPES = {
-    0: {"factory": 0x00, "test": 0x20, **{"ota_%d" % i: 0x10 + i for i in range(16)}},
-    1: {"ota": 0x00, "phy": 0x01, "nvs": 0x02, "coredump": 0x03, "nvs_keys": 0x04,
-        "efuse": 0x05, "undefined": 0x06, "esphttpd": 0x80, "fat": 0x81, "spiffs": 0x82,
-        "littlefs": 0x83},
-}
+FLASH_SIZE = firmware.FLASH_SIZE
+DEFAULT_TABLE = firmware.TABLE
 
 
-def _num(s):
-    s = s.strip()
-    mult = 1
-    if s[-1:] in "KkMm":
-        mult = 1024 if s[-1] in "Kk" else 1024 * 1024
-        s = s[:-1]
-    return int(s, 0) * mult
-
-
-def parse_partition_table(path=DEFAULT_TABLE):
-    """Parse an ESP-IDF partition CSV (explicit offsets) into a list of dicts."""
-    parts = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            cols = [c.strip() for c in line.split(",")]
-            if len(cols) < 5:
-                raise ToolError("%s:%d: expected name, type, subtype, offset, size" % (path, lineno))
-            name, typ, sub, off, size = cols[:5]
-            t = _TYPES.get(typ)
-            t = _num(typ) if t is None else t
-            st = _SUBTYPES.get(t, {}).get(sub)
-            st = _num(sub) if st is None else st
-            parts.append({"label": name, "type": t, "subtype": st, "offset": _num(off), "size": _num(size)})
-    return parts
-
-
-def check_table(parts, flash_size=FLASH_SIZE):
-    """Overlaps, alignment and fit: what the ESP-IDF tooling also refuses."""
-    end = 0
-    for p in sorted(parts, key=lambda p: p["offset"]):
-        align = 0x10000 if p["type"] == 0 else SECTOR
-        if p["offset"] % align:
-            raise ToolError("partition %s at 0x%x is not %d-aligned" % (p["label"], p["offset"], align))
-        if p["offset"] < end:
-            raise ToolError("partition %s overlaps the one before it" % p["label"])
-        end = p["offset"] + p["size"]
-    if end > flash_size:
-        raise ToolError("partition table needs 0x%x bytes, flash has 0x%x" % (end, flash_size))
+def partitions(table):
+    """The partitions of an ESP-IDF table, as device.json lists them for the host tools."""
+    return [{"label": p.name, "type": p.type, "subtype": p.subtype, "offset": p.offset, "size": p.size} for p in table]
 
 
 def stub_firmware():
@@ -68,22 +21,28 @@ def stub_firmware():
 
 
 def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False):
-    """Make a fresh device: erased flash, firmware in ota_0, a random unique id."""
+    """Make a fresh device as `ictl firmware flash` leaves a board: the binary
+    partition table at CONFIG_PARTITION_TABLE_OFFSET (where the simulated
+    bootloader reads it), firmware in ota_0, the rest erased; a random unique id."""
     if os.path.exists(os.path.join(path, "device.json")) and not force:
         raise ToolError("%s already holds a device: pass --force to replace it" % path)
-    parts = parse_partition_table(table)
-    check_table(parts)
+    t = firmware.partition_table(table)  # ESP-IDF's own checks: overlaps, alignment, room for the table, fit
+    parts = partitions(t)
+    offset = firmware.table_offset()
     os.makedirs(path, exist_ok=True)
     cfg = {
-        "format": 1,
+        "format": 2,
         "hwid": hwid,
         "unique_id": secrets.token_bytes(6).hex(),
         # The simulated eFuse (read-protected on a chip): the NVS encryption key.
         "efuse": {"nvs_key": secrets.token_bytes(32).hex()},
         "flash_size": FLASH_SIZE,
+        "partition_table_offset": offset,
         "partitions": parts,
     }
     flash = bytearray(b"\xff" * FLASH_SIZE)
+    binary = t.to_binary()
+    flash[offset:offset + len(binary)] = binary
     ota0 = next(p for p in parts if p["label"] == "ota_0")
     fw = stub_firmware()
     flash[ota0["offset"]:ota0["offset"] + len(fw)] = fw

@@ -33,6 +33,12 @@ BOARDS = {
 }
 VARIANTS = ("production", "development")
 RSA_BITS = 3072
+SECTOR = 0x1000  # the partition table fills one; espsecure appends the signature block in another
+# ESP-IDF "Bootloader Size (with enabled secure features)": with Secure Boot V2
+# the ESP32 verifies a bootloader of at most 48 KB (max_bootloader, loaded into
+# a fixed buffer), plus its signature sector. The space before the partition
+# table holds that much on every board, so a lockdown bootloader never lacks room.
+BOOTLOADER_ROOM = BOARDS["IRONCLAD_ESP32"]["max_bootloader"] + SECTOR
 
 # The production lockdown: (option, value). None means the production fragment
 # must say "# CONFIG_X is not set" and no fragment may set it.
@@ -141,13 +147,44 @@ def lockdown_problems(board):
 
 # --- partition table -----------------------------------------------------------
 
+def table_offset(board="IRONCLAD_ESP32"):
+    """CONFIG_PARTITION_TABLE_OFFSET of a build: where the bootloader reads the
+    partition table, so where it is flashed (and where a simulated device has it)."""
+    have = effective(board).get("CONFIG_PARTITION_TABLE_OFFSET")
+    try:
+        return int(have, 16)
+    except (TypeError, ValueError):
+        raise ToolError("CONFIG_PARTITION_TABLE_OFFSET must be a hex offset in firmware/sdkconfig.ironclad (have %r)"
+                        % have)
+
+
+def layout_problems(board):
+    """What is wrong with the space before the partition table: the table fills
+    a whole flash sector, and the bootloader's room (from its offset, 0x1000 on
+    the ESP32, 0x0 on the S3, to the table) must hold BOOTLOADER_ROOM."""
+    offset = table_offset(board)
+    probs = []
+    if offset % SECTOR:
+        probs.append("CONFIG_PARTITION_TABLE_OFFSET=0x%x is not a multiple of 0x%x (one flash sector)" % (offset, SECTOR))
+    room = offset - BOARDS[board]["bootloader"]
+    if room < BOOTLOADER_ROOM:
+        probs.append("CONFIG_PARTITION_TABLE_OFFSET=0x%x leaves 0x%x bytes for the bootloader of %s; a Secure Boot V2 "
+                     "bootloader needs 0x%x (48 KB + signature sector): raise it to 0x%x and move the first partitions"
+                     % (offset, room, board, BOOTLOADER_ROOM, BOARDS[board]["bootloader"] + BOOTLOADER_ROOM))
+    return probs
+
+
 def partition_table(path=TABLE, board="IRONCLAD_ESP32"):
     """Parse and verify the table with ESP-IDF's own rules (esp-idf-defs packages
-    gen_esp32part.py): alignment for Secure Boot V2, overlaps, the partition
-    table offset from our sdkconfig, fit in the flash. Returns the table."""
+    gen_esp32part.py): alignment for Secure Boot V2, overlaps, no partition
+    below the partition table's sector (its offset from our sdkconfig, itself
+    checked by layout_problems), fit in the flash. Returns the table."""
     from esp_idf_defs import partitions as gen
 
-    offset = int(effective(board)["CONFIG_PARTITION_TABLE_OFFSET"], 16)
+    probs = layout_problems(board)
+    if probs:
+        raise ToolError(probs[0])
+    offset = table_offset(board)
     try:
         with open(path) as f:
             table = gen.PartitionTable.from_csv(f.read(), partition_table_offset=offset)
@@ -455,11 +492,31 @@ def check_bootloader(board, path):
     """A built bootloader must fit below the partition table, and under the
     size Secure Boot V2 can verify (ESP-IDF "Bootloader Size" guide)."""
     b = BOARDS[board]
-    room = int(effective(board)["CONFIG_PARTITION_TABLE_OFFSET"], 16) - b["bootloader"]
-    size = os.path.getsize(path) + 0x1000  # plus the signature sector espsecure appends
-    if size > room or size - 0x1000 > b["max_bootloader"]:
+    room = table_offset(board) - b["bootloader"]
+    size = os.path.getsize(path) + SECTOR  # plus the signature sector espsecure appends
+    if size > room or size - SECTOR > b["max_bootloader"]:
         raise ToolError("signed bootloader (%d bytes) does not fit: %d bytes before the partition table "
                         "(raise CONFIG_PARTITION_TABLE_OFFSET and move the first partitions)" % (size, room))
+
+
+def check_built_table(path, table):
+    """The built partition-table.bin must be firmware/partitions-4MiB.csv: a
+    build from before the table moved has partitions where the table and the
+    bootloader's room now are, and its bootloader looks for the table elsewhere."""
+    from esp_idf_defs import partitions as gen
+
+    def rows(t):
+        return [(p.name, p.type, p.subtype, p.offset, p.size, p.get_flags_list()) for p in t]
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        built = gen.PartitionTable.from_binary(data[:gen.MAX_PARTITION_LENGTH])
+    except gen.InputError as e:
+        raise ToolError("%s is not a partition table (%s): run `ictl firmware build` again" % (_show(path), e))
+    if rows(built) != rows(table):
+        raise ToolError("%s was built from another partition table than %s: run `ictl firmware build` again"
+                        % (_show(path), _show(TABLE)))
 
 
 def check_key(path):
@@ -509,10 +566,11 @@ def flash_args(board, variant, port, app_image=None, baud=460800):
     b = BOARDS[board]
     out = out_dir(board, variant)
     table = partition_table(board=board)
-    offset = int(effective(board)["CONFIG_PARTITION_TABLE_OFFSET"], 16)
+    offset = table_offset(board)
     signed = variant == "production"
+    built_table = os.path.join(out, "partition-table.bin")
     files = [(b["bootloader"], os.path.join(out, "bootloader-signed.bin" if signed else "bootloader.bin")),
-             (offset, os.path.join(out, "partition-table.bin")),
+             (offset, built_table),
              (table["ota_0"].offset, os.path.join(out, "micropython-signed.bin" if signed else "micropython.bin"))]
     if app_image:
         files.append((table["app_a"].offset, app_image))
@@ -520,6 +578,7 @@ def flash_args(board, variant, port, app_image=None, baud=460800):
         if not os.path.exists(path):
             raise ToolError("%s is missing: run `ictl firmware build%s` first" % (
                 _show(path), "" if signed else " --variant development"))
+    check_built_table(built_table, table)
     args = [os.path.join(BIN, "esptool"), "--chip", b["chip"], "--port", port, "--baud", str(baud),
             "--before", "default-reset", "--after", "no-reset",
             "erase-region", hex(table["otadata"].offset), hex(table["otadata"].size)]
