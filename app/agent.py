@@ -38,6 +38,23 @@ class Agent:
     def __init__(self, me):
         self.me = me
         ks = me._ks
+        # Update reports can arise inside the MQTT callback: queued, and
+        # published by the loop once the callback has returned.
+        self.reports = []
+        # First, while the heap is fresh: an interrupted download resumes
+        # with buffers from one unfragmented stretch.
+        self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self.reports.append)
+        self.updater.prepare()
+        # Next the other long-lived big blocks (the MQTT receive buffer, the
+        # TLS context), before the key agreement's garbage is interleaved
+        # with small long-lived objects and no large block is left.
+        self.topics = {k: me.topic(k) for k in ("telemetry", "events", "state", "reply", "cmd", "update")}
+        self.topics["report"] = me.topic("state/update")
+        c = MQTTClient(me.device_id, me.host, me.port, me.tls_context(), server_hostname=me.hostname, keepalive=30,
+                       max_packet=update.MAX_PACKET)
+        c.set_last_will(self.topics["state"], b"offline", retain=True, qos=1)
+        c.set_callback(self._on_message, view=True)  # an update chunk is not copied
+        self.client = c
         z = telemetry.shared_secret(ks.get("device_key"), me.fleet_data_pub)
         self.counter = nonce.Counter()
         self.sealer = telemetry.Sealer(z, me.device_id, self.counter)
@@ -46,17 +63,6 @@ class Agent:
         self.hello = telemetry.hello(ks.get("cert"), self.counter.epoch)
         self.spool = Spool()
         self.nvs, self.interval_s = _settings()
-        self.topics = {k: me.topic(k) for k in ("telemetry", "events", "state", "reply", "cmd", "update")}
-        self.topics["report"] = me.topic("state/update")
-        c = MQTTClient(me.device_id, me.host, me.port, me.tls_context(), server_hostname=me.hostname, keepalive=30,
-                       max_packet=update.MAX_PACKET)
-        c.set_last_will(self.topics["state"], b"offline", retain=True, qos=1)
-        c.set_callback(self._on_message)
-        self.client = c
-        # Update reports can arise inside the MQTT callback: queued, and
-        # published by the loop once the callback has returned.
-        self.reports = []
-        self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self.reports.append)
         self.seq = 0
         self.online = False
         self.healthy = False
@@ -68,7 +74,8 @@ class Agent:
         t = topic.decode() if isinstance(topic, (bytes, bytearray, memoryview)) else topic
         if t == self.topics["cmd"]:
             try:
-                cmd = self.verifier.open(t, msg)
+                # (A copy: a reply published from here reuses the receive buffer.)
+                cmd = self.verifier.open(t, bytes(msg))
             except commands.Rejected:
                 return  # recorded as a security event; no answer to a forgery
             self._obey(cmd)
@@ -192,7 +199,8 @@ class Agent:
         # Wait for the broker or the next reading, whichever comes first: a
         # device idles in poll(), not in a busy loop.
         wait = max(0, min(1000, time.ticks_diff(due, time.ticks_ms())))
-        if self.online and not self.reports and not self.updater.reboot_due:
+        u = self.updater
+        if self.online and not self.reports and not (u.reboot_due or u.restart_due):
             try:
                 self.client.wait_msg(wait)
             except MQTTError:
@@ -211,8 +219,10 @@ class Agent:
                 return
             self.reports.pop(0)
             print("agent: update", rep.get("state"), rep.get("reason") or rep.get("pct") or "")
-        if self.updater.reboot_due and not self.reports:
-            print("agent: rebooting into the new image")
+        u = self.updater
+        if (u.reboot_due or u.restart_due) and not self.reports:
+            print("agent: rebooting into the new image" if u.reboot_due else
+                  "agent: restarting to resume the update on a fresh heap")
             self.client.disconnect()
             machine.reset()
 

@@ -60,6 +60,54 @@ def _run(name):
         exec(f.read(), g)
 
 
+def _load_code():
+    # Everything an ESP32 keeps in flash: the frozen library, the board's
+    # modules and the verified app (mounted at /app by boot.py).
+    for d, pkg in (("/.frozen/lib/ironclad/ironclad", "ironclad."), ("/.board", ""), ("/app", "")):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for f in names:
+            m = f.rsplit(".", 1)[0]
+            if f.endswith((".mpy", ".py")) and m not in ("main", "__init__"):
+                __import__(pkg + m)
+    import ssl  # noqa: F401  (frozen into the port; its objects still land here)
+    import esp32
+
+    esp32._nvs_store()  # the ESP32's NVS cache is C memory, outside the app's heap
+
+
+_BALLAST = []
+
+
+def _cap_heap(kib):
+    # The unix port keeps loaded code in the GC heap; an ESP32 runs it from
+    # flash and gives the app a heap of its own. To run the app with the
+    # budget an ESP32 would give it, load all the code first, then fill every
+    # free block except one of `kib` KiB, which becomes the app's heap: the
+    # whole of it, in one piece, as on a fresh ESP32 heap.
+    _load_code()
+    gc.collect()
+    code = gc.mem_alloc()
+    heap = bytearray(kib * 1024 - 32)  # the app's heap to be (32: its object header)
+    hold = [None] * 4096
+    _BALLAST.append(hold)
+    i = 0
+    b = 8192  # blocks of 16 bytes: a tuple of k items is 16 + 8k bytes
+    while b and i < len(hold):
+        try:
+            while i < len(hold):
+                hold[i] = (None,) * (2 * b - 2) if b > 1 else i * 0.5  # a float is one block
+                i += 1
+        except MemoryError:
+            b >>= 1
+    heap = None
+    gc.collect()
+    print("device: %d KiB heap for the app; its %d KiB of loaded code held apart, as an ESP32 keeps code in flash"
+          % (gc.mem_free() // 1024, code // 1024))
+
+
 gc.collect()
 try:
     espsim.flash()
@@ -72,5 +120,7 @@ gc.collect()
 _mount()
 gc.collect()
 _run("boot.py")
+if os.getenv("ESPSIM_DATA_HEAP_KIB"):
+    _cap_heap(int(os.getenv("ESPSIM_DATA_HEAP_KIB")))
 if not os.getenv("ESPSIM_RAW_REPL"):
     _run("main.py")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ictl import ROOT, ToolError
-from ictl.cmd_run import DEFAULT_HEAP_KIB
+from ictl.board import APP_HEAP_KIB
 
 _HEAP = re.compile(r"agent: heap (\d+) bytes in use above the (\d+) bytes of loaded code")
 
@@ -29,5 +29,5 @@ def run(fig, tmp, args):
             "(TLS session, MQTT buffers, sealer, verifier, spool, updater); all readings: %s"
             % ", ".join("%.1f" % (int(a) / 1024) for a, _ in found))
     fig.add("agent_code_heap_kib", round(code / 1024, 1), "KiB",
-            "precompiled code the unix port holds in the GC heap (an ESP32 keeps it frozen in flash): "
-            "why `ictl run` gives the device %d KiB, not 64" % DEFAULT_HEAP_KIB)
+            "precompiled code the unix port holds in the GC heap (an ESP32 keeps it in flash); "
+            "the board holds it apart and the agent runs in the %d KiB left for it" % APP_HEAP_KIB)

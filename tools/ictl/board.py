@@ -33,12 +33,28 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
 
 
+# The unix port keeps the code it loads in its GC heap; an ESP32 runs frozen
+# code and the app image from flash and gives the app the heap. A board that
+# models an ESP32 gets a port heap with room for all the code (PORT_HEAP_KIB),
+# and firmware/unix/start.py loads the code first and holds it apart, leaving
+# the app a heap of APP_HEAP_KIB in one piece (ESPSIM_DATA_HEAP_KIB): the
+# budget of an ESP32 without PSRAM.
+PORT_HEAP_KIB = 512
+APP_HEAP_KIB = 64
+
+
+def app_heap_env(kib=APP_HEAP_KIB):
+    return {"ESPSIM_DATA_HEAP_KIB": str(kib)}
+
+
 class VirtualBoard:
-    def __init__(self, devdir, heap_kib=96, env=None, log=None):
+    def __init__(self, devdir, heap_kib=96, env=None, log=None, app_heap_kib=None):
         sim_device.load(devdir)  # a one-line error if the directory is missing or corrupt
         self.devdir = os.path.abspath(devdir)
         self.heap_kib = heap_kib
         self.extra_env = dict(env or {})
+        if app_heap_kib:
+            self.extra_env.update(app_heap_env(app_heap_kib))
         self.log_path = log or os.path.join(self.devdir, "console.log")
         self.proc = None
         self.boots = 0
@@ -247,8 +263,8 @@ class VirtualBoard:
         self._spawn(raw=soft and was_raw, soft=soft)
 
 
-def run_forever(devdir, heap_kib=96):
-    board = VirtualBoard(devdir, heap_kib=heap_kib).start()
+def run_forever(devdir, heap_kib=96, app_heap_kib=None):
+    board = VirtualBoard(devdir, heap_kib=heap_kib, app_heap_kib=app_heap_kib).start()
     print("board: %s is on %s (also %s); Ctrl-C stops it" % (devdir, board.port, board.link), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())

@@ -36,11 +36,6 @@ from ictl import provision as prov
 from ictl import update as upd
 
 APP = os.path.join(ROOT, "app")
-# An ESP32 runs the firmware's frozen modules from flash; the unix port has no
-# such ROM, so the ~175 KiB of precompiled code the agent loads sits in the GC
-# heap. The agent prints how much heap its data uses above that code ("agent:
-# heap ..."); the steady figure is agent_steady_heap_kib (goal <= 32 KiB).
-DEFAULT_HEAP_KIB = 320
 STATE = "run.json"
 
 
@@ -52,8 +47,9 @@ def register(sub):
     p.add_argument("--readings", type=int, default=0, metavar="N",
                    help="stop after N readings once the update demo is done (default: run until Ctrl-C)")
     p.add_argument("--timeout", type=float, default=90, help="seconds to wait for each step (default 90)")
-    p.add_argument("--heap", type=int, default=DEFAULT_HEAP_KIB, metavar="KIB",
-                   help="device GC heap (default %d KiB: see DEFAULT_HEAP_KIB)" % DEFAULT_HEAP_KIB)
+    p.add_argument("--heap", type=int, default=vboard.APP_HEAP_KIB, metavar="KIB",
+                   help="the app's heap, as on an ESP32 that runs its code from flash (default %d KiB: "
+                        "see ictl.board.APP_HEAP_KIB)" % vboard.APP_HEAP_KIB)
     p.set_defaults(func=do_run)
 
 
@@ -186,8 +182,9 @@ def do_run(args):
         app_image.trust_device(devdir, [(keys.key_id, keys.signing.public_key())])
         app_image.flash_image(devdir, v1)
         say("app v1 built from app/, signed (RSA-3072-PSS, key %s) and flashed into slot app_a (%d bytes)" % (keys.key_id, len(v1)))
-        with vboard.VirtualBoard(devdir, heap_kib=args.heap) as b:
-            say("virtual board on %s (unix port, %d KiB heap); provisioning it over USB with mpremote" % (b.port, args.heap))
+        with vboard.VirtualBoard(devdir, heap_kib=vboard.PORT_HEAP_KIB, app_heap_kib=args.heap) as b:
+            say("virtual board on %s (unix port; the app's heap %d KiB, its code held apart as in flash); "
+                "provisioning it over USB with mpremote" % (b.port, args.heap))
             rec = provision(b, br, keys, root)
             dev = rec["device_id"]
             with open(os.path.join(root, STATE), "w") as f:

@@ -28,10 +28,10 @@ from ictl import device as sim_device
 from ictl import fleetkeys, image as app_image
 from ictl import provision as prov
 from ictl import update as upd
-from ictl.cmd_run import DEFAULT_HEAP_KIB, Keys, bump_version, build_app
+from ictl.board import PORT_HEAP_KIB, app_heap_env
+from ictl.cmd_run import Keys, bump_version, build_app
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
-HEAP_KIB = DEFAULT_HEAP_KIB  # as `ictl run` (why: cmd_run.DEFAULT_HEAP_KIB)
 FINAL = ("confirmed", "rolled_back", "rejected")
 READING_INTERVAL_S = 30
 INTERVAL_CODE = "import esp32\nn = esp32.NVS('ic_agent')\nn.set_i32('interval', %d)\nn.commit()\n" % READING_INTERVAL_S
@@ -40,7 +40,7 @@ INTERVAL_CODE = "import esp32\nn = esp32.NVS('ic_agent')\nn.set_i32('interval', 
 def _fw_env(devdir, raw=False):
     fw = unixfw.build()
     env = dict(os.environ, MICROPYPATH=":".join(os.path.join(fw, p) for p in ("lib/ironclad", "firmware/unix")),
-               ESPSIM_DIR=devdir, ESPSIM_FIRMWARE=fw)
+               ESPSIM_DIR=devdir, ESPSIM_FIRMWARE=fw, **app_heap_env())  # each device an ESP32's heap
     for k in ("ESPSIM_RAW_REPL", "ESPSIM_SOFT_REBOOT", "ESPSIM_FAULT"):
         env.pop(k, None)
     if raw:
@@ -60,7 +60,7 @@ class DirectBoard(prov.Board):
         fw, env = _fw_env(self.devdir, raw=True)
         start = os.path.join(fw, "firmware", "unix", "start.py")
         boot = "exec(open(%r).read())\n" % start
-        return subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % HEAP_KIB, "-c", boot + code],
+        return subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % PORT_HEAP_KIB, "-c", boot + code],
                               capture_output=True, text=True, timeout=self.timeout, env=env, cwd=self.devdir)
 
 
@@ -78,7 +78,7 @@ class Device:
 
     def power_on(self):
         fw, env = _fw_env(self.devdir)
-        self.proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=%dK" % HEAP_KIB, os.path.join(fw, "firmware", "unix", "start.py")],
+        self.proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=%dK" % PORT_HEAP_KIB, os.path.join(fw, "firmware", "unix", "start.py")],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env, cwd=self.devdir, start_new_session=True,
                                      preexec_fn=fleet_broker.die_with_parent)  # none outlives a killed simulation

@@ -143,14 +143,15 @@ def _signature_ok(h, key, sig):
     return rsapss.verify(key[0], key[1], hashlib.sha256(h.raw).digest(), sig)
 
 
-def verify(part, floor=None, hwid=None, anchors=None, event="image"):
+def verify(part, floor=None, hwid=None, anchors=None, event="image", buf=None):
     """Verify the image in an app slot (a Partition or its label); return its
     Header. floor: the lowest security counter accepted (default: the boot
     state's floor). Raises Rejected(reason) and records a security event of
-    kind `event` (None: no event)."""
+    kind `event` (None: no event). buf: a 4 KiB buffer to read through
+    (default: one is made)."""
     part = _part(part)
     try:
-        return _verify(part, floor, hwid, anchors)
+        return _verify(part, floor, hwid, anchors, buf)
     except Rejected as e:
         if event and e.reason != EMPTY:  # an erased slot is not an attack
             from ironclad import events
@@ -159,15 +160,14 @@ def verify(part, floor=None, hwid=None, anchors=None, event="image"):
         raise
 
 
-def _verify(part, floor, hwid, anchors):
+def _verify(part, floor, hwid, anchors, buf):
     if floor is None:
         from ironclad import bootstate
 
         floor = bootstate.floor()
     h = read_header(part)
     key = check(h, part.info()[3], floor, anchors or trust(), hwid)
-    buf = bytearray(_CHUNK)
-    mv = memoryview(buf)
+    mv = memoryview(buf or bytearray(_CHUNK))[:_CHUNK]
     sha = hashlib.sha256()
     off = HEADER_SIZE
     end = HEADER_SIZE + h.length
@@ -181,7 +181,7 @@ def _verify(part, floor, hwid, anchors):
         raise Rejected(BAD_HASH)
     # Drop the read buffer before the RSA step, whose big-integer temporaries
     # are the other half of the peak: the two never need RAM at once.
-    buf = mv = chunk = sha = None
+    mv = chunk = sha = None
     sig = bytearray(h.sig_len)
     part.readblocks(0, sig, end)
     if not _signature_ok(h, key, sig):

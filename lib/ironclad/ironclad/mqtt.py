@@ -223,6 +223,7 @@ class MQTTClient:
         self._tb = b""
         self.pid = 0
         self.cb = None
+        self._view = False
         self.ack_cb = None
         self.lw = None
         self._inflight = []  # [pid, packet, sent_ms, sends], oldest first
@@ -237,11 +238,14 @@ class MQTTClient:
         self._ping_at = None
 
     # --- settings ------------------------------------------------------------
-    def set_callback(self, f):
+    def set_callback(self, f, view=False):
         """f(topic, msg) for each PUBLISH received (bytes copies). A QoS 1
         message is acknowledged after f returns, so one that f did not
-        finish (exception, reset) comes again."""
+        finish (exception, reset) comes again. view=True: msg is instead a
+        writable memoryview of the receive buffer, valid only until f returns
+        (no copy of a message up to max_packet long on the heap)."""
         self.cb = f
+        self._view = view
 
     def set_ack_callback(self, f):
         """f(pid) when the broker acknowledges a QoS 1 publish."""
@@ -469,7 +473,9 @@ class MQTTClient:
                 # block for it, and that must end the connection, not the
                 # caller (QoS 1 comes again after the reconnect).
                 topic = bytes(self._mv[2:pos])
-                msg = bytes(self._mv[pos + (2 if qos else 0):n])
+                msg = self._mv[pos + (2 if qos else 0):n]
+                if not self._view:
+                    msg = bytes(msg)
             except MemoryError:
                 raise ProtocolError("no_memory", "no room for a %d-byte message" % n)
             if b"+" in topic or b"#" in topic or b"\x00" in topic:

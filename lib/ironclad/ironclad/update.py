@@ -299,6 +299,7 @@ class Updater:
         self._job = None  # the update being downloaded: _Job
         self._foreign = None  # id of the last stray chunk reported
         self.reboot_due = False
+        self.restart_due = False  # restart to resume a download on a fresh heap
 
     # -- persistent state --------------------------------------------------
 
@@ -352,19 +353,40 @@ class Updater:
             self._check_pending(pend)
         elif self._job is None:
             meta = _read("meta")
-            if meta:
-                try:
-                    self._begin(meta, resume=True)
-                except Rejected as e:
-                    self._abandon()
-                    self._reject(e.reason, detail="on resume")
-                    return
+            if meta and not self._resume(meta):
+                return
         if self._job:
             self._ask()
         elif not pend:
             # Listening and free: a fleet waiting to offer an update can send
             # it now rather than at its next retry.
             self._report(IDLE)
+
+    def prepare(self):
+        """Call at start-up, before the rest of the app makes its objects: a
+        download that restarted the device for memory (see _out_of_memory)
+        is resumed now, so that its big buffers come from a fresh heap."""
+        uid = self._st.get("mem_restart")
+        if uid and self._st.get("mem_prepared") != uid and self._job is None and not self._st.get("pending"):
+            # Once per update: if the app then cannot start beside it, the
+            # next start-up resumes at connect as usual, where running out
+            # of memory again refuses the update (no restart loop).
+            self._st["mem_prepared"] = uid
+            self._save_state()
+            meta = _read("meta")
+            if meta:
+                self._resume(meta)
+
+    def _resume(self, meta):
+        try:
+            self._begin(meta, resume=True)
+            return True
+        except Rejected as e:
+            self._abandon()
+            self._reject(e.reason, detail="on resume")
+        except MemoryError:
+            self._out_of_memory()
+        return False
 
     def _check_pending(self, pend):
         # What became of the update installed before the last reboot.
@@ -424,16 +446,18 @@ class Updater:
     def on_message(self, msg):
         """One message from the update topic. Never raises for bad input:
         rejections are reported and recorded."""
-        mv = memoryview(msg)
-        if not len(mv):
+        if not len(msg):
             self._reject("bad_message")
             return
-        kind = mv[0]
+        kind = msg[0]
         try:
             if kind == 0x4D:  # "M"
-                self._on_meta(mv[1:])
+                # Parts of the metadata are kept: off the MQTT buffer.
+                self._on_meta(memoryview(bytes(msg))[1:])
             elif kind == 0x43:  # "C"
-                self._on_chunk(mv)
+                # Decrypted in place: the MQTT client's receive buffer (a
+                # writable view, see MQTTClient.set_callback) or a copy.
+                self._on_chunk(memoryview(msg if isinstance(msg, memoryview) else bytearray(msg)))
             else:
                 raise Rejected("bad_message")
         except Rejected as e:
@@ -451,12 +475,27 @@ class Updater:
             self._abandon()
             self._reject("flash_error", uid, detail=str(e)[:39])
         except MemoryError:
-            # The heap could not hold the update's buffers: free them and say
-            # so (the fleet can retry; the checkpoint stays for a resume).
-            uid = self._job.man.id if self._job else None
-            self._job = None
-            gc.collect()
-            self._reject("no_memory", uid)
+            self._out_of_memory()
+
+    def _out_of_memory(self):
+        # The heap could not hold the update's buffers: a heap long in use is
+        # fragmented, and 4 KiB blocks are what it runs out of first. The
+        # download is saved (metadata, checkpoint) and the device restarts
+        # to resume it on a fresh heap (prepare()), once per update; if that
+        # is not enough either, the update is refused.
+        job = self._job
+        self._job = None
+        gc.collect()
+        uid = bytes(job.man.id).hex() if job else None
+        if job and self._st.get("mem_restart") != uid and _read("meta"):
+            self._st["mem_restart"] = uid
+            self._save_state()
+            events.record("update", "restart_for_memory", outcome="info", detail=uid[:16])
+            self.restart_due = True
+            return
+        if job:
+            self._abandon()
+        self._reject("no_memory", job.man.id if job else None)
 
     def tick(self):
         """Call from the agent's loop: asks again for chunks that never came."""
@@ -552,14 +591,16 @@ class Updater:
             man, _ = open_metadata(memoryview(meta)[1:], self._anchors)
         base, target = self._check(man, resume)
         key = self._unwrap(man)
-        job = _Job(man, base, target, key)
+        if not resume:
+            _write("meta", meta)
+            _remove("ckpt")
+        # Known before its buffers are made, so an out-of-memory knows which
+        # update it interrupts.
+        self._job = job = _Job(man, base, target)
+        job.alloc(key)
         ck = _read("ckpt") if resume else None
         if ck:
             job.restore(ck)
-        else:
-            _write("meta", meta)
-            _remove("ckpt")
-        self._job = job
 
     def _abandon(self):
         self._job = None
@@ -600,12 +641,14 @@ class Updater:
             raise Rejected("bad_patch", "patch incomplete")
         if job.chain != man.chain:
             raise Rejected("bad_patch", "chain hash")
+        job.ccm = None  # what follows needs RAM for hashing and RSA
+        gc.collect()
         if _slot_sha(job.target, man.result_len, job.sector) != man.result_sha:
             raise Rejected("bad_result", "hash")
         label = job.target.info()[4]
         if man.target == "app":
             try:
-                h = image.verify(label, anchors=self._anchors, event=None)
+                h = image.verify(label, anchors=self._anchors, event=None, buf=job.sector)
             except image.Rejected as e:
                 raise Rejected("bad_result", "image " + e.reason)
             if h.version != man.ver or h.counter != man.ctr:
@@ -648,19 +691,7 @@ class _Job:
     """One download in progress: the content key, the applier, the chain
     hash, the position, the work buffers."""
 
-    def __init__(self, man, base, target, key):
-        # The big buffers in one go, on a freshly collected heap: 4 KiB
-        # blocks are what a fragmented heap runs out of first. CCM grows its
-        # two work buffers to the first message's size: a throw-away
-        # decryption of a chunk-sized message makes it do so now.
-        gc.collect()
-        self.ccm = CCM(key, _TAG, 13)
-        self.pt = bytearray(CHUNK)
-        try:
-            self.ccm.decrypt_into(nonce(0), b"", bytearray(CHUNK + _TAG), self.pt)
-        except AuthError:
-            pass
-        self.sector = bytearray(detools.SECTOR)
+    def __init__(self, man, base, target):
         self.man = man
         self.base = base
         self.target = target
@@ -670,6 +701,15 @@ class _Job:
         self.chain_next = self.chain  # ... and after it, once it is decrypted
         self.asked = 0
         self.window_end = 0
+
+    def alloc(self, key):
+        # The big buffers in one go, on a freshly collected heap: 4 KiB
+        # blocks are what a fragmented heap runs out of first (see
+        # Updater.prepare). CCM's two work buffers are grown to a chunk now.
+        gc.collect()
+        self.sector = bytearray(detools.SECTOR)
+        self.ccm = CCM(key, _TAG, 13)
+        self.ccm.reserve(CHUNK)
         self._new_patch()
 
     def _on_sector(self, patch):
@@ -710,10 +750,10 @@ class _Job:
         if n != want:
             raise Rejected("bad_chunk", "length")
         try:
-            self.ccm.decrypt_into(nonce(idx), aad(man.id, idx), ct, self.pt)
+            self.ccm.decrypt_into(nonce(idx), aad(man.id, idx), ct, ct)
         except AuthError:
             raise Rejected("bad_chunk", "chunk %d" % idx)
-        pt = memoryview(self.pt)[:n]
+        pt = ct[:n]
         # The chain value after this chunk is needed if a checkpoint lands
         # exactly on its end.
         self.chain_next = chain_step(self.chain, pt)
