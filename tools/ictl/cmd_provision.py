@@ -22,6 +22,10 @@ def register(sub):
     p.add_argument("--broker-port", type=int, help="broker TLS port")
     p.add_argument("--broker-hostname", help="name the broker's certificate must carry (default: the host; localhost for 127.0.0.1)")
     p.add_argument("--prefix", help="topic prefix (default: the broker's, or %s)" % fleet_broker.DEFAULT_PREFIX)
+    p.add_argument("--ntp", metavar="HOST[:PORT]",
+                   help="time server the board sets its clock from before TLS (SNTP, port 123 by default); "
+                        "without it the board's clock starts from its floor: this host's time at provisioning, "
+                        "moved on while the board runs")
     p.add_argument("--fleet-data-pub", required=True, metavar="PATH",
                    help="the fleet data public key (P-256; PEM, DER or the 65-byte point)")
     p.add_argument("--operator", help="who provisions, for the records (default: your login name)")
@@ -56,7 +60,8 @@ def do_provision(args):
         raise ToolError("where does the board connect? give --broker-dir, or --broker-host and --broker-port")
     if args.days < 1:
         raise ToolError("--days must be at least 1")
-    broker = provision.broker_settings(host, port, args.broker_hostname, prefix or fleet_broker.DEFAULT_PREFIX)
+    broker = provision.broker_settings(host, port, args.broker_hostname, prefix or fleet_broker.DEFAULT_PREFIX,
+                                       args.ntp)
     ca = pki.load_ca(ca_dir or DEFAULT_DIR)
     if ca.development:
         print("note: the fleet CA in %s is DEVELOPMENT ONLY" % ca.dir)

@@ -16,9 +16,10 @@ Steps (each one `mpremote exec` of ironclad.provision on the board):
   4 the CA checks the CSR and issues the certificate (inventory: issued)
   5 the board checks the certificate is for its key and id and signed by the
     CA and the fleet data key is a P-256 point (one exec), then stores
-    certificate, CA, broker settings and the fleet data key, and marks itself
-    provisioned, its last write (another: P-256 and the NVS writes together
-    do not fit a small heap)
+    certificate, CA, broker settings and the fleet data key, sets its clock
+    and the clock's floor to this host's time (a board has no battery-backed
+    clock), and marks itself provisioned, its last write (another: P-256 and
+    the NVS writes together do not fit a small heap)
   6 read the board again: provisioned, with this certificate (inventory:
     provisioned)
 A failure after step 2 wipes the board (inventory: abandoned, if a
@@ -37,6 +38,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -80,9 +82,23 @@ def load_fleet_pub(path):
     return fleetkeys.public_point(key)
 
 
-def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFIX):
-    """The broker entry the board keeps: where to connect and which name the
-    broker's certificate must carry."""
+def ntp_setting(text):
+    """A time server as the board keeps it, "host[:port]" (a DNS name or IPv4
+    address; the board asks port 123 when none is given), checked by the
+    board's rule (ironclad.identity.ntp_server)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "123"
+    ok = 0 < len(host) <= 253 and all(c.isascii() and (c.isalnum() or c in ".-") for c in host)
+    if not ok or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ToolError("time server %r is not valid: give HOST or HOST:PORT (a DNS name or IPv4 address)" % (text,))
+    return text
+
+
+def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFIX, ntp=None):
+    """The broker entry the board keeps: where to connect, which name the
+    broker's certificate must carry, and the time server (optional) it sets
+    its clock from before TLS."""
     if not host or any(c.isspace() for c in host):
         raise ToolError("broker host %r is not valid" % (host,))
     if not isinstance(port, int) or not 0 < port < 65536:
@@ -92,7 +108,10 @@ def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFI
         hostname = "localhost" if host in ("127.0.0.1", "::1") else host
     if not hostname or any(c.isspace() for c in hostname):
         raise ToolError("broker TLS hostname %r is not valid" % (hostname,))
-    return {"host": host, "port": port, "hostname": hostname, "prefix": fleet_broker.validate_prefix(prefix)}
+    out = {"host": host, "port": port, "hostname": hostname, "prefix": fleet_broker.validate_prefix(prefix)}
+    if ntp is not None:
+        out["ntp"] = ntp_setting(ntp)
+    return out
 
 
 def default_device_id(uid, inventory):
@@ -240,7 +259,8 @@ class Provisioner:
             cert_hex = pki.cert_der(self.cert_to_send(cert)).hex()
             ca_hex = pki.cert_der(self.ca.cert).hex()
             self.board.call("check", cert_hex, ca_hex, self.fleet_pub.hex())
-            done = self.board.call("finish", cert_hex, ca_hex, json.dumps(self.broker), self.fleet_pub.hex())
+            done = self.board.call("finish", cert_hex, ca_hex, json.dumps(self.broker), self.fleet_pub.hex(),
+                                   int(time.time()))
 
             self._step(6, "checking the board")
             after = self.board.call("info")

@@ -28,6 +28,9 @@ class Identity:
         self.port = broker["port"]
         self.hostname = broker["hostname"]
         self.prefix = broker["prefix"]
+        # The time server to set the clock from before TLS (ironclad.clock),
+        # (host, port) or None.
+        self.ntp = ntp_server(broker["ntp"]) if "ntp" in broker else None
         self.fleet_data_pub = fleet_data_pub
 
     def __repr__(self):
@@ -41,11 +44,27 @@ class Identity:
         return tls_context(self._ks)
 
 
+def ntp_server(text):
+    """(host, port) of a time server setting "host[:port]" (port 123 when
+    none is given): a DNS name or IPv4 address. ValueError if malformed."""
+    host, sep, port = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+    if not sep:
+        host, port = text, "123"
+    ok = isinstance(host, str) and 0 < len(host) <= 253 and port.isdigit() and 0 < int(port) < 65536
+    for c in host if ok else "":
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in ".-"):
+            ok = False
+    if not ok:
+        raise ValueError("time server %r is not host[:port]" % (text,))
+    return host, int(port)
+
+
 def _broker(raw):
     try:
         b = json.loads(raw)
         ok = (isinstance(b["host"], str) and b["host"] and isinstance(b["port"], int) and 0 < b["port"] < 65536
-              and isinstance(b["hostname"], str) and b["hostname"] and isinstance(b["prefix"], str) and b["prefix"])
+              and isinstance(b["hostname"], str) and b["hostname"] and isinstance(b["prefix"], str) and b["prefix"]
+              and ("ntp" not in b or ntp_server(b["ntp"])))
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:

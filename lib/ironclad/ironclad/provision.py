@@ -9,8 +9,10 @@
 #                               keep it in the keystore, print the CSR
 #   check(cert, ca, fleet_pub)  the certificate is for this key and id and
 #                               signed by the CA; the fleet key is a P-256 point
-#   finish(cert, ca, broker, fleet_pub)   the cheap checks again, store it
-#                               all, then mark the board provisioned (last write)
+#   finish(cert, ca, broker, fleet_pub, now)   the cheap checks again, store
+#                               it all, set the clock and its floor from the
+#                               host's time (ironclad.clock), then mark the
+#                               board provisioned (last write)
 #   wipe()                      erase every credential (keystore wipe)
 #
 # The agent's gate is identity.require() (also importable from here; the
@@ -246,7 +248,9 @@ def check(cert_hex, ca_hex, fleet_pub_hex):
     _step(_check, cert_hex, ca_hex, fleet_pub_hex)
 
 
-def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
+def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None):
+    from ironclad import clock, identity
+
     ks = KeyStore()
     cert = binascii.unhexlify(cert_hex)
     _, dev, _, _ = _mine(ks, cert)  # cheap checks again: these are the bytes stored
@@ -258,7 +262,13 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
             and 0 < b["port"] < 65536 and isinstance(b.get("hostname"), str) and b["hostname"]
             and isinstance(b.get("prefix"), str) and b["prefix"]):
         raise ProvisionError("broker settings need host, port (1-65535), hostname and prefix")
-    broker = json.dumps({"host": b["host"], "port": b["port"], "hostname": b["hostname"], "prefix": b["prefix"]})
+    keep = {"host": b["host"], "port": b["port"], "hostname": b["hostname"], "prefix": b["prefix"]}
+    if b.get("ntp") is not None:
+        identity.ntp_server(b["ntp"])  # ValueError: refused
+        keep["ntp"] = b["ntp"]
+    broker = json.dumps(keep)
+    if now is not None:
+        clock.provisioned(now)  # ValueError (the host's clock is wrong): refused before anything is stored
     gc.collect()
     ks.put("cert", cert)
     ks.put("ca", binascii.unhexlify(ca_hex))
@@ -269,8 +279,8 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
     return {"provisioned": True, "device_id": dev, "fingerprint": fp}
 
 
-def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex):
-    _step(_finish, cert_hex, ca_hex, broker_json, fleet_pub_hex)
+def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None):
+    _step(_finish, cert_hex, ca_hex, broker_json, fleet_pub_hex, now)
 
 
 def _wipe():
