@@ -29,6 +29,7 @@ package(
         "bootstate.py",
         "cbor.py",
         "ccm.py",
+        "clock.py",
         "commands.py",
         "cose.py",
         "csr.py",
