@@ -1,0 +1,76 @@
+"""The virtual board models an ESP32's heap: all code (frozen library, board
+modules, the verified app) is loaded first and held apart, as an ESP32 keeps
+it in flash, and the app gets ESPSIM_DATA_HEAP_KIB of heap in one piece.
+`ictl run` (test_run.py) runs the whole agent this way with 64 KiB."""
+import os
+import subprocess
+
+from mphelp import MICROPYTHON
+
+from ictl import board as vboard
+from ictl import device as sim_device
+from ictl import image as app_image
+from ictl import unixfw
+
+PROBE = """
+import gc, sys
+gc.collect()
+print("FREE", gc.mem_free())
+try:
+    a = bytearray(60 * 1024)
+    print("BLOCK60 ok")
+except MemoryError:
+    print("BLOCK60 fail")
+a = None
+gc.collect()
+try:
+    a = bytearray(66 * 1024)
+    print("BLOCK66 ok")
+except MemoryError:
+    print("BLOCK66 fail")
+print("LOADED", "ironclad.update" in sys.modules and "ironclad.mqtt" in sys.modules)
+"""
+
+
+def _probe(tmp_path, capped):
+    # The probe is the app: built, signed, flashed, verified at boot and run
+    # by the frozen main.py, the way the agent is.
+    dev = tmp_path / "dev"
+    sim_device.create(str(dev))
+    src = tmp_path / "app"
+    src.mkdir()
+    (src / "main.py").write_text(PROBE)
+    key = tmp_path / "signing.pem"
+    app_image.keygen(str(key))
+    app_image.setup_device(str(dev), str(src), str(key))
+    fw = unixfw.build()
+    env = dict(os.environ, MICROPYPATH=":".join(os.path.join(fw, p) for p in ("lib/ironclad", "firmware/unix")),
+               ESPSIM_DIR=str(dev))
+    env.pop("ESPSIM_DATA_HEAP_KIB", None)
+    if capped:
+        env.update(vboard.app_heap_env())
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % vboard.PORT_HEAP_KIB,
+                        os.path.join(fw, "firmware", "unix", "start.py")],
+                       capture_output=True, text=True, timeout=60, cwd=str(dev), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FREE" in r.stdout, r.stdout  # the probe ran
+    return r.stdout
+
+
+def test_app_gets_exactly_its_heap_in_one_piece(tmp_path):
+    out = _probe(tmp_path, capped=True)
+    assert "device: %d KiB heap for the app" % vboard.APP_HEAP_KIB in out
+    free = int(out.split("FREE ")[1].split()[0])
+    # Never more than the budget; a little less, because the port compiles the
+    # frozen main.py from source and loads the probe after the cap.
+    assert vboard.APP_HEAP_KIB * 1024 - 4096 <= free <= vboard.APP_HEAP_KIB * 1024 + 64, free
+    assert "BLOCK60 ok" in out  # one piece: a 60 KiB block fits
+    assert "BLOCK66 fail" in out  # and nothing beyond the budget
+    assert "LOADED True" in out  # the code was loaded before the app's heap was set
+
+
+def test_without_the_cap_the_port_heap_is_all_there(tmp_path):
+    # The negative control: the same probe on the uncapped port heap.
+    out = _probe(tmp_path, capped=False)
+    assert "heap for the app" not in out
+    assert "BLOCK66 ok" in out
