@@ -151,6 +151,43 @@ def test_sealed_reading_opens_at_the_fleet_with_allowlist_applied():
     assert fleet.decrypt_seq(m2, TOPIC.encode())[0] == 1
 
 
+def test_body_is_the_deterministic_cbor_of_the_allowed_fields():
+    # Sealer.body writes into a reused buffer with its own fast paths; the
+    # generic encoder (cbor.encode: head(), keys sorted) must agree byte for
+    # byte, at every integer head size and sign, with and without the wall
+    # time, and with fields that are absent, disallowed or not numbers.
+    s, _ = _sealer()
+    wall = telemetry._wall
+    edges = (0, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, (1 << 40) + 5, -1, -24, -25,
+             -256, -257, -65536, -65537, -(1 << 32), -(1 << 32) - 1)
+    try:
+        for t in (1800000000, 0):
+            telemetry._wall = lambda: t
+            for i, v in enumerate(edges):
+                w = edges[(i + 7) % len(edges)]
+                # (MicroPython's bool is no int: a flag is not a number here.)
+                r = {"seq": v, "uptime_ms": w, "heap_free": i, "note": 5, "rssi_dbm": "weak",
+                     "interval_s": None, "battery_mv": True}
+                want = {"id": "dev-0007", "seq": v, "uptime_ms": w, "heap_free": i}
+                if t:
+                    want["ts"] = t
+                before = s.dropped
+                got = bytes(s.body(r))
+                assert got == cbor.encode(want), (v, w, t)
+                assert s.dropped - before == 4
+    finally:
+        telemetry._wall = wall
+    # More than 23 entries: a 2-byte map head.
+    many = tuple("f%02d" % i for i in range(30))
+    s2, _ = _sealer(many)
+    r = {k: i for i, k in enumerate(many)}
+    want = dict(r, id="dev-0007")
+    t = telemetry._wall()
+    if t:
+        want["ts"] = t
+    assert bytes(s2.body(r)) == cbor.encode(want)
+
+
 def reading_of(sealer, size):
     """A plausible reading whose sealed body is exactly size bytes (the
     uptime's CBOR length is what is varied)."""

@@ -121,10 +121,21 @@ class Sealer:
         # A reading's body is written into a reused buffer, keys pre-encoded
         # and in deterministic order (RFC 8949 section 4.2.1: for text keys,
         # shorter first, then bytewise), so a reading allocates nothing.
-        self._order = sorted(set(fields) | {"id", "ts"}, key=lambda k: (len(k), k))
-        self._keys = {k: cbor.encode(k) for k in self._order}
-        self._id = cbor.encode(device_id)
-        self._body = bytearray(1 + len(self._id) + sum(len(k) + 9 for k in self._keys.values()))
+        # _keys: (field, encoded key, its length) in that order; the id's
+        # entry is (None, its key and value, ...), the wall time's ("", ...).
+        if "" in fields:
+            raise ValueError("empty field name")
+        order = sorted(set(fields) | {"id", "ts"}, key=lambda k: (len(k), k))
+        keys = []
+        for k in order:
+            e = cbor.encode(k) + cbor.encode(device_id) if k == "id" else cbor.encode(k)
+            keys.append((None if k == "id" else "" if k == "ts" else k, e, len(e)))
+        self._keys = tuple(keys)
+        # The map head goes in front once the count is known: 1 byte up to
+        # 23 entries, else 2.
+        self._at = 1 if len(order) < 24 else 2
+        self._body = bytearray(self._at + sum(l + 9 for _, _, l in keys))
+        self._bv = memoryview(self._body)
 
     def seal(self, topic, plaintext):
         """Any plaintext -> COSE_Encrypt0 bound to topic (a memoryview)."""
@@ -141,34 +152,35 @@ class Sealer:
         pseudonymous id and the wall time when known (CBOR, a view of a
         reused buffer)."""
         t = _wall()
-        n = 2 if t else 1
-        for k, v in reading.items():
-            if k in self.fields and isinstance(v, _NUM):
-                n += 1
-            else:
-                self.dropped += 1
         b = self._body
-        pos = cbor.head_into(b, 0, 5, n)  # map(n)
-        for k in self._order:
-            if k == "id":
-                v = None
-            elif k == "ts":
-                if not t:
-                    continue
+        # Locals: the loop below runs for every field of every reading.
+        get = reading.get
+        num = cbor.number_into
+        isnum = isinstance
+        pos = self._at
+        n = 0  # fields taken from the reading
+        for k, e, l in self._keys:
+            if k:
+                v = get(k)
+                if not isnum(v, _NUM):
+                    continue  # absent, or not a number
+                n += 1
+            elif k is None:
+                b[pos:pos + l] = e  # "id": key and value
+                pos += l
+                continue
+            elif t:
                 v = t
             else:
-                v = reading.get(k)
-                if not isinstance(v, _NUM) or k not in self.fields:
-                    continue
-            e = self._keys[k]
-            b[pos:pos + len(e)] = e
-            pos += len(e)
-            if v is None:
-                b[pos:pos + len(self._id)] = self._id
-                pos += len(self._id)
-            else:
-                pos = cbor.number_into(b, pos, v)
-        return memoryview(b)[:pos]
+                continue
+            b[pos:pos + l] = e
+            pos = num(b, pos + l, v)
+        # Everything in the reading that was not taken was dropped.
+        self.dropped += len(reading) - n
+        n += 2 if t else 1
+        start = self._at - (1 if n < 24 else 2)
+        cbor.head_into(b, start, 5, n)  # map(n), just before the entries
+        return self._bv[start:pos]
 
     def seal_reading(self, topic, reading):
         return self.seal(topic, self.body(reading))
