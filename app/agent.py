@@ -15,7 +15,7 @@ import time
 import esp32
 import machine
 
-from ironclad import bootstate, commands, events, identity, nonce, telemetry, update
+from ironclad import bootstate, clock, commands, events, identity, nonce, telemetry, update
 from ironclad.identity import NotProvisioned
 from ironclad.mqtt import MQTTClient, MQTTError
 from ironclad.spool import Spool
@@ -177,8 +177,14 @@ class Agent:
 
     # --- the loop ----------------------------------------------------------------
     def run(self):
+        # Before the first connection: mbedTLS checks the broker's certificate
+        # against this clock, which an ESP32 powers up at 2000-01-01. The
+        # floor includes the newest time seen in signed update metadata.
+        src, t = clock.ensure(self.me.ntp, self.updater.state()["seen"])
+        print("agent: clock set from %s (Unix time %d)" % (src, t))
         due = time.ticks_ms()
         while True:
+            clock.remember()  # the floor moves on with the time run (NVS at most every few minutes)
             was = self.online
             try:
                 self.online = self.client.maintain()

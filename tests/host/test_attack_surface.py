@@ -1,8 +1,9 @@
 """Attack surface of the running agent: while it runs (the `ictl run` flow: a
 virtual board against the run's own mosquitto), the device process holds no
-listening socket and no UDP or raw socket, and its only network connection is
-one outbound TCP connection to the port the run's broker listens on, a port
-that speaks TLS only. Read from /proc (psutil is not pinned): the process's
+listening socket and no raw socket; its only network connection is one
+outbound TCP connection to the port the run's broker listens on, a port that
+speaks TLS only, and its only UDP socket the one SNTP exchange with the time
+server named in its settings, before it connects (ironclad.clock). Read from /proc (psutil is not pinned): the process's
 socket inodes in /proc/<pid>/fd, their state and addresses in
 /proc/<pid>/net/{tcp,tcp6,udp,udp6,raw,raw6}.
 
@@ -150,11 +151,17 @@ def test_running_agent_listens_nowhere_and_talks_only_tls_to_its_broker(tmp_path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    m = re.search(r"time server \(SNTP\) on ([\d.]+):(\d+)", "".join(lines))
+    assert m, "".join(lines)
+    ntp = (m.group(1), int(m.group(2)))
     assert sum(1 for socks in samples if len(socks) == 1) >= 5, samples  # it was online
     for socks in samples:
-        assert not [s for s in socks if s[0].startswith("tcp") and s[1] == TCP_LISTEN], socks  # no listener
-        assert not [s for s in socks if not s[0].startswith("tcp")], socks  # no UDP (mDNS, ...), no raw
-        assert len(socks) <= 1, socks  # one connection at most, nothing else
-        for kind, state, local, remote in socks:
+        tcp = [s for s in socks if s[0].startswith("tcp")]
+        udp = [s for s in socks if s[0].startswith("udp")]
+        assert not [s for s in tcp if s[1] == TCP_LISTEN], socks  # no listener
+        assert len(tcp) + len(udp) == len(socks), socks  # no raw socket
+        assert len(udp) <= 1 and all(r == ntp for _, _, _, r in udp), (socks, ntp)  # SNTP, to that server only
+        assert len(tcp) <= 1, socks  # one connection at most
+        for kind, state, local, remote in tcp:
             assert remote in broker_ports, (socks, broker_ports)  # outbound, to the broker only
             assert state in (TCP_ESTABLISHED, TCP_SYN_SENT, TCP_FIN_WAIT1, TCP_CLOSE_WAIT), socks

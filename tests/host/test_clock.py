@@ -238,3 +238,17 @@ def test_provisioning_stores_the_time_server_and_the_floor(tmp_path):
     src, t = set_line.split()[1], int(set_line.split()[2])
     assert src == "ntp" and abs(t - (time.time() + 300)) < 10, out
     assert len(ts.requests) == 1
+
+
+def test_firmware_trust_module_carries_its_build_time():
+    # The build floor a firmware freezes (ironclad.clock.built() reads it).
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ictl import image as app_image
+
+    pub = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    before = int(time.time())
+    src = app_image.trust_module([("k1", pub)], "esp32-sim")
+    ns = {}
+    exec(src, ns)
+    assert before <= ns["BUILT"] <= int(time.time())

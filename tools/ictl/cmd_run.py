@@ -18,6 +18,7 @@ no broker or device process is left behind.
 `--part device` runs steps 1-4 and keeps the device running (its broker
 settings are written to <dir>/run.json); `--part console` attaches the fleet
 console to such a run from another terminal."""
+import contextlib
 import json
 import os
 import queue
@@ -33,6 +34,7 @@ from ictl import console as fleet_console
 from ictl import device as sim_device
 from ictl import fleetkeys, image as app_image
 from ictl import provision as prov
+from ictl.timeserver import TimeServer
 from ictl import update as upd
 
 APP = os.path.join(ROOT, "app")
@@ -155,9 +157,9 @@ class Stream:
         self.t.join(5)
 
 
-def provision(board, br, keys, root):
+def provision(board, br, keys, root, ntp=None):
     ca = pki.load_ca(br.pki_dir)
-    p = prov.Provisioner(board.port, ca, prov.broker_settings(br.host, br.port, "localhost", br.prefix),
+    p = prov.Provisioner(board.port, ca, prov.broker_settings(br.host, br.port, "localhost", br.prefix, ntp=ntp),
                          fleetkeys.public_point(keys.fleet), operator="make-run",
                          log_path=os.path.join(root, "provisioning.jsonl"),
                          out=lambda s: print("  provision | " + s, flush=True))
@@ -172,8 +174,12 @@ def do_run(args):
     os.makedirs(root)
     devdir = os.path.join(root, "device")
     say("starting the broker (mosquitto, TLS on 127.0.0.1, client certificates required, per-device ACL)")
-    with fleet_broker.Broker(os.path.join(root, "broker"), operators=fleet_broker.DEFAULT_OPERATORS + (upd.UPDATER_ID,)) as br:
+    with contextlib.ExitStack() as stack:
+        br = stack.enter_context(fleet_broker.Broker(os.path.join(root, "broker"),
+                                                     operators=fleet_broker.DEFAULT_OPERATORS + (upd.UPDATER_ID,)))
         say("broker on %s:%d" % (br.host, br.port))
+        ts = stack.enter_context(TimeServer())
+        say("time server (SNTP) on %s: the board sets its clock from it before TLS" % ts.address)
         keys = Keys(root)
         say("development keys in %s (DEVELOPMENT ONLY: fleet CA, image signing key %s, fleet data key)" % (keys.dir, keys.key_id))
         sim_device.create(devdir)
@@ -185,7 +191,7 @@ def do_run(args):
         with vboard.VirtualBoard(devdir, heap_kib=vboard.PORT_HEAP_KIB, app_heap_kib=args.heap) as b:
             say("virtual board on %s (unix port; the app's heap %d KiB, its code held apart as in flash); "
                 "provisioning it over USB with mpremote" % (b.port, args.heap))
-            rec = provision(b, br, keys, root)
+            rec = provision(b, br, keys, root, ntp=ts.address)
             dev = rec["device_id"]
             with open(os.path.join(root, STATE), "w") as f:
                 json.dump({"device": dev, "broker": [br.host, br.port, br.prefix, br.pki_dir, br.ca_path],

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -283,8 +284,10 @@ def trust_module(keys, hwid, retired=(), min_counter=0):
            "# has retired, the hardware id of the board it is built for, and the lowest",
            "# app security counter it accepts. Frozen into the firmware, so ESP32",
            "# Secure Boot V2 (and its secure_version anti-rollback) covers it.",
+           "# BUILT: when it was made; no clock reading before it is right (ironclad.clock).",
            "HWID = %r" % hwid,
            "MIN_COUNTER = %d" % min_counter,
+           "BUILT = %d" % int(time.time()),
            "KEYS = {"]
     for kid, pub in keys:
         if kid in retired:
