@@ -433,6 +433,22 @@ class MQTTClient:
         self._last_rx = time.ticks_ms()
         return op, n
 
+    def _puback(self):
+        # The packet a publisher reads most, a whole PUBACK (0x40, remaining
+        # length 2, packet id), taken straight from the read-ahead buffer
+        # when it is all there: what _read_packet and _handle would accept,
+        # without their general path. Anything else is left to them.
+        rp = self._rp
+        if self._rn - rp < 4:
+            return False
+        rx = self._rx
+        if rx[rp] != _PUBACK or rx[rp + 1] != 2:
+            return False
+        self._rp = rp + 4
+        self._last_rx = time.ticks_ms()
+        self._acked((rx[rp + 2] << 8) | rx[rp + 3])
+        return True
+
     @staticmethod
     def _packet(ptype, n):
         """A packet buffer with its fixed header (type byte, remaining length
@@ -836,6 +852,8 @@ class MQTTClient:
         end = self._deadline(wait_ms)
         while True:
             self._tick()
+            if self._puback():
+                return _PUBACK
             left = time.ticks_diff(end, time.ticks_ms())
             p = self._read_packet(min(left, 1000))
             if p is not None:
