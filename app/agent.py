@@ -129,9 +129,9 @@ class Agent:
     def _take_reading(self):
         gc.collect()
         if self.seq in (0, 9, 99):
-            # Heap in use by the agent's data: what the loaded code occupies
-            # is measured once at start (on an ESP32 that code is frozen in flash).
-            print("agent: heap %d bytes in use above the %d bytes of loaded code" % (gc.mem_alloc() - CODE[0], CODE[0]))
+            # Heap in use by the agent's data: what was in use when main()
+            # started (the loaded code, on an ESP32 in flash) is not its own.
+            print("agent: heap %d bytes in use by the agent, %d free" % (gc.mem_alloc() - CODE[0], gc.mem_free()))
         msg = self.sealer.seal_reading(self.topics["telemetry"], self.reading())
         if self.online and not self.spool.stats()["queued"]:
             try:

@@ -9,7 +9,7 @@ import sys
 from ictl import ROOT, ToolError
 from ictl.board import APP_HEAP_KIB
 
-_HEAP = re.compile(r"agent: heap (\d+) bytes in use above the (\d+) bytes of loaded code")
+_HEAP = re.compile(r"agent: heap (\d+) bytes in use by the agent, (\d+) free")
 
 
 def run(fig, tmp, args):
@@ -20,14 +20,21 @@ def run(fig, tmp, args):
     if r.returncode:
         raise ToolError("ictl run failed: %s" % (r.stderr.strip().splitlines() or ["?"])[-1])
     with open(os.path.join(d, "device", "console.log"), "rb") as f:
-        found = _HEAP.findall(f.read().decode(errors="replace"))
+        log = f.read().decode(errors="replace")
+    found = _HEAP.findall(log)
     if len(found) < 2:
         raise ToolError("the agent reported its heap %d times, expected at least 2" % len(found))
-    data, code = (int(x) for x in found[-1])
+    budget = re.findall(r"device: (\d+) KiB heap for the app; its (\d+) KiB of loaded code", log)
+    if not budget:
+        raise ToolError("the board did not report the app's heap")
+    fig.add("agent_app_heap_kib", int(budget[-1][0]), "KiB",
+            "the heap the whole run gave the agent (code held apart, as an ESP32 keeps it in flash): TLS, "
+            "telemetry, commands, the delta update to v2 and the tampered update all completed in it")
+    data = int(found[-1][0])
     fig.add("agent_steady_heap_kib", round(data / 1024, 1), "KiB",
             "GC heap the agent's data holds at its 10th reading after gc.collect(), above the loaded code "
             "(TLS session, MQTT buffers, sealer, verifier, spool, updater); all readings: %s"
             % ", ".join("%.1f" % (int(a) / 1024) for a, _ in found))
-    fig.add("agent_code_heap_kib", round(code / 1024, 1), "KiB",
-            "precompiled code the unix port holds in the GC heap (an ESP32 keeps it in flash); "
-            "the board holds it apart and the agent runs in the %d KiB left for it" % APP_HEAP_KIB)
+    fig.add("agent_code_heap_kib", int(budget[-1][1]), "KiB",
+            "precompiled code (library, stand-ins, app) the unix port holds in its GC heap; an ESP32 keeps it "
+            "in flash, and the board holds it apart from the agent's %d KiB" % APP_HEAP_KIB)

@@ -18,6 +18,7 @@ GOALS = {
     "aead_ratio": ("<=", 2.0),
     "mqtt_qos1_rate_ratio": (">=", 1.0),
     "agent_steady_heap_kib": ("<=", 32),
+    "agent_app_heap_kib": ("<=", 64),
     "fuzz_packets": (">=", 100000),
     "fuzz_failures": ("==", 0),
     "qos1_lost": ("==", 0),
