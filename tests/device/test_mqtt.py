@@ -227,8 +227,16 @@ def test_pid_wraps_and_skips_ids_in_flight():
     c, s = attached(b"")
     c.pid = 0xFFFD
     assert [c.publish("t", b"", qos=1, wait=False) for _ in range(3)] == [0xFFFE, 0xFFFF, 1]
-    c.pid = 0xFFFD
+    # Those three stay unacknowledged while the ids come round again (a
+    # window that never drains): the next id after 0xFFFD is 2.
+    for want in range(2, 0xFFFE):
+        assert c._next_pid() == want
     assert c._next_pid() == 2  # 0xFFFE, 0xFFFF and 1 are still in flight
+    assert c._next_pid() == 3
+    # Once the window has drained, ids run on without a search.
+    s.inp = io.BytesIO(b"\x40\x02\xff\xfe\x40\x02\xff\xff\x40\x02\x00\x01")
+    assert [c.wait_msg(0) for _ in range(3)] == [0x40] * 3 and c.inflight() == 0
+    assert c.publish("t", b"", qos=1, wait=False) == 4
 
 
 def test_window_full_waits_for_an_ack_then_sends_a_batch():

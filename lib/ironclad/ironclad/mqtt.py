@@ -227,6 +227,7 @@ class MQTTClient:
         self.ack_cb = None
         self.lw = None
         self._inflight = []  # [pid, packet, sent_ms, sends], oldest first
+        self._fresh = 0  # ids issued since the window was last seen empty
         self._subs = []  # (topic, qos) to restore when the session is new
         self._dup_acked = []  # resent ids already acked: a second PUBACK is expected
         self._logged = 0  # bit per _REASONS entry recorded during this outage
@@ -718,9 +719,19 @@ class MQTTClient:
             raise
 
     def _next_pid(self):
+        # Ids are issued in turn, so every id in flight was issued since the
+        # window was last seen empty: while that is fewer than 65535 ids ago,
+        # the next one cannot be in flight. Only a window that has not
+        # drained for that long needs the search.
+        inf = self._inflight
+        if not inf:
+            self._fresh = 0
+        self._fresh += 1
         while True:
             self.pid = self.pid % 0xFFFF + 1
-            for e in self._inflight:
+            if self._fresh < 0xFFFF:
+                return self.pid
+            for e in inf:
                 if e[0] == self.pid:
                     break
             else:
@@ -759,7 +770,7 @@ class MQTTClient:
                 while len(self._inflight) >= self.max_inflight:
                     self._service(self.timeout_ms)
                 for _ in range(self.max_inflight):
-                    if self._service(0) is None:
+                    if not self._puback() and self._service(0) is None:
                         break
             pkt, i = self._packet(_PUBLISH | (qos << 1) | (1 if retain else 0), 2 + tl + 2 * qos + len(msg))
             pkt[i] = tl >> 8
