@@ -76,18 +76,6 @@ def partial_iv(seq):
     return seq.to_bytes(n, "big")
 
 
-def _piv_nonce(base_iv, piv):
-    # RFC 9052 section 3.1: left-pad the Partial IV to the nonce length and
-    # XOR it with the Base IV.
-    if len(base_iv) != _NONCE_LEN:
-        raise ValueError("base iv length")
-    n = bytearray(base_iv)
-    off = _NONCE_LEN - len(piv)
-    for i in range(len(piv)):
-        n[off + i] ^= piv[i]
-    return bytes(n)
-
-
 class Encrypt0:
     """COSE_Encrypt0 under one key. Keeps the CCM object (key schedules and
     work buffers): the way to protect a stream of messages."""
@@ -98,10 +86,10 @@ class Encrypt0:
         if base_iv is not None and len(base_iv) != _NONCE_LEN:
             raise ValueError("base iv length")
         self._ccm = CCM(key, _TAG_LEN, _NONCE_LEN)
-        self.base_iv = base_iv
-        # Base IV as an integer: left-padding the Partial IV and XORing is
-        # then one integer XOR (encrypt_seq).
-        self._base = int.from_bytes(base_iv, "big") if base_iv is not None else 0
+        # Base IV as an integer (None: none), kept in this form only: RFC
+        # 9052 section 3.1's nonce, the Partial IV left-padded to the nonce
+        # length and XORed with the Base IV, is then one integer XOR.
+        self._base = int.from_bytes(base_iv, "big") if base_iv is not None else None
         # The last external AAD and its Enc_structure: a sender keeps sealing
         # for the same few topics, so the structure is built once per topic
         # change, not once per message.
@@ -185,7 +173,7 @@ class Encrypt0:
         """Protect pt with nonce = Base IV xor seq; seq goes in the Partial IV
         header (label 6). The caller never reuses a seq under one key.
         Returns as encrypt() does."""
-        if self.base_iv is None:
+        if self._base is None:
             raise ValueError("no base iv")
         piv = partial_iv(seq)
         return self._seal((self._base ^ seq).to_bytes(_NONCE_LEN, "big"), _H_PIV, piv, pt, external_aad, kid, out)
@@ -251,9 +239,9 @@ class Encrypt0:
         elif piv is not None:
             if not isinstance(piv, (bytes, memoryview)) or not 1 <= len(piv) <= _NONCE_LEN:
                 raise CoseError("bad Partial IV")
-            if self.base_iv is None:
+            if self._base is None:
                 raise CoseError("Partial IV but no base iv")
-            nonce = _piv_nonce(self.base_iv, piv)
+            nonce = (self._base ^ int.from_bytes(piv, "big")).to_bytes(_NONCE_LEN, "big")
         else:
             raise CoseError("no IV")
         pt = self._ccm.decrypt(nonce, _enc_structure(prot, external_aad), ct)

@@ -121,21 +121,20 @@ class Sealer:
         # A reading's body is written into a reused buffer, keys pre-encoded
         # and in deterministic order (RFC 8949 section 4.2.1: for text keys,
         # shorter first, then bytewise), so a reading allocates nothing.
-        # _keys: (field, encoded key, its length) in that order; the id's
-        # entry is (None, its key and value, ...), the wall time's ("", ...).
+        # _keys: (field, encoded key) in that order; the id's entry is
+        # (None, its key and value), the wall time's ("", its key).
         if "" in fields:
             raise ValueError("empty field name")
         order = sorted(set(fields) | {"id", "ts"}, key=lambda k: (len(k), k))
         keys = []
         for k in order:
             e = cbor.encode(k) + cbor.encode(device_id) if k == "id" else cbor.encode(k)
-            keys.append((None if k == "id" else "" if k == "ts" else k, e, len(e)))
+            keys.append((None if k == "id" else "" if k == "ts" else k, e))
         self._keys = tuple(keys)
         # The map head goes in front once the count is known: 1 byte up to
         # 23 entries, else 2.
         self._at = 1 if len(order) < 24 else 2
-        self._body = bytearray(self._at + sum(l + 9 for _, _, l in keys))
-        self._bv = memoryview(self._body)
+        self._body = bytearray(self._at + sum(len(e) + 9 for _, e in keys))
 
     def seal(self, topic, plaintext):
         """Any plaintext -> COSE_Encrypt0 bound to topic (a memoryview)."""
@@ -159,13 +158,14 @@ class Sealer:
         isnum = isinstance
         pos = self._at
         n = 0  # fields taken from the reading
-        for k, e, l in self._keys:
+        for k, e in self._keys:
             if k:
                 v = get(k)
                 if not isnum(v, _NUM):
                     continue  # absent, or not a number
                 n += 1
             elif k is None:
+                l = len(e)
                 b[pos:pos + l] = e  # "id": key and value
                 pos += l
                 continue
@@ -173,6 +173,7 @@ class Sealer:
                 v = t
             else:
                 continue
+            l = len(e)
             b[pos:pos + l] = e
             pos = num(b, pos + l, v)
         # Everything in the reading that was not taken was dropped.
@@ -180,7 +181,7 @@ class Sealer:
         n += 2 if t else 1
         start = self._at - (1 if n < 24 else 2)
         cbor.head_into(b, start, 5, n)  # map(n), just before the entries
-        return self._bv[start:pos]
+        return memoryview(b)[start:pos]
 
     def seal_reading(self, topic, reading):
         return self.seal(topic, self.body(reading))
