@@ -236,6 +236,17 @@ class Agent:
 CODE = [0]
 
 
+def _agent(me):
+    try:
+        return Agent(me)
+    except MemoryError:
+        # A download resumed first thing (Updater.prepare) can leave the rest
+        # of the agent no room: start without it. The download then resumes
+        # at connect, where it is refused (no_memory) if it still cannot fit.
+        gc.collect()
+        return Agent(me)
+
+
 def main():
     gc.collect()
     CODE[0] = gc.mem_alloc()
@@ -245,7 +256,7 @@ def main():
         print("agent: not starting network services:", e)
         return
     try:
-        Agent(me).run()
+        _agent(me).run()
     except Exception as e:  # never left dead: record why, then reset (a trial image counts an attempt)
         events.record("agent", "crash", "failed", "%s %s" % (type(e).__name__, e))
         import sys
