@@ -152,20 +152,23 @@ class Sealer:
         reused buffer)."""
         t = _wall()
         b = self._body
-        # Locals: the loop below runs for every field of every reading.
+        # Locals: the loop below runs for every field of every reading, and
+        # a global or builtin name costs a dictionary lookup (or two) each use.
         get = reading.get
         num = cbor.number_into
         isnum = isinstance
+        numeric = _NUM
+        ln = len
         pos = self._at
         n = 0  # fields taken from the reading
         for k, e in self._keys:
             if k:
                 v = get(k)
-                if not isnum(v, _NUM):
+                if not isnum(v, numeric):
                     continue  # absent, or not a number
                 n += 1
             elif k is None:
-                l = len(e)
+                l = ln(e)
                 b[pos:pos + l] = e  # "id": key and value
                 pos += l
                 continue
@@ -173,7 +176,7 @@ class Sealer:
                 v = t
             else:
                 continue
-            l = len(e)
+            l = ln(e)
             b[pos:pos + l] = e
             pos = num(b, pos + l, v)
         # Everything in the reading that was not taken was dropped.
