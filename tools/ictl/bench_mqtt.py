@@ -26,7 +26,7 @@ from ictl.hostile import DeviceRunner
 # weighs on both rates far less than over 2000.
 N = 5000
 WINDOW = 16  # unacknowledged QoS 1 publishes in flight, both clients
-ROUNDS = 7
+ROUNDS = 9
 HEAP_KIB = 256  # the rate does not depend on it; the module code (unix, 64-bit) does not fit 64 KiB
 
 DEVICE = r'''
