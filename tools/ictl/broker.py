@@ -162,6 +162,7 @@ def render_config(state_dir, port, pki_dir=None, host=HOST, server_cert=None, se
         "autosave_interval 5",
         "persistent_client_expiration %s" % SESSION_EXPIRY,
         "max_packet_size %d" % MAX_PACKET,
+        "set_tcp_nodelay true",  # a PUBACK goes out now, not after the client's delayed ACK
         "log_dest file %s" % j(state_dir, LOG),
         "log_type error",
         "log_type warning",
