@@ -26,7 +26,9 @@ def do_bench(args):
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             print("bench: %s" % name, flush=True)
-            importlib.import_module("ictl.bench_" + name).run(fig, tmp, args)
+            area = os.path.join(tmp, name)  # each area its own: two may use the same names
+            os.mkdir(area)
+            importlib.import_module("ictl.bench_" + name).run(fig, area, args)
             fig.save()
     fig.save()
     print("\n".join(table(args.out)))
