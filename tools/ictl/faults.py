@@ -23,9 +23,9 @@ def run_device(code, devdir, fault=None, heap_kib=96, env=None, timeout=120):
                           env=e, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def count_ops(code, devdir):
+def count_ops(code, devdir, heap_kib=96):
     trace = os.path.join(str(devdir), "ops.trace")
-    r = run_device(code, devdir, env={"ESPSIM_TRACE": trace})
+    r = run_device(code, devdir, env={"ESPSIM_TRACE": trace}, heap_kib=heap_kib)
     if r.returncode:
         raise RuntimeError("scenario failed without faults: %s" % (r.stdout + r.stderr))
     with open(trace) as f:
@@ -34,7 +34,7 @@ def count_ops(code, devdir):
     return n
 
 
-def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None):
+def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None, heap_kib=96):
     """Cut before every operation of `code` (and tear each after tear_bytes)
     on a device prepared by `setup`; `check` runs after each cut and must
     print OK. Returns (cut_points, failures: list of (fault, output))."""
@@ -42,13 +42,13 @@ def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None):
     base = os.path.join(tmp, "base")
     sim_device.create(base, force=True)
     if setup:
-        r = run_device(setup, base)
+        r = run_device(setup, base, heap_kib=heap_kib)
         if r.returncode:
             raise RuntimeError("setup failed: %s" % (r.stdout + r.stderr))
     flash0 = open(os.path.join(base, "flash.bin"), "rb").read()
     ref = os.path.join(tmp, "ref")
     shutil.copytree(base, ref, dirs_exist_ok=True)
-    total = count_ops(code, ref)
+    total = count_ops(code, ref, heap_kib)
     todo = range(1, total + 1) if points is None else [p for p in points if 1 <= p <= total]
     failures = []
     n = 0
@@ -60,8 +60,8 @@ def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None):
                 os.unlink(os.path.join(base, "reset"))
             except FileNotFoundError:
                 pass
-            run_device(code, base, fault=fault)
-            r = run_device(check, base)
+            run_device(code, base, fault=fault, heap_kib=heap_kib)
+            r = run_device(check, base, heap_kib=heap_kib)
             n += 1
             if r.returncode or "OK" not in r.stdout:
                 failures.append((fault, (r.stdout + r.stderr)[-500:]))
