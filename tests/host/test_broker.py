@@ -495,3 +495,55 @@ def test_micropython_verifies_the_broker(fleet, mp_identity, tmp_path):
     assert "OK" not in out.split(), out
     out = run_mp_client(fleet, mp_identity["ca.der"], mp_identity["cert.der"], mp_identity["key.der"], host="not-the-broker")
     assert "OK" not in out.split(), out
+
+
+# ------------------------------------------------------------------ revocation
+
+def test_revoked_certificate_is_refused_once_the_broker_reloads(tmp_path, clients):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ictl import ca as fleet_ca
+
+    b = broker.Broker(tmp_path / "broker")
+    b.start()
+    try:
+        f = Fleet(b, tmp_path)
+        assert os.path.exists(os.path.join(b.pki_dir, pki.CRL))  # an empty CRL from the start
+
+        def enrol(dev):
+            # As provisioning does it: a CSR, certified and recorded in the inventory.
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr = (x509.CertificateSigningRequestBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dev)])).sign(key, hashes.SHA256()))
+            cert = fleet_ca.issue_from_csr(f.ca, csr, dev)
+            fleet_ca.Inventory.of(f.ca).record_issued(cert, dev, "00" + dev[-10:], "test", None)
+            base = str(tmp_path / dev)
+            pki.write_key_pem(base + ".key", key)
+            pki.write_cert_pem(base + ".crt", cert)
+            return cert, (base + ".crt", base + ".key")
+
+        gone, gone_id = enrol("ic-aaaaaaaaaaaa")
+        _, keep_id = enrol("ic-bbbbbbbbbbbb")
+        assert clients(f, gone_id).try_connect()
+        rows = fleet_ca.revoke(f.ca, device_id="ic-aaaaaaaaaaaa", reason="decommissioned", operator="test")
+        assert [r["serial"] for r in rows] == [fleet_ca.serial_hex(gone)]
+        b.reload()
+        refused = False
+        for _ in range(20):  # mosquitto takes the SIGHUP asynchronously
+            if not clients(f, gone_id).try_connect(timeout=2):
+                refused = True
+                break
+        assert refused, "a revoked certificate still connects"
+        assert clients(f, keep_id).try_connect()  # the others are untouched
+        with open(os.path.join(b.pki_dir, pki.CRL), "rb") as fh:
+            crl = x509.load_pem_x509_crl(fh.read())
+        assert crl.is_signature_valid(f.ca.cert.public_key())
+        entry = crl.get_revoked_certificate_by_serial_number(gone.serial_number)
+        assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.cessation_of_operation
+        assert len(list(crl)) == 1
+        with pytest.raises(ToolError, match="no live certificate"):
+            fleet_ca.revoke(f.ca, device_id="ic-aaaaaaaaaaaa", operator="test")
+        assert fleet_ca.Inventory.of(f.ca).devices()[fleet_ca.serial_hex(gone)]["status"] == "revoked"
+    finally:
+        b.stop()

@@ -129,3 +129,25 @@ def test_ictl_ca_issue_and_list(fleet, tmp_path):
     assert len(rows) == 1 and rows[0]["operator"] == "bob"
     # no private key of any device in the CA directory
     assert sorted(os.listdir(fleet.dir)) == ["ca.crt", "ca.key", "inventory.jsonl", "inventory.jsonl.lock"]
+
+
+def test_ictl_ca_revoke_writes_the_crl(fleet, tmp_path):
+    _, der = csr_for("ic-cli-3")
+    (tmp_path / "d.csr").write_bytes(der)
+    r = ictl("ca", "issue", "--dir", fleet.dir, "--csr", str(tmp_path / "d.csr"), "--device-id", "ic-cli-3",
+             "--uid", "0a0b0c0d0e03", "--out", str(tmp_path / "d.crt"), "--operator", "bob")
+    assert r.returncode == 0, r.stderr
+    serial = fleet_ca.serial_hex(pki.load_cert(str(tmp_path / "d.crt")))
+    r = ictl("ca", "revoke", "--dir", fleet.dir, "--device-id", "ic-cli-3", "--reason", "key_compromise", "--operator", "eve")
+    assert r.returncode == 0, r.stderr
+    assert "revoked ic-cli-3 serial %s (key_compromise)" % serial in r.stdout
+    crl = x509.load_pem_x509_crl(open(os.path.join(fleet.dir, pki.CRL), "rb").read())
+    entry = crl.get_revoked_certificate_by_serial_number(int(serial, 16))
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
+    line = [x for x in ictl("ca", "list", "--dir", fleet.dir).stdout.splitlines() if x.startswith("ic-cli-3")]
+    assert len(line) == 1 and " revoked " in line[0], line
+    # nothing live left for that device or serial: one-line errors
+    for args in (["--device-id", "ic-cli-3"], ["--serial", "abcdef"]):
+        r = ictl("ca", "revoke", "--dir", fleet.dir, *args)
+        assert r.returncode == 2 and "no live certificate" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert len(list(x509.load_pem_x509_crl(open(os.path.join(fleet.dir, pki.CRL), "rb").read()))) == 1

@@ -16,6 +16,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -311,6 +312,17 @@ def test_refuses_provisioned_board_unless_reprovision(fleet, board, tmp_path):
     again = board_info(board)
     assert again["provisioned"] and again["device_id"] == first["device_id"]
     assert again["fingerprint"] != first["fingerprint"]
+    # the first certificate is revoked (superseded): inventory and the CA's CRL
+    assert "revoked its earlier certificate" in r.stdout
+    rows = list(fleet_ca.Inventory.of(fleet.load_ca()).devices().values())
+    def fp(x):
+        return x["fingerprint"].replace(":", "").lower()  # the inventory's notation, the board's
+    old = [x for x in rows if fp(x) == first["fingerprint"]]
+    assert len(old) == 1 and old[0]["status"] == "revoked" and old[0]["reason"] == "superseded", rows
+    assert [x["status"] for x in rows if fp(x) == again["fingerprint"]] == ["provisioned"]
+    with open(os.path.join(fleet.pki_dir, pki.CRL), "rb") as f:
+        crl = x509.load_pem_x509_crl(f.read())
+    assert crl.get_revoked_certificate_by_serial_number(int(old[0]["serial"], 16)) is not None
     outcomes = [x["outcome"] for x in log_rows(log)]
     assert outcomes == ["ok", "failed", "failed", "failed", "ok"]
     # and it works: the new identity connects

@@ -180,6 +180,7 @@ def render_config(state_dir, port, pki_dir=None, host=HOST, server_cert=None, se
         "tls_version tlsv1.2",
         "ciphers %s" % CIPHERS,
         "require_certificate true",
+    ] + (["crlfile %s" % j(pki_dir, pki.CRL)] if os.path.exists(j(pki_dir, pki.CRL)) else []) + [
         "use_identity_as_username true",
         "use_username_as_clientid true",
         "allow_anonymous false",
@@ -195,6 +196,17 @@ def read_state(state_dir):
             return json.load(f)
     except (FileNotFoundError, ValueError):
         return {}
+
+
+def signal_reload(state_dir):
+    """SIGHUP to the broker started from state_dir, if it runs: mosquitto
+    reloads its certificates and CRL. True if one was signalled."""
+    st = read_state(state_dir)
+    pid = st.get("pid")
+    if not (pid and _pid_is_mosquitto(pid, st.get("config"))):
+        return False
+    os.kill(pid, signal.SIGHUP)
+    return True
 
 
 def _pid_is_mosquitto(pid, config_path=None):
@@ -344,6 +356,10 @@ class Broker:
             if not self.server_cert:
                 pki.ensure_server_cert(ca, self.server_names)
             pki.ensure_console_cert(ca)
+            if not os.path.exists(os.path.join(self.pki_dir, pki.CRL)):
+                from ictl import ca as fleet_ca
+
+                fleet_ca.write_crl(ca)  # revoked certificates are refused from the start
         with open(self.acl_path, "w") as f:
             f.write(render_acl(self.prefix, self.operators))
         with open(self.config_path, "w") as f:
@@ -460,6 +476,15 @@ class Broker:
             self.proc.kill()
             self.proc.wait(5)
         self.stop()
+
+    def reload(self):
+        """Rewrite the config and have mosquitto reload it (SIGHUP): a new
+        CRL (`ictl ca revoke`) holds for every connection made from now on."""
+        if not self.running:
+            raise ToolError("the broker is not running")
+        with open(self.config_path, "w") as f:
+            f.write(render_config(self.state_dir, self.port, self.pki_dir, self.host, self.server_cert, self.server_key))
+        signal_reload(self.state_dir)
 
     def restart(self, timeout=10.0):
         """Stop and start again on the same port with the same persistence."""

@@ -16,7 +16,12 @@ Inventory: <CA dir>/inventory.jsonl, append-only JSON lines, one per event:
     {"event": "provisioned" | "abandoned", "time", "device_id", "uid",
      "serial", "fingerprint", "operator"}
 "abandoned": the certificate was issued but provisioning failed before the
-board stored it (the board wiped its key). A device id belongs to the board
+board stored it (the board wiped its key).
+    {"event": "revoked", "time", "device_id", "uid", "serial", "fingerprint",
+     "operator", "reason"}
+"revoked": the certificate is on the CA's revocation list, <CA dir>/crl.pem,
+which `ictl ca revoke` rewrites (signed by the CA, next update in CRL_DAYS)
+and the broker checks every client certificate against (mosquitto crlfile). A device id belongs to the board
 (chip unique id) it was first issued to; the inventory refuses to give it to
 another board. Writers hold an exclusive lock (inventory.lock) while they
 check and append.
@@ -28,12 +33,20 @@ import json
 import os
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ictl import ToolError, pki
 
 INVENTORY = "inventory.jsonl"
+CRL_DAYS = 30  # a CRL's next update: re-run `ictl ca crl` (or revoke) before then
+# Why a certificate was revoked (RFC 5280 CRLReason), as `ictl ca revoke --reason` names it.
+REASONS = {
+    "decommissioned": x509.ReasonFlags.cessation_of_operation,
+    "superseded": x509.ReasonFlags.superseded,
+    "key_compromise": x509.ReasonFlags.key_compromise,
+}
 
 
 def _now():
@@ -134,6 +147,8 @@ class Inventory:
                 certs[s] = dict(r, status="issued")
             elif s in certs:
                 certs[s]["status"] = r.get("event")
+                if r.get("event") == "revoked":
+                    certs[s].update(revoked=r["time"], reason=r.get("reason", "decommissioned"))
         return certs
 
     def check_identity(self, device_id, uid, reprovision=False):
@@ -158,3 +173,41 @@ class Inventory:
     def record(self, event, cert, device_id, uid, operator):
         return self.append({"event": event, "device_id": device_id, "uid": uid, "serial": serial_hex(cert),
                             "fingerprint": pki.fingerprint(cert), "operator": operator})
+
+
+def write_crl(ca, inv=None, days=CRL_DAYS):
+    """<CA dir>/crl.pem: every certificate the inventory records as revoked,
+    signed by the CA, valid for `days`. Returns its path."""
+    inv = inv or Inventory.of(ca)
+    now = _now()
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+         .last_update(now).next_update(now + datetime.timedelta(days=days)))
+    for r in inv.devices().values():
+        if r["status"] != "revoked":
+            continue
+        b = b.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(r["serial"], 16))
+            .revocation_date(datetime.datetime.fromisoformat(r["revoked"]))
+            .add_extension(x509.CRLReason(REASONS[r["reason"]]), critical=False).build())
+    crl = b.sign(ca.key, hashes.SHA256())
+    path = os.path.join(ca.dir, pki.CRL)
+    pki.write_public(path, crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def revoke(ca, device_id=None, serial=None, reason="decommissioned", operator=None):
+    """Revoke the device's live certificates (or the one with this serial)
+    and rewrite the CRL. Returns the inventory rows revoked (ToolError if none)."""
+    if reason not in REASONS:
+        raise ToolError("unknown reason %r (have: %s)" % (reason, ", ".join(sorted(REASONS))))
+    inv = Inventory.of(ca)
+    with inv.locked():
+        live = [r for r in inv.devices().values() if r["status"] in ("issued", "provisioned")
+                and (serial is None or r["serial"] == serial.lower()) and (device_id is None or r["device_id"] == device_id)]
+        if not live:
+            raise ToolError("no live certificate for %s in %s" % (device_id or "serial " + str(serial), inv.path))
+        for r in live:
+            inv.append({"event": "revoked", "device_id": r["device_id"], "uid": r.get("uid"), "serial": r["serial"],
+                        "fingerprint": r.get("fingerprint"), "operator": operator, "reason": reason})
+        write_crl(ca, inv)
+    return live

@@ -36,7 +36,7 @@ def register(sub):
     s = cs.add_parser("send", help="send an authenticated command to a device")
     common(s)
     s.add_argument("device", help="device id")
-    s.add_argument("op", help="read, interval, reboot or update")
+    s.add_argument("op", help="read, interval, reboot, update or wipe")
     s.add_argument("args", nargs="*", metavar="NAME=INT", help="arguments, e.g. s=10 for interval")
     s.set_defaults(func=do_send)
 
@@ -83,7 +83,7 @@ def do_send(args):
         if not eq or not name:
             raise ToolError("argument %r: use NAME=INT, e.g. s=10" % a)
         try:
-            kw[name] = int(val)
+            kw[name] = int(val, 0)  # 0x... too: wipe confirm=0x57495045
         except ValueError:
             raise ToolError("argument %r: the value must be an integer" % a) from None
     with _console(args) as con:

@@ -31,6 +31,7 @@ from ictl import ToolError
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
+CRL = "crl.pem"  # the CA's revocation list (ictl.ca.write_crl)
 SERVER_KEY = "server.key"
 SERVER_CERT = "server.crt"
 CONSOLE_KEY = "console.key"
@@ -115,7 +116,7 @@ def _write_private(path, data):
     os.replace(tmp, path)
 
 
-def _write_public(path, data):
+def write_public(path, data):
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -132,11 +133,11 @@ def write_key_der(path, key):
 
 
 def write_cert_pem(path, cert):
-    _write_public(path, cert_pem(cert))
+    write_public(path, cert_pem(cert))
 
 
 def write_cert_der(path, cert):
-    _write_public(path, cert_der(cert))
+    write_public(path, cert_der(cert))
 
 
 def load_cert(path):

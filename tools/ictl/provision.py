@@ -271,6 +271,12 @@ class Provisioner:
                     {k: after.get(k) for k in ("provisioned", "device_id", "fingerprint")}))
             self.inventory.append({"event": "provisioned", "device_id": dev, "uid": uid,
                                    "serial": fleet_ca.serial_hex(cert), "fingerprint": fp, "operator": self.operator})
+            # The board's earlier certificates name a key it no longer has: revoked (superseded).
+            for r in self.inventory.devices().values():
+                if r.get("uid") == uid and r["serial"] != fleet_ca.serial_hex(cert) and r["status"] in ("issued", "provisioned"):
+                    fleet_ca.revoke(self.ca, serial=r["serial"], reason="superseded", operator=self.operator)
+                    self.out("      revoked its earlier certificate, serial %s (superseded): give the broker the new CRL"
+                             % r["serial"])
             self._log("ok")
             self.out("provisioned %s (unique id %s), certificate sha256 %s" % (dev, uid, fp))
             return dict(self.record, outcome="ok")
