@@ -352,3 +352,18 @@ def test_firmware_target_set_boot_trial_confirm_and_rollback(tmp_path, images):
     m1 = f.save(u1, u1.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "fw1")
     rc, lines, reps = f.run(send=[m1])
     assert states(reps) == ["rejected/downgrade"]
+
+
+def test_metadata_sent_again_mid_download_only_asks_again(tmp_path, images):
+    # The fleet's resend of the metadata under way (it missed a request):
+    # the device asks again where it stands and the download goes on; the
+    # identical bytes are recognised, not verified again beside the download.
+    f = fleet(tmp_path, images)
+    u1 = Update.create(images["v2"])
+    m1 = f.save(u1, u1.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "u1")
+    rc, lines, reps = f.run(send=[m1], updates=[u1], interleave=[m1])
+    assert rc == SIGKILL, f.last.stdout + f.last.stderr
+    st = states(reps)
+    assert st[-1] == "applied" and not [s for s in st if s.startswith("rejected")], st
+    assert st.count("downloading") >= 2, st  # the first request, and again for the resend
+    assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]

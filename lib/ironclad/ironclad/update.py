@@ -450,6 +450,7 @@ class Updater:
             self._reject("bad_message")
             return
         kind = msg[0]
+        before = self._job
         try:
             if kind == 0x4D:  # "M"
                 # Parts of the metadata are kept: off the MQTT buffer.
@@ -475,6 +476,12 @@ class Updater:
             self._abandon()
             self._reject("flash_error", uid, detail=str(e)[:39])
         except MemoryError:
+            if kind == 0x4D and before is not None and self._job is before:
+                # Metadata that came while a download runs and found no
+                # room: that message is dropped, the download goes on.
+                gc.collect()
+                events.record("update", "no_memory", "rejected", "metadata during a download")
+                return
             self._out_of_memory()
 
     def _out_of_memory(self):
@@ -504,6 +511,13 @@ class Updater:
             self._ask()
 
     def _on_meta(self, body):
+        job = self._job
+        if job and hashlib.sha256(body).digest() == job.meta_sha:
+            # The metadata of the download under way, byte for byte, sent
+            # again (the fleet missed our request): already verified, and
+            # verifying it again would need heap the download is using.
+            self._ask()
+            return
         man, _ = open_metadata(body, self._anchors)
         if man.dev == self.device_id and self._st.get("last") == bytes(man.id).hex():
             # The update installed last, sent again (the fleet missed our
@@ -597,6 +611,7 @@ class Updater:
         # Known before its buffers are made, so an out-of-memory knows which
         # update it interrupts.
         self._job = job = _Job(man, base, target)
+        job.meta_sha = hashlib.sha256(memoryview(meta)[1:]).digest()
         job.alloc(key)
         ck = _read("ckpt") if resume else None
         if ck:
@@ -701,6 +716,7 @@ class _Job:
         self.chain_next = self.chain  # ... and after it, once it is decrypted
         self.asked = 0
         self.window_end = 0
+        self.meta_sha = None  # SHA-256 of the verified metadata it came from
 
     def alloc(self, key):
         # The big buffers in one go, on a freshly collected heap: 4 KiB
