@@ -35,7 +35,7 @@ def _settings():
 
 
 class Agent:
-    def __init__(self, me):
+    def __init__(self, me, resume=True):
         self.me = me
         ks = me._ks
         # Update reports can arise inside the MQTT callback: queued, and
@@ -44,7 +44,8 @@ class Agent:
         # First, while the heap is fresh: an interrupted download resumes
         # with buffers from one unfragmented stretch.
         self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self.reports.append)
-        self.updater.prepare()
+        if resume:
+            self.updater.prepare()
         # Next the other long-lived big blocks (the MQTT receive buffer, the
         # TLS context), before the key agreement's garbage is interleaved
         # with small long-lived objects and no large block is left.
@@ -244,7 +245,7 @@ def _agent(me):
         # of the agent no room: start without it. The download then resumes
         # at connect, where it is refused (no_memory) if it still cannot fit.
         gc.collect()
-        return Agent(me)
+        return Agent(me, resume=False)
 
 
 def main():

@@ -364,20 +364,16 @@ class Updater:
 
     def prepare(self):
         """Call at start-up, before the rest of the app makes its objects: a
-        download that restarted the device for memory (see _out_of_memory)
-        is resumed now, so that its big buffers come from a fresh heap."""
-        uid = self._st.get("mem_restart")
-        if uid and self._st.get("mem_prepared") != uid and self._job is None and not self._st.get("pending"):
-            # Once per update: if the app then cannot start beside it, the
-            # next start-up resumes at connect as usual, where running out
-            # of memory again refuses the update (no restart loop).
-            self._st["mem_prepared"] = uid
-            self._save_state()
+        saved download (interrupted by a power cut, or by a restart for
+        memory, see _out_of_memory) is resumed now, so that its big buffers
+        come from a fresh heap. If even a fresh heap cannot hold them, the
+        update is refused (no_memory)."""
+        if self._job is None and not self._st.get("pending"):
             meta = _read("meta")
             if meta:
-                self._resume(meta)
+                self._resume(meta, fresh=True)
 
-    def _resume(self, meta):
+    def _resume(self, meta, fresh=False):
         try:
             self._begin(meta, resume=True)
             return True
@@ -385,7 +381,14 @@ class Updater:
             self._abandon()
             self._reject(e.reason, detail="on resume")
         except MemoryError:
-            self._out_of_memory()
+            if fresh:
+                uid = self._job.man.id if self._job else None
+                self._job = None
+                gc.collect()
+                self._abandon()
+                self._reject("no_memory", uid, detail="on a fresh heap")
+            else:
+                self._out_of_memory()
         return False
 
     def _check_pending(self, pend):
