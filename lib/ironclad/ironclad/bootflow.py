@@ -87,15 +87,16 @@ def _index(label):
         raise ValueError("not an app slot: %r" % (label,))
 
 
-def install(label, header=None):
+def install(label, header=None, buf=None):
     """Make the image just written into slot `label` boot next, on trial.
-    The slot is verified here (whatever the caller checked); the running
-    slot becomes the fallback. Raises image.Rejected, ValueError."""
+    The slot is verified here (whatever the caller checked; buf: a 4 KiB
+    buffer to read it through); the running slot becomes the fallback.
+    Raises image.Rejected, ValueError."""
     i = _index(label)
     if bootstate.running(label):
         raise ValueError("cannot install over the running slot")
     st = bootstate.read()
-    h = image.verify(label, floor=st.floor, event="install")
+    h = image.verify(label, floor=st.floor, event="install", buf=buf)
     if header is not None and header.raw != h.raw:
         raise image.Rejected(image.CHANGED)
     prev = st.active

@@ -150,12 +150,13 @@ def confirm():
     return st.as_dict()
 
 
-def install(label, header=None):
+def install(label, header=None, buf=None):
     """Make the image just written into slot `label` boot next, on trial
-    (ironclad.bootflow.install: it verifies the slot first)."""
+    (ironclad.bootflow.install: it verifies the slot first, reading through
+    buf, a 4 KiB buffer, when given)."""
     from ironclad import bootflow
 
-    return bootflow.install(label, header)
+    return bootflow.install(label, header, buf)
 
 
 def install_file(path, label=None):

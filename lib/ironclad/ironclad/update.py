@@ -659,7 +659,7 @@ class Updater:
             raise Rejected("bad_patch", "patch incomplete")
         if job.chain != man.chain:
             raise Rejected("bad_patch", "chain hash")
-        job.ccm = None  # what follows needs RAM for hashing and RSA
+        job.ccm = job.patch = None  # what follows needs RAM for hashing and RSA (twice)
         gc.collect()
         if _slot_sha(job.target, man.result_len, job.sector) != man.result_sha:
             raise Rejected("bad_result", "hash")
@@ -684,7 +684,7 @@ class Updater:
         self._save_state()
         if man.target == "app":
             try:
-                bootstate.install(label, h)
+                bootstate.install(label, h, buf=job.sector)
             except image.Rejected as e:
                 self._st["pending"] = None
                 self._save_state()
