@@ -367,3 +367,39 @@ def test_metadata_sent_again_mid_download_only_asks_again(tmp_path, images):
     assert st[-1] == "applied" and not [s for s in st if s.startswith("rejected")], st
     assert st.count("downloading") >= 2, st  # the first request, and again for the resend
     assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
+
+
+def test_out_of_memory_restarts_once_then_resumes_on_the_fresh_heap(tmp_path, images):
+    f = fleet(tmp_path, images)
+    u1 = Update.create(images["v2"])
+    m1 = f.save(u1, u1.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "u1")
+    # The buffers do not fit the running heap: the download is saved and the device restarts.
+    rc, lines, reps = f.run(send=[m1], updates=[u1], oom=["alloc", 1])
+    assert rc == SIGKILL, f.last.stdout + f.last.stderr
+    assert "event update info restart_for_memory" in f.last.stdout and states(reps) == [], f.last.stdout
+    # Next boot: prepare() resumes it first, on a fresh heap, and it completes.
+    rc, lines, reps = f.run(updates=[u1])
+    assert rc == SIGKILL and states(reps)[0] == "downloading" and states(reps)[-1] == "applied", reps
+    assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
+
+
+@pytest.mark.parametrize("oom", [["alloc", 1], ["take", 2]])
+def test_out_of_memory_again_after_the_restart_refuses_the_update(tmp_path, images, oom):
+    # Once per update: after the restart, running out again (making the
+    # buffers on the fresh heap, or later in the download) refuses the update,
+    # the running image untouched, no restart loop.
+    f = fleet(tmp_path, images)
+    u1 = Update.create(images["v2"])
+    m1 = f.save(u1, u1.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id), "u1")
+    rc, lines, reps = f.run(send=[m1], updates=[u1], oom=oom)  # the first time: a restart
+    assert rc == SIGKILL and "event update info restart_for_memory" in f.last.stdout, f.last.stdout + f.last.stderr
+    rc, lines, reps = f.run(updates=[u1], oom=oom)
+    assert rc == 0, f.last.stdout + f.last.stderr  # no reset: the device runs on
+    st = states(reps)
+    assert "rejected/no_memory" in st and "applied" not in st, st  # (chunks still in flight: wrong_update)
+    assert "event update info restart_for_memory" not in f.last.stdout  # not a second time
+    assert ("update", "no_memory", "rejected") in f.events
+    rc, lines, reps = f.run(updates=[u1])  # and the next boot has nothing to resume
+    assert rc == 0 and states(reps) == [] and reps[-1]["state"] == "idle", reps
+    assert slot(f.devdir, "app_a", len(images["v1"])) == images["v1"]
+    assert app_image.read_bootstate(f.devdir)["active"] == "app_a"

@@ -258,7 +258,23 @@ if cfg.get("corrupt_ckpt") is not None:
     ck[cfg["corrupt_ckpt"]] ^= 0x5A
     with open(update.STORE + "/ckpt", "wb") as f:
         f.write(ck)
+if cfg.get("oom"):
+    # Out-of-memory injection (the lab's, not the product's): the update's
+    # buffers (where "alloc") or its chunk handling (at "take" number N)
+    # raise MemoryError, as a fragmented heap would.
+    _where, _n = cfg["oom"]
+    _orig = getattr(update._Job, _where)
+    _calls = [0]
+
+    def _oom(self, *a):
+        _calls[0] += 1
+        if _calls[0] >= _n:
+            raise MemoryError("injected")
+        return _orig(self, *a)
+
+    setattr(update._Job, _where, _oom)
 u = update.Updater(cfg["dev"], bytes.fromhex(cfg["key"]), report=report)
+u.prepare()  # as the agent does first at start-up
 u.start()
 if cfg.get("confirm"):
     print("CONFIRM", u.confirm())
@@ -286,10 +302,10 @@ for item in [None] + cfg.get("send", []):
             gc.collect()
             heap_peak = max(heap_peak, gc.mem_alloc() - heap_base)
             print("HEAP", heap_peak)
-        if u.reboot_due:
+        if u.reboot_due or u.restart_due:
             import machine
 
-            machine.reset()  # as the agent does once the "applied" report is out
+            machine.reset()  # as the agent does once the "applied" report is out, or to restart for memory
 print("STATE", json.dumps(u.state()))
 print("EVENTS", json.dumps([(e["kind"], e["reason"], e["outcome"]) for e in events.since(0)]))
 print("IDLE")
