@@ -459,3 +459,32 @@ def test_fleet_data_key_formats(tmp_path):
     for bad in ("priv", "p384", "offcurve", "missing"):
         with pytest.raises(ToolError):
             provision.load_fleet_pub(str(tmp_path / bad))
+
+
+def test_broker_certified_by_another_ca_needs_broker_ca(fleet, board, tmp_path):
+    # A broker whose server certificate comes from another CA (as AWS IoT
+    # Core's comes from Amazon's root), while it still admits devices by the
+    # fleet CA: a board given only the fleet CA refuses it; with --broker-ca
+    # it connects, mutual TLS, hostname checked.
+    cloud = pki.init_ca(tmp_path / "cloud-ca", dev=True)
+    key_path, cert_path = pki.ensure_server_cert(cloud)
+    b2 = fleet_broker.Broker(tmp_path / "cloud-broker", pki_dir=fleet.pki_dir, server_cert=cert_path, server_key=key_path)
+    b2.start()
+    try:
+        r = provision_cmd(fleet, board.port, broker_port=b2.port, log=str(tmp_path / "p.jsonl"))
+        assert r.returncode == 0, r.stderr
+        out = device_exec(board, DEVICE_TLS)
+        assert "TLS-FAILED" in out and "tls rejected cert_untrusted" in out, out  # the fleet CA does not vouch for it
+        r = provision_cmd(fleet, board.port, "--reprovision", "--yes", "--broker-ca", cloud.cert_path,
+                          broker_port=b2.port, log=str(tmp_path / "p.jsonl"))
+        assert r.returncode == 0, r.stderr
+        assert "TLS-OK" in device_exec(board, DEVICE_TLS)
+        # a file with no certificate in it: one line, the board left as it was
+        bad = tmp_path / "not-a-ca.pem"
+        bad.write_text("hello\n")
+        before = board_info(board)
+        r = provision_cmd(fleet, board.port, "--reprovision", "--yes", "--broker-ca", str(bad), broker_port=b2.port)
+        assert r.returncode == 2 and "holds no certificate" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert board_info(board) == before
+    finally:
+        b2.stop()

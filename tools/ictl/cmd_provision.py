@@ -21,6 +21,9 @@ def register(sub):
     p.add_argument("--broker-host", help="broker host the board connects to")
     p.add_argument("--broker-port", type=int, help="broker TLS port")
     p.add_argument("--broker-hostname", help="name the broker's certificate must carry (default: the host; localhost for 127.0.0.1)")
+    p.add_argument("--broker-ca", metavar="PATH",
+                   help="CA certificate(s) that certify the broker, PEM or DER, when the fleet CA does not "
+                        "(AWS IoT Core: Amazon's root CA); default: the fleet CA")
     p.add_argument("--prefix", help="topic prefix (default: the broker's, or %s)" % fleet_broker.DEFAULT_PREFIX)
     p.add_argument("--ntp", metavar="HOST[:PORT]",
                    help="time server the board sets its clock from before TLS (SNTP, port 123 by default); "
@@ -68,4 +71,5 @@ def do_provision(args):
     fleet_pub = provision.load_fleet_pub(args.fleet_data_pub)
     provision.Provisioner(args.port, ca, broker, fleet_pub, device_id=args.device_id, operator=args.operator,
                           log_path=args.log, reprovision=args.reprovision, confirm=_confirm(args.yes),
-                          days=args.days).run()
+                          days=args.days,
+                          broker_ca=provision.load_broker_ca(args.broker_ca) if args.broker_ca else None).run()

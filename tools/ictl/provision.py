@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -93,6 +94,20 @@ def ntp_setting(text):
     if not ok or not port.isdigit() or not 0 < int(port) < 65536:
         raise ToolError("time server %r is not valid: give HOST or HOST:PORT (a DNS name or IPv4 address)" % (text,))
     return text
+
+
+def load_broker_ca(path):
+    """The CA certificate(s) in a PEM or DER file, as concatenated DER."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ToolError("cannot read %s: %s" % (path, e.strerror)) from None
+    try:
+        certs = x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise ToolError("%s holds no certificate (PEM or DER)" % path) from None
+    return b"".join(pki.cert_der(c) for c in certs)
 
 
 def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFIX, ntp=None):
@@ -189,8 +204,12 @@ def firmware_text(info):
 
 class Provisioner:
     def __init__(self, port, ca, broker, fleet_pub, device_id=None, operator=None, log_path=None,
-                 reprovision=False, confirm=None, out=print, days=pki.CLIENT_DAYS, mpremote=MPREMOTE):
+                 reprovision=False, confirm=None, out=print, days=pki.CLIENT_DAYS, mpremote=MPREMOTE,
+                 broker_ca=None):
         self.board = Board(port, mpremote)
+        # The certificates the board trusts for the broker, when the fleet CA
+        # does not certify it (AWS IoT Core: Amazon's root CA): DER bytes.
+        self.broker_ca = broker_ca
         self.port = port
         self.ca = ca
         self.broker = broker
@@ -260,7 +279,7 @@ class Provisioner:
             ca_hex = pki.cert_der(self.ca.cert).hex()
             self.board.call("check", cert_hex, ca_hex, self.fleet_pub.hex())
             done = self.board.call("finish", cert_hex, ca_hex, json.dumps(self.broker), self.fleet_pub.hex(),
-                                   int(time.time()))
+                                   int(time.time()), self.broker_ca.hex() if self.broker_ca else None)
 
             self._step(6, "checking the board")
             after = self.board.call("info")

@@ -248,10 +248,19 @@ def check(cert_hex, ca_hex, fleet_pub_hex):
     _step(_check, cert_hex, ca_hex, fleet_pub_hex)
 
 
-def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None):
+def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None, broker_ca_hex=None):
+    # broker_ca_hex: the CA(s) that certify the broker when that is not the
+    # fleet CA (a cloud broker: AWS IoT Core's Amazon root, say).
     from ironclad import clock, identity
 
     ks = KeyStore()
+    anchor = binascii.unhexlify(broker_ca_hex or ca_hex)
+    n = 0
+    for _, start, _, stop in _elements(anchor, 0, len(anchor)):
+        parse_cert(anchor[start:stop])  # ValueError: refused
+        n += 1
+    if not n:
+        raise ProvisionError("broker CA holds no certificate")
     cert = binascii.unhexlify(cert_hex)
     _, dev, _, _ = _mine(ks, cert)  # cheap checks again: these are the bytes stored
     fleet_pub = binascii.unhexlify(fleet_pub_hex)
@@ -271,7 +280,7 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None):
         clock.provisioned(now)  # ValueError (the host's clock is wrong): refused before anything is stored
     gc.collect()
     ks.put("cert", cert)
-    ks.put("ca", binascii.unhexlify(ca_hex))
+    ks.put("ca", anchor)  # what the board trusts for the broker
     ks.put("broker", broker.encode())
     ks.put("fleet_data_pub", fleet_pub)
     fp = _fingerprint(cert)
@@ -279,8 +288,8 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None):
     return {"provisioned": True, "device_id": dev, "fingerprint": fp}
 
 
-def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None):
-    _step(_finish, cert_hex, ca_hex, broker_json, fleet_pub_hex, now)
+def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None, broker_ca_hex=None):
+    _step(_finish, cert_hex, ca_hex, broker_json, fleet_pub_hex, now, broker_ca_hex)
 
 
 def _wipe():
