@@ -2,7 +2,7 @@
 import getpass
 import os
 
-from ictl import ToolError, broker, ca as fleet_ca, pki
+from ictl import ToolError, broker, ca as fleet_ca, pki, read_file
 from ictl.cmd_pki import DEFAULT_DIR
 
 
@@ -46,12 +46,7 @@ def register(sub):
 
 def do_issue(args):
     ca = pki.load_ca(args.dir)
-    try:
-        with open(args.csr, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ToolError("cannot read %s: %s" % (args.csr, e.strerror)) from None
-    csr = fleet_ca.load_csr(data)
+    csr = fleet_ca.load_csr(read_file(args.csr))
     inv = fleet_ca.Inventory.of(ca)
     uid = args.uid.lower()
     with inv.locked():

@@ -2,7 +2,7 @@
 module, and flashing an image into a simulated device."""
 import os
 
-from ictl import ToolError
+from ictl import ToolError, read_file
 from ictl import image
 
 
@@ -64,14 +64,6 @@ def register(sub):
     c.set_defaults(func=do_install)
 
 
-def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ToolError("cannot read %s: %s" % (path, e.strerror))
-
-
 def _write(path, data):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
@@ -96,7 +88,7 @@ def do_build(args):
 
 
 def do_sign(args):
-    data = image.sign(_read(args.image), image.load_private(args.key), args.key_id)
+    data = image.sign(read_file(args.image), image.load_private(args.key), args.key_id)
     _write(args.out, data)
     print("wrote %s: signed with key id %s" % (args.out, image.parse_header(data)["key_id"]))
 
@@ -112,7 +104,7 @@ def _keys(specs):
 def do_verify(args):
     if not args.key:
         raise ToolError("give at least one trusted key with --key")
-    h, reason = image.verify(_read(args.image), _keys(args.key), args.hwid, args.floor, args.retired)
+    h, reason = image.verify(read_file(args.image), _keys(args.key), args.hwid, args.floor, args.retired)
     if reason:
         raise ToolError("%s: rejected: %s" % (args.image, reason))
     print("%s: valid (version %s, counter %d, hwid %s, key id %s)" % (
@@ -120,7 +112,7 @@ def do_verify(args):
 
 
 def do_inspect(args):
-    lines, reason = image.inspect_lines(_read(args.image), _keys(args.key), args.hwid, args.floor, args.retired)
+    lines, reason = image.inspect_lines(read_file(args.image), _keys(args.key), args.hwid, args.floor, args.retired)
     print("\n".join(lines))
     return 1 if reason and args.key else 0
 
@@ -146,6 +138,6 @@ def do_trust(args):
 
 
 def do_install(args):
-    data = _read(args.image)
+    data = read_file(args.image)
     image.flash_image(args.dir, data, args.slot, active=not args.inactive)
     print("flashed %s into %s of %s%s" % (args.image, args.slot, args.dir, "" if args.inactive else " (active, confirmed)"))

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from ictl import ToolError
+from ictl import ToolError, read_file
 from ictl import broker as fleet_broker
 from ictl import image as app_image
 from ictl import pki
@@ -93,20 +93,12 @@ def _devices(args):
     return out
 
 
-def _read(path, what):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ToolError("cannot read %s %s: %s" % (what, path, e.strerror))
-
-
 def do_create(args):
     devices = _devices(args)
     key = app_image.load_private(args.key)
     kid = app_image.check_id(args.key_id, "key id") if args.key_id else app_image.key_id_for(key.public_key())
-    new = _read(args.image, "image")
-    base = _read(args.base, "base image") if args.base else None
+    new = read_file(args.image, "image")
+    base = read_file(args.base, "base image") if args.base else None
     kw = dict(target=args.target, compression=args.compression, window=args.window, lookahead=args.lookahead,
               version=args.version, counter=args.counter, hwid=args.hwid, ttl=int(args.ttl_days * 86400))
     delta, full, metas = update.create_for(devices, new, base, key, kid, **kw)

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ictl import ToolError
+from ictl import ToolError, read_file
 from ictl import device as sim_device
 
 MAGIC = b"ICIM"
@@ -54,14 +54,6 @@ def keygen(path, force=False):
     return key
 
 
-def _read(path, what):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ToolError("cannot read %s %s: %s" % (what, path, e.strerror))
-
-
 def _check_rsa(key, path):
     pub = key.public_key() if hasattr(key, "public_key") else key
     if not isinstance(pub, rsa.RSAPublicKey):
@@ -73,7 +65,7 @@ def _check_rsa(key, path):
 
 def load_private(path):
     """A private signing key: ours (PKCS#8) or espsecure's (PKCS#1), PEM."""
-    data = _read(path, "signing key")
+    data = read_file(path, "signing key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
@@ -83,7 +75,7 @@ def load_private(path):
 
 def load_public(path):
     """A public key from a PEM public key or a PEM private key."""
-    data = _read(path, "key")
+    data = read_file(path, "key")
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:

@@ -44,7 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ictl import ToolError, broker as fleet_broker, ca as fleet_ca, fleetkeys, pki
+from ictl import ToolError, read_file, broker as fleet_broker, ca as fleet_ca, fleetkeys, pki
 
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 PROTOCOL = 1
@@ -62,11 +62,7 @@ def load_fleet_pub(path):
     """The fleet data public key as a 65-byte uncompressed P-256 point, from
     a PEM or DER SubjectPublicKeyInfo, the raw 65 bytes, or their hex (what
     `ictl console fleet-key` prints)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ToolError("cannot read the fleet data public key %s: %s" % (path, e.strerror)) from None
+    data = read_file(path, "the fleet data public key")
     try:
         if b"-----BEGIN" in data:
             key = serialization.load_pem_public_key(data)
@@ -98,11 +94,7 @@ def ntp_setting(text):
 
 def load_broker_ca(path):
     """The CA certificate(s) in a PEM or DER file, as concatenated DER."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ToolError("cannot read %s: %s" % (path, e.strerror)) from None
+    data = read_file(path)
     try:
         certs = x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
     except ValueError:

@@ -381,14 +381,7 @@ class Updater:
             self._abandon()
             self._reject(e.reason, detail="on resume")
         except MemoryError:
-            if fresh:
-                uid = self._job.man.id if self._job else None
-                self._job = None
-                gc.collect()
-                self._abandon()
-                self._reject("no_memory", uid, detail="on a fresh heap")
-            else:
-                self._out_of_memory()
+            self._out_of_memory(restart=not fresh)
         return False
 
     def _check_pending(self, pend):
@@ -487,17 +480,18 @@ class Updater:
                 return
             self._out_of_memory()
 
-    def _out_of_memory(self):
+    def _out_of_memory(self, restart=True):
         # The heap could not hold the update's buffers: a heap long in use is
         # fragmented, and 4 KiB blocks are what it runs out of first. The
         # download is saved (metadata, checkpoint) and the device restarts
         # to resume it on a fresh heap (prepare()), once per update; if that
-        # is not enough either, the update is refused.
+        # is not enough either (or the heap was fresh already: restart
+        # False), the update is refused.
         job = self._job
         self._job = None
         gc.collect()
         uid = bytes(job.man.id).hex() if job else None
-        if job and self._st.get("mem_restart") != uid and _read("meta"):
+        if restart and job and self._st.get("mem_restart") != uid and _read("meta"):
             self._st["mem_restart"] = uid
             self._save_state()
             events.record("update", "restart_for_memory", outcome="info", detail=uid[:16])
@@ -505,7 +499,7 @@ class Updater:
             return
         if job:
             self._abandon()
-        self._reject("no_memory", job.man.id if job else None)
+        self._reject("no_memory", job.man.id if job else None, detail="" if restart else "on a fresh heap")
 
     def tick(self):
         """Call from the agent's loop: asks again for chunks that never came."""
@@ -613,8 +607,7 @@ class Updater:
             _remove("ckpt")
         # Known before its buffers are made, so an out-of-memory knows which
         # update it interrupts.
-        self._job = job = _Job(man, base, target)
-        job.meta_sha = hashlib.sha256(memoryview(meta)[1:]).digest()
+        self._job = job = _Job(man, base, target, hashlib.sha256(memoryview(meta)[1:]).digest())
         job.alloc(key)
         ck = _read("ckpt") if resume else None
         if ck:
@@ -709,8 +702,9 @@ class _Job:
     """One download in progress: the content key, the applier, the chain
     hash, the position, the work buffers."""
 
-    def __init__(self, man, base, target):
+    def __init__(self, man, base, target, meta_sha):
         self.man = man
+        self.meta_sha = meta_sha  # SHA-256 of the verified metadata it came from
         self.base = base
         self.target = target
         self.next = 0  # next chunk to take
@@ -719,7 +713,6 @@ class _Job:
         self.chain_next = self.chain  # ... and after it, once it is decrypted
         self.asked = 0
         self.window_end = 0
-        self.meta_sha = None  # SHA-256 of the verified metadata it came from
 
     def alloc(self, key):
         # The big buffers in one go, on a freshly collected heap: 4 KiB
