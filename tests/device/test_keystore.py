@@ -173,16 +173,18 @@ def test_index_never_hides_a_record():
 
 
 def _nvs_holds(needles):
-    """Which of needles occur anywhere in the raw NVS partition (read a sector
-    at a time, overlapping so nothing straddling a boundary is missed)."""
+    """Which of needles occur anywhere in the raw NVS partition (read 1 KiB at
+    a time, overlapping so nothing straddling a boundary is missed; a small
+    buffer, made after a collection: the heap here also holds the compiled
+    library)."""
     p = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="nvs")[0]
     over = max(len(n) for n in needles)
-    buf = bytearray(4096)
+    gc.collect()
+    buf = bytearray(1024)
     tail = b""
     found = set()
-    gc.collect()
-    for blk in range(p.info()[3] // 4096):
-        p.readblocks(blk, buf)
+    for off in range(0, p.info()[3], len(buf)):
+        p.readblocks(off // 4096, buf, off % 4096)
         seam = tail + bytes(buf[:over])
         for i, n in enumerate(needles):
             if n in buf or n in seam:

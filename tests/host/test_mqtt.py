@@ -217,7 +217,7 @@ report_events()
         time.sleep(0.2)
         os.kill(b.pid, signal.SIGCONT)
     assert (reason, inflight) == ("puback", 1)
-    assert 1800 <= ms <= 3000, ms  # sent, resent with DUP at 1 s, given up at 2 s
+    assert 1800 <= ms <= 3500, ms  # sent, resent with DUP at 1 s, given up at 2 s (+ scheduling slack, as above)
     assert con.expect(T + "telemetry", b"through-a-freeze") == b"through-a-freeze"
     assert d.next("acked") == [1]
     # timeouts are not security events
