@@ -92,16 +92,19 @@ class Flash:
         # The reset record says why this boot happened. machine.reset() writes
         # the cause for the next boot; a boot writes "BOOT:<cause>", so a run
         # that ends with no record of its own (a power cut) reads as PWRON next
-        # time, while a soft reboot (MicroPython restarts, the chip does not)
-        # keeps the cause. Fixed width: the file cannot be reopened once the
-        # root filesystem is the device's own.
+        # time. A soft reboot (Ctrl-D: MicroPython restarts, the chip does not)
+        # reads SOFT, as upstream's machine_deinit() sets is_soft_reset for
+        # every later soft boot (ports/esp32/modmachine.c, v1.28.0), and a
+        # later hard reset or power cut reads as its own cause again. Fixed
+        # width: the file cannot be reopened once the root filesystem is the
+        # device's own.
         try:
             with open(path + "/reset", "rb") as f:
                 rec = f.read().decode().strip()
         except OSError:
             rec = ""
         if os.getenv("ESPSIM_SOFT_REBOOT"):
-            cause = rec[5:] if rec.startswith("BOOT:") else (rec or "PWRON")
+            cause = "SOFT"
         else:
             cause = "PWRON" if (not rec or rec.startswith("BOOT:")) else rec
         self.reset_cause = cause

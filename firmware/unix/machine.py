@@ -23,8 +23,10 @@ def reset_cause():
 
 def reset():
     """Reset now: the process ends (no finally runs) and the next boot is a new one.
-    On an ESP32, esp_restart() reads back as SOFT_RESET."""
-    espsim.reset("SOFT")
+    On an ESP32 this is esp_restart(): the next boot's esp_reset_reason() is
+    ESP_RST_SW, which mp_machine_reset_cause() maps to HARD_RESET
+    (ports/esp32/modmachine.c, v1.28.0)."""
+    espsim.reset("HARD")
 
 
 def idle():

@@ -86,7 +86,7 @@ def test_uncommitted_nvs_is_lost_on_reset(dev):
     r = run_mp("import esp32, machine\nn=esp32.NVS('t'); n.set_i32('a', 1); n.commit(); n.set_i32('a', 2)\n"
                "machine.reset()\nprint('after reset')", dev)
     assert r.returncode == SIGKILL_RC and "after reset" not in r.stdout
-    r = run_mp("import esp32, machine\nprint(esp32.NVS('t').get_i32('a'), machine.reset_cause() == machine.SOFT_RESET)", dev)
+    r = run_mp("import esp32, machine\nprint(esp32.NVS('t').get_i32('a'), machine.reset_cause() == machine.HARD_RESET)", dev)
     assert r.stdout.split() == ["1", "True"], r.stderr
     r = run_mp("import machine\nprint(machine.reset_cause() == machine.PWRON_RESET)", dev)
     assert r.stdout.split() == ["True"]

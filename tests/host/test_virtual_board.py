@@ -58,13 +58,20 @@ def test_state_survives_reset_and_board_restart(tmp_path):
     sim_device.create(str(d))
     with vboard.VirtualBoard(str(d)) as b:
         mpremote(b.port, "exec", "with open('/keep.txt','w') as f: f.write('kept')")
-        boots = b.boots
-        # `mpremote reset` calls machine.reset(): the device process ends and
-        # the board boots again.
+        resets = b.resets
+        # `mpremote reset` runs machine.reset() 100 ms after it returns
+        # (exec --no-follow): the device process ends and the board boots
+        # again. A command sent before that would interrupt the sleep.
         mpremote(b.port, "reset")
-        out = mpremote(b.port, "exec", "import machine; print(open('/keep.txt').read(), machine.reset_cause())")
-        assert b.boots > boots
-        assert out.split() == ["kept", "5"]  # SOFT_RESET, as esp_restart() reads back
+        b.wait_reset(resets)
+        # esp_restart() reads back as HARD_RESET (ESP_RST_SW in upstream
+        # ports/esp32/modmachine.c); `resume` keeps mpremote from soft-resetting first.
+        out = mpremote(b.port, "resume", "exec", "import machine; print(open('/keep.txt').read(), machine.reset_cause())")
+        assert out.split() == ["kept", str(2)]
+        # after a soft reset (mpremote's default before a command) it reads SOFT_RESET
+        out = mpremote(b.port, "exec", "import machine; print(machine.reset_cause())")
+        assert out.split() == ["5"]
+        assert b.resets == resets + 1
     with vboard.VirtualBoard(str(d)) as b:
         assert "kept" in mpremote(b.port, "exec", "print(open('/keep.txt').read())")
 

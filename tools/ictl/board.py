@@ -58,6 +58,7 @@ class VirtualBoard:
         self.log_path = log or os.path.join(self.devdir, "console.log")
         self.proc = None
         self.boots = 0
+        self.resets = 0  # boots after machine.reset() or a power cut (not a soft reboot)
         self._stop = threading.Event()
         self._thread = None
 
@@ -260,7 +261,20 @@ class VirtualBoard:
             return
         if soft:
             self._to_client(b"MPY: soft reboot\r\n")
+        else:
+            self.resets += 1
         self._spawn(raw=soft and was_raw, soft=soft)
+
+    def wait_reset(self, after, timeout=10):
+        """Wait until the board has reset more than `after` times. `mpremote
+        reset` returns before the board resets (it runs machine.reset() after
+        100 ms with --no-follow), so a next command sent at once would
+        interrupt it; on a board, too, the next command must wait."""
+        deadline = time.monotonic() + timeout
+        while self.resets <= after:
+            if time.monotonic() > deadline:
+                raise ToolError("the board did not reset within %d s" % timeout)
+            time.sleep(0.02)
 
 
 def run_forever(devdir, heap_kib=96, app_heap_kib=None):
