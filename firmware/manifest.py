@@ -47,6 +47,7 @@ package(
         "p256.py",
         "provision.py",
         "rsapss.py",
+        "slots.py",
         "spool.py",
         "telemetry.py",
         "update.py",

@@ -115,10 +115,18 @@ class Partition:
         return None
 
     def set_boot(self):
+        # esp_ota_set_boot_partition (ESP-IDF v5.5 app_update/esp_ota_ops.c)
+        # verifies the image first (esp_image_verify: with Secure Boot V2
+        # its signature, with anti-rollback its secure_version) and the port
+        # raises its error as OSError (check_esp_err, upstream
+        # ports/esp32/esp32_partition.c). The stand-in checks only the magic
+        # byte; fault injection ESPSIM_SET_BOOT_FAIL=1 refuses any image as
+        # the verification would (ESP_ERR_OTA_VALIDATE_FAILED), before
+        # otadata is touched.
         p = self._p
         if p["type"] != _TYPE_APP or not (_SUB_OTA0 <= p["subtype"] < _SUB_OTA0 + 16):
             raise OSError(_ERR_INVALID_ARG, "ESP_ERR_INVALID_ARG")
-        if not _app_valid(p):
+        if not _app_valid(p) or _getenv("ESPSIM_SET_BOOT_FAIL"):
             raise OSError(_ERR_OTA_VALIDATE, "ESP_ERR_OTA_VALIDATE_FAILED")
         ent = _ota_entries()
         n = len(_ota_slots())
@@ -145,6 +153,12 @@ class Partition:
         for i, e in enumerate(ent):
             if e and _slot_label(e[0]) == label and e[1] == _ST_PENDING:
                 _write_ota(i, e[0], _ST_VALID)
+
+
+def _getenv(name):
+    import os
+
+    return os.getenv(name)
 
 
 def _ota_slots():

@@ -194,7 +194,8 @@ def test_running_app_installs_an_update_from_its_filesystem(lab, tmp_path):
     dev = device(lab, tmp_path)
     src = bootlab.make_app(str(tmp_path / "updater"), "1.5.0")
     with open(os.path.join(src, "main.py"), "a") as f:
-        f.write("print('INSTALL', bootstate.install_file('/new.img').describe(), bootstate.state())\n")
+        f.write("from ironclad import slots\n"
+                "print('INSTALL', slots.install_file('/new.img').describe(), bootstate.state())\n")
     image.flash_image(dev, image.build(src, lab.keys["k1"], "k1", "1.5.0", 1))
     bootlab.boot(dev)  # formats littlefs
     r = bootlab.run(dev, "import esp32, vfs\nvfs.mount(vfs.VfsLfs2(esp32.Partition.find(1, label='vfs')[0]), '/mnt')\n"

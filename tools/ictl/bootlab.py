@@ -117,9 +117,9 @@ def flash_outside(devdir, labels=("bootstate", "vfs")):
 
 
 INSTALL = """
-from ironclad import bootstate
+from ironclad import slots
 try:
-    h = bootstate.install_file(%r, %r)
+    h = slots.install_file(%r, %r)
     print("INSTALLED", h.describe())
 except Exception as e:
     print("REFUSED", repr(e))

@@ -89,9 +89,9 @@ sys.path[:0] = [%(fw)r + "/lib/ironclad", %(fw)r + "/firmware/unix", %(board)r]
 
 # Outside a boot no littlefs is mounted: the install's events go to a host file.
 INSTALL = """
-from ironclad import bootstate, events
+from ironclad import slots, events
 events.PATH = %r
-bootstate.install_file(%r, %r)
+slots.install_file(%r, %r)
 """
 
 BOOT = """

@@ -189,10 +189,9 @@ vfs.mount(fs, "/flash")
 from ironclad import events, bootstate, bootflow
 events.PATH = "/flash/ironclad/events.bin"
 events.SENT_PATH = "/flash/ironclad/events.sent"
-sel = bootflow.select()
+sel = bootflow.select()  # spends a trial attempt, as the frozen boot.py does
 if sel:
     bootstate.set_booted(sel[0], sel[1], None)
-    bootstate.begin_attempt()  # as the frozen main.py does before the app runs
     print("BOOT", sel[0], sel[1].version)
 else:
     print("BOOT recovery")

@@ -1,6 +1,16 @@
-# What the frozen boot.py runs: choose the A/B slot, verify it, fall back,
-# or stay in recovery mode; mount the verified payload read-only at /app.
-# Design and the state machine: docs/verified-boot.md.
+# What the frozen boot.py runs: choose the A/B slot, spend a trial attempt,
+# verify the image, map and mount it read-only at /app; fall back to the other
+# slot, or stay in recovery mode. Design and the state machine:
+# docs/verified-boot.md.
+#
+# boot() never raises. On a locked board an exception out of boot.py ends
+# in _boot.py's machine.reset(), and a fault that comes back at every boot
+# (a firmware without vfs.VfsRom, a payload too big for the heap, a flash
+# read error) would reset the board forever. So whatever goes wrong while
+# choosing, verifying or mounting one slot (a rejected image, MemoryError,
+# OSError, a missing feature, anything) rules that slot out for this boot with
+# a security event saying why, and the other slot is tried; with neither, the
+# device stays in recovery mode: no app runs, no reset.
 #
 # Only needed during boot: boot.py unloads this module and the verifier
 # (unload()), so their RAM goes back to the app.
@@ -10,30 +20,89 @@ from ironclad import bootstate, events, image
 
 _UNLOAD = ("ironclad.bootflow", "ironclad.image", "ironclad.rsapss", "ironclad.events", "ironclad_trust")
 
+# Reasons of the boot events for failures that are not a verdict on the image.
+NO_MEMORY = "no_memory"
+NO_FEATURE = "no_feature"  # the firmware lacks a module, class or function the boot needs
+LOAD_ERROR = "load_error"  # any other exception (flash, filesystem, a bug)
+BAD_PAYLOAD = "bad_payload"  # signed, but not a ROMFS image
+NO_ENTRY = "no_entry"  # a ROMFS image with no main to run
 
-def _load(label, st):
-    """(Header, VfsRom, window) for a slot whose image may run, else None
-    (each rejection recorded as an event)."""
+
+def fault(e):
+    """(reason, short detail) for an exception that stopped a boot step."""
+    if isinstance(e, MemoryError):
+        return NO_MEMORY, ""
+    s = str(e)
+    if isinstance(e, (AttributeError, ImportError, NotImplementedError)):
+        # "'module' object has no attribute 'VfsRom'": the missing name.
+        return NO_FEATURE, s[s.rfind(" ") + 1:].strip("'")
+    return LOAD_ERROR, "%s %s" % (type(e).__name__, s)
+
+
+def _load(label, st, where):
+    """(Header, VfsRom, window) of a slot whose image may run, mounted at
+    `where` when given; else None, each rejection recorded as an event.
+    Raises whatever a step raises but image.Rejected."""
     import vfs
 
     try:
         h = image.verify(label, floor=st.floor, event="boot")
     except image.Rejected:
-        return None
+        return None  # verify recorded why
     try:
         win = image.map_payload(label, h)
-        return h, vfs.VfsRom(win), win
+        try:
+            fs = vfs.VfsRom(win)
+        except OSError:
+            raise image.Rejected(BAD_PAYLOAD)
     except image.Rejected as e:
-        reason = e.reason
-    except OSError:
-        reason = "bad_payload"  # signed, but not a ROMFS image
-    events.record("boot", reason, detail=label)
-    return None
+        events.record("boot", e.reason, detail=label)
+        return None
+    if where:
+        vfs.mount(fs, where)
+        if not _has_entry(where):
+            # Mounted, but nothing to run: on a locked board an app that
+            # ends resets the chip, so this slot would reset it forever.
+            _umount(where)
+            events.record("boot", NO_ENTRY, detail=label)
+            return None
+    return h, fs, win
 
 
-def select():
-    """Load the active slot (after ending an expired trial), else the other
-    one. Returns (label, Header, VfsRom, window), or None when neither may run."""
+def _has_entry(where):
+    import os
+
+    for name in ("/main.mpy", "/main.py"):
+        try:
+            os.stat(where + name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def _try(label, st, where):
+    # One slot, every exception caught: the caller goes on to the other slot.
+    try:
+        return _load(label, st, where)
+    except Exception as e:  # all of them, on purpose: see the module comment
+        reason, detail = fault(e)
+        _collect()
+        events.record("boot", reason, outcome="failed", detail=("%s %s" % (label, detail)).strip())
+        return None
+
+
+def _collect():
+    import gc
+
+    gc.collect()  # what a failed map held goes back before the other slot
+
+
+def select(where=None):
+    """Load the active slot (after ending an expired trial, and after
+    spending a trial attempt), else the other one; mount it at `where` when
+    given. Returns (label, Header, VfsRom, window, trial), or None when
+    neither may run. Raises only if the boot state record cannot be read."""
     st = bootstate.read()
     if st.trial and st.attempts == 0:
         # The new image booted ATTEMPTS times and never confirmed itself.
@@ -44,16 +113,36 @@ def select():
         bootstate.write(st)
     for i in (st.active, 1 - st.active):
         label = bootstate.SLOTS[i]
-        got = _load(label, st)
+        if i == st.active and st.trial:
+            # The attempt is spent on flash before a byte of the trial image
+            # is read, so a boot that dies anywhere from here on (out of
+            # memory while mapping, a crash in the app, a power cut) still
+            # counts, and the trial ends after ATTEMPTS boots whatever
+            # happens. If it cannot be written, the trial image does not run.
+            st.attempts -= 1
+            try:
+                bootstate.write(st)
+            except Exception as e:  # flash, memory: see the module comment
+                st.attempts += 1
+                reason, detail = fault(e)
+                events.record("boot", reason, outcome="failed", detail=("%s %s" % (label, detail)).strip())
+                continue
+        got = _try(label, st, where)
         if got is None:
             continue
         if i != st.active:
-            # The active slot was rejected: the other one is signed and not
-            # below the floor, so it becomes the active, confirmed slot.
+            # The active slot was ruled out: the other one is signed and not
+            # below the floor, so it becomes the active, confirmed slot (the
+            # slot that runs is always the active one: updates patch from it).
             events.record("boot", "fallback", outcome="info", detail=label)
             st.active, st.trial, st.attempts, st.fallback = i, 0, 0, bootstate.NONE
-            bootstate.write(st)
-        return (label,) + got
+            try:
+                bootstate.write(st)
+            except Exception:
+                if where:
+                    _umount(where)
+                raise
+        return (label,) + got + (st.trial,)
     return None
 
 
@@ -63,104 +152,38 @@ def _recovery(why):
     print("ironclad: recovery mode (%s): no app runs; only a signed full image can be installed" % why)
 
 
-def boot(where="/app"):
-    """Select, verify and mount at `where`; put it first on the module path,
-    with nothing from the writable filesystem. Returns the Header or None."""
+def _umount(where):
     import vfs
 
-    sel = select()
-    if sel is None:
-        _recovery("no verified app image")
+    try:
+        vfs.umount(where)
+    except Exception:  # nothing was mounted there
+        pass
+
+
+def boot(where="/app"):
+    """Select, verify and mount at `where`; put it first on the module path,
+    with nothing from the writable filesystem. Returns the Header, or None
+    in recovery mode. Never raises (see the module comment)."""
+    try:
+        sel = select(where)
+        if sel is None:
+            _recovery("no verified app image")
+            return None
+        label, h, _, win, trial = sel
+        sys.path[:] = [where] + [p for p in sys.path if p not in ("", ".", "/", "/lib", where)]
+        bootstate.set_booted(label, h, win)
+        print("ironclad: boot %s %s%s" % (label, h.describe(), " (trial)" if trial else ""))
+        return h
+    except Exception as e:  # the last net: see the module comment
+        _umount(where)
+        if where in sys.path:
+            sys.path.remove(where)
+        bootstate.set_booted(None, None, None)
+        reason, detail = fault(e)
+        events.record("boot", reason, outcome="failed", detail=detail)
+        _recovery(reason)
         return None
-    label, h, fs, win = sel
-    vfs.mount(fs, where)
-    bootstate.set_booted(label, h, win)
-    sys.path[:] = [where] + [p for p in sys.path if p not in ("", ".", "/", "/lib", where)]
-    print("ironclad: boot %s %s%s" % (label, h.describe(), " (trial)" if bootstate.read().trial else ""))
-    return h
-
-
-def _index(label):
-    try:
-        return bootstate.SLOTS.index(label)
-    except ValueError:
-        raise ValueError("not an app slot: %r" % (label,))
-
-
-def install(label, header=None, buf=None):
-    """Make the image just written into slot `label` boot next, on trial.
-    The slot is verified here (whatever the caller checked; buf: a 4 KiB
-    buffer to read it through); the running slot becomes the fallback.
-    Raises image.Rejected, ValueError."""
-    i = _index(label)
-    if bootstate.running(label):
-        raise ValueError("cannot install over the running slot")
-    st = bootstate.read()
-    h = image.verify(label, floor=st.floor, event="install", buf=buf)
-    if header is not None and header.raw != h.raw:
-        raise image.Rejected(image.CHANGED)
-    prev = st.active
-    if prev != i and (bootstate.running(bootstate.SLOTS[prev]) or _verifies(bootstate.SLOTS[prev], st.floor)):
-        # A trial needs somewhere to fall back to; with no good image to
-        # return to (recovery), the new image boots without a trial.
-        st.trial, st.attempts, st.fallback = 1, bootstate.ATTEMPTS, prev
-    else:
-        st.trial, st.attempts, st.fallback = 0, 0, bootstate.NONE
-    st.active = i
-    bootstate.write(st)
-    return h
-
-
-def _verifies(label, floor):
-    try:
-        image.verify(label, floor=floor, event=None)
-        return True
-    except image.Rejected:
-        return False
-
-
-class _FileSlot:
-    # An image file seen as a slot, so the same streaming verifier checks it
-    # before a byte of it is written to flash.
-    def __init__(self, f, size):
-        self.f, self.size = f, size
-
-    def info(self):
-        return (1, 0x40, 0, self.size, "file", False)
-
-    def readblocks(self, block, buf, off=0):
-        # Past the end of the file reads as erased flash; the verifier's
-        # length checks never ask for it but on a file shorter than a header.
-        self.f.seek(block * 4096 + off)
-        n = self.f.readinto(buf) or 0
-        for i in range(n, len(buf)):
-            buf[i] = 0xFF
-
-
-def install_file(path, label=None):
-    """Recovery and full updates: verify a signed image file, copy it into a
-    slot (default: the inactive one) and install it. A bad file changes
-    nothing on flash but the event log."""
-    import os
-
-    label = label or bootstate.inactive()
-    if bootstate.running(label):
-        raise ValueError("cannot install over the running slot")
-    size = os.stat(path)[6]
-    w = image.SlotWriter(label)
-    with open(path, "rb") as f:
-        if size > w.size:
-            events.record("install", image.TOO_LARGE, detail=label)
-            raise image.Rejected(image.TOO_LARGE)
-        image.verify(_FileSlot(f, size), floor=bootstate.floor(), event="install")
-        f.seek(0)
-        buf = bytearray(1024)
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            w.write(memoryview(buf)[:n])
-    return install(label)
 
 
 def unload():

@@ -7,6 +7,10 @@
 # does not hold the newest valid copy, so a power cut or a torn write at any
 # point leaves the previous record readable.
 #
+# The lowest of the boot modules: it imports nothing of ironclad. Installing
+# an image (verify it, make it boot next on trial) is ironclad.slots; the boot
+# itself (choose, verify, spend a trial attempt, mount) is ironclad.bootflow.
+#
 # Record (32 bytes, little-endian):
 #   0  4s magic b"ICBS"   4  B version (1)   5  B active slot (0 app_a, 1 app_b)
 #   6  B trial (0/1)       7  B attempts left (trial boots still allowed)
@@ -116,22 +120,15 @@ def booted():
 
 
 def set_booted(label, h, window):
+    """Record the image this boot mounted (label None: none, recovery)."""
     global _booted, _window
-    _booted = {"slot": label, "version": h.version, "counter": h.counter, "key_id": h.key_id, "sha256": h.sha256}
+    _booted = None if label is None else {"slot": label, "version": h.version, "counter": h.counter,
+                                          "key_id": h.key_id, "sha256": h.sha256}
     _window = window
 
 
 def running(label):
     return _booted is not None and _booted["slot"] == label
-
-
-def begin_attempt():
-    """Called just before the app runs: a trial boot uses up one attempt
-    (on flash first, so a crash or power cut in the app still counts)."""
-    st = read()
-    if st.trial and running(SLOTS[st.active]) and st.attempts:
-        st.attempts -= 1
-        write(st)
 
 
 def confirm():
@@ -148,19 +145,3 @@ def confirm():
         st.floor = max(st.floor, ctr)
         write(st)
     return st.as_dict()
-
-
-def install(label, header=None, buf=None):
-    """Make the image just written into slot `label` boot next, on trial
-    (ironclad.bootflow.install: it verifies the slot first, reading through
-    buf, a 4 KiB buffer, when given)."""
-    from ironclad import bootflow
-
-    return bootflow.install(label, header, buf)
-
-
-def install_file(path, label=None):
-    """Copy a signed image file into a slot and install it (bootflow.install_file)."""
-    from ironclad import bootflow
-
-    return bootflow.install_file(path, label)

@@ -37,6 +37,18 @@ ROLLBACK = "rollback"
 BAD_HASH = "bad_hash"
 BAD_SIGNATURE = "bad_signature"
 CHANGED = "changed"  # the mapped payload differs from what was verified
+MAP_TOO_LARGE = "map_too_large"  # a payload the boot path cannot copy into the board's heap
+
+# The largest payload the boot path copies into RAM to mount it (where the
+# slot has no buffer protocol: every app slot of a stock ESP32 firmware, see
+# map_payload). The board's own value is ironclad_trust.MAP_MAX (`ictl image
+# trust --map-max-kib`); this default is the ESP32 without PSRAM's: the
+# port's GC heap starts at 56 KiB and is sized to grow once, to about 112 KiB,
+# and still leave Wi-Fi and a TLS connection their RAM (upstream
+# ports/esp32/mpconfigport.h, MICROPY_GC_INITIAL_HEAP_SIZE, v1.28.0); 16 KiB
+# of that stay for the boot path's own objects. A projection from the source,
+# not measured on a board. docs/verified-boot.md, "The map limit".
+MAP_MAX = const(96 * 1024)
 
 
 class Rejected(Exception):
@@ -189,18 +201,58 @@ def _verify(part, floor, hwid, anchors, buf):
     return h
 
 
+def map_max(anchors=None):
+    """The largest payload the boot path copies into RAM on this board."""
+    return getattr(anchors or trust(), "MAP_MAX", MAP_MAX)
+
+
+def _mapped(part):
+    # The slot through the flash cache, or None where it has no buffer.
+    try:
+        return memoryview(part)
+    except TypeError:
+        return None
+
+
+def check_mappable(part, length, anchors=None, total=False):
+    """Raise Rejected(MAP_TOO_LARGE) if the boot path could not map a payload
+    of `length` bytes from this slot: it has no buffer protocol and the
+    payload is over map_max(). total: `length` is a whole image, of which
+    the header and the longest signature the trusted keys make are not
+    payload (what update metadata knows before the download)."""
+    if _mapped(_part(part)) is not None:
+        return
+    anchors = anchors or trust()
+    if total:
+        sig = 0
+        for key in anchors.KEYS.values():
+            try:
+                sig = max(sig, rsapss.key_bytes(*key))
+            except ValueError:
+                pass
+        length -= HEADER_SIZE + sig
+    if length > map_max(anchors):
+        raise Rejected(MAP_TOO_LARGE)
+
+
 def map_payload(part, h):
     """The verified payload as a buffer for vfs.VfsRom, checked again against
     the header's SHA-256 (so what is mounted is what was verified).
 
     An ESP32 firmware that gives Partition the buffer protocol maps the slot
     through the flash cache (esp_partition_mmap): no RAM. Where the partition
-    has no buffer (the unix stand-in, a stock firmware) the payload is read
-    into one bytearray instead: the only case where the app costs heap."""
+    has no buffer the payload is read into one bytearray instead: the only
+    case where the app costs heap. Upstream v1.28.0 gives the buffer protocol
+    to the partition labelled "romfs" only (ports/esp32/esp32_partition.c,
+    esp32_partition_get_buffer), so on a board the app slots are copied, as
+    on the unix stand-in. A payload over map_max() is refused before
+    anything is allocated: Rejected(MAP_TOO_LARGE)."""
     part = _part(part)
-    try:
-        win = memoryview(part)[HEADER_SIZE:HEADER_SIZE + h.length]
-    except TypeError:
+    mv = _mapped(part)
+    if mv is not None:
+        win = mv[HEADER_SIZE:HEADER_SIZE + h.length]
+    else:
+        check_mappable(part, h.length)
         win = bytearray(h.length)
         part.readblocks(0, win, HEADER_SIZE)
     if hashlib.sha256(win).digest() != h.sha256:

@@ -23,7 +23,7 @@
 #      there. The running slot never changes during an update, so redoing a
 #      sector is harmless.
 #   4. the result is read back and hashed, the app image's signature checked
-#      (image.verify via bootstate.install), and the slot switched on trial;
+#      (image.verify via slots.install), and the slot switched on trial;
 #      then a reboot. The next boot reports "trial"; the agent's health check
 #      calls confirm(); a boot that went back to the old slot reports
 #      "rolled_back".
@@ -41,7 +41,7 @@ import esp32
 
 # Everything imported up front: a module loaded mid-update would scatter its
 # code through the free heap just before the 4 KiB buffers are allocated.
-from ironclad import bootstate, cbor, der, detools, events, image, kdf, keywrap, p256, rsapss
+from ironclad import bootstate, cbor, der, detools, events, image, kdf, keywrap, p256, rsapss, slots
 from ironclad.ccm import CCM, AuthError
 
 STORE = "/ironclad/update"  # littlefs directory (tests point it elsewhere)
@@ -68,7 +68,7 @@ ROLLED_BACK = "rolled_back"
 REJECTED = "rejected"
 
 # Reasons that end the download in progress (the others refuse one message).
-_FATAL = ("bad_chunk", "bad_patch", "bad_result")
+_FATAL = ("bad_chunk", "bad_patch", "bad_result", "switch_failed")
 
 _CKPT_HEAD = "<4s16sII32s"  # magic, update id, next chunk, skip, chain
 _CKPT_MAGIC = b"UCK1"
@@ -582,6 +582,13 @@ class Updater:
                 raise Rejected("rollback", "ctr %d < %d" % (man.ctr, self._st["fw_ctr"]))
         if man.result_len > target.info()[3]:
             raise Rejected("too_large", "%d bytes" % man.result_len)
+        if man.target == "app":
+            # An image the boot path could not map on this board would never
+            # run: refused now, before a byte is written (docs/verified-boot.md).
+            try:
+                image.check_mappable(target, man.result_len, a, total=True)
+            except image.Rejected as e:
+                raise Rejected(e.reason, "%d bytes" % man.result_len)
         if man.base_len > base.info()[3]:
             raise Rejected("base_mismatch", "base too long")
         if man.base_sha is not None and _slot_sha(base, man.base_len, bytearray(1024)) != man.base_sha:
@@ -675,15 +682,22 @@ class Updater:
                 "stage": "install"}
         self._st["pending"] = pend
         self._save_state()
-        if man.target == "app":
-            try:
-                bootstate.install(label, h, buf=job.sector)
-            except image.Rejected as e:
-                self._st["pending"] = None
-                self._save_state()
+        try:
+            if man.target == "app":
+                slots.install(label, h, buf=job.sector)
+            else:
+                # esp_ota_set_boot_partition verifies the image (Secure Boot
+                # V2 signature, anti-rollback) and can fail: check_esp_err
+                # raises OSError (upstream ports/esp32/esp32_partition.c).
+                job.target.set_boot()
+        except (image.Rejected, OSError, ValueError) as e:
+            # The switch did not happen: nothing is pending, and the next
+            # boot runs what runs now.
+            self._st["pending"] = None
+            self._save_state()
+            if isinstance(e, image.Rejected):
                 raise Rejected("bad_result", e.reason)
-        else:
-            job.target.set_boot()
+            raise Rejected("switch_failed", ("%s %s" % (type(e).__name__, e))[:39])
         pend["stage"] = "boot"
         self._st["last"] = pend["id"]
         self._save_state()
