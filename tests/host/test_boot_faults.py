@@ -1,9 +1,10 @@
 """Reduced slices of the verified-boot campaigns of `make soak` (soak_boot):
-tampered images through the device's streaming verifier, and power cuts and
+tampered images through the device's streaming verifier; power cuts and
 torn writes at every flash operation of an install, a confirmation and a
 trial expiry, each followed by a boot that must run a verified image with the
-boot state record and its floor intact."""
-from ictl import soak_boot
+boot state record and its floor intact; exceptions at every step of the boot
+path, which must never make the board loop."""
+from ictl import bootlab, soak_boot
 
 
 def test_tampered_images_are_all_rejected(tmp_path):
@@ -17,3 +18,12 @@ def test_power_cuts_and_torn_writes_end_on_a_verified_image(tmp_path):
     points, failures = soak_boot.cut_campaign(str(tmp_path), tear_bytes=(5,))
     assert points >= 30
     assert not failures, failures[:2]
+
+
+def test_exceptions_at_every_boot_step_never_loop(tmp_path):
+    # Active app_a or app_b, on trial or not; every step call of the boot
+    # path once and every step at every boot, one kind of exception per step
+    # in turn (make soak: every kind, and a lone slot too).
+    points, loops, boots = soak_boot.fault_campaign(str(tmp_path), configs=soak_boot.CONFIGS[:4], rotate=True)
+    assert points >= len(bootlab.STEPS) * 2 * 2
+    assert not loops, loops[:3]

@@ -24,6 +24,9 @@ def register(sub):
     c.add_argument("--version", default="1.0.0", help="app version MAJOR.MINOR.PATCH (default 1.0.0)")
     c.add_argument("--counter", type=int, default=1, help="security counter for anti-rollback (default 1)")
     c.add_argument("--hwid", default="esp32-sim", help="hardware id the image is for (default esp32-sim)")
+    c.add_argument("--map-max-kib", type=int, default=image.MAP_MAX // 1024,
+                   help="largest app payload the board's boot path can map, KiB (default %d; docs/verified-boot.md)"
+                   % (image.MAP_MAX // 1024))
     c.set_defaults(func=do_build)
 
     c = s.add_parser("sign", help="sign an (unsigned or signed) image with a key")
@@ -54,6 +57,9 @@ def register(sub):
                    help="lowest app security counter this firmware accepts, whatever the boot state says (default 0)")
     c.add_argument("-o", "--out", help="file to write (for a firmware build to freeze)")
     c.add_argument("--device", help="simulated device: its board's firmware gets the module (board/), with its hwid")
+    c.add_argument("--map-max-kib", type=int, default=image.MAP_MAX // 1024,
+                   help="largest app payload the board's boot path can map, KiB (default %d; docs/verified-boot.md)"
+                   % (image.MAP_MAX // 1024))
     c.set_defaults(func=do_trust)
 
     c = s.add_parser("install", help="flash an image into a simulated device (factory flashing, as esptool)")
@@ -79,7 +85,7 @@ def do_build(args):
     key = image.load_private(args.key) if args.key else None
     if args.key_id and not key:
         raise ToolError("--key-id needs --key")
-    data = image.build(args.src, key, args.key_id, args.version, args.counter, args.hwid)
+    data = image.build(args.src, key, args.key_id, args.version, args.counter, args.hwid, args.map_max_kib * 1024)
     _write(args.out, data)
     h = image.parse_header(data)
     print("wrote %s: %d bytes, version %s, counter %d, hwid %s, %s" % (
@@ -126,13 +132,13 @@ def do_trust(args):
             raise ToolError("with --device the hardware id is the device's and the output its board/ dir")
         from ictl import device as sim_device
 
-        out = image.trust_device(args.device, keys, args.retire, args.min_counter)
+        out = image.trust_device(args.device, keys, args.retire, args.min_counter, args.map_max_kib * 1024)
         hwid = sim_device.load(args.device)["hwid"]
     else:
         if not args.out or not args.hwid:
             raise ToolError("give --out and --hwid, or --device")
         hwid, out = args.hwid, args.out
-        image.write_trust(out, keys, hwid, args.retire, args.min_counter)
+        image.write_trust(out, keys, hwid, args.retire, args.min_counter, args.map_max_kib * 1024)
     print("wrote %s: hwid %s, keys %s, retired %s" % (
         out, hwid, ", ".join(k for k, _ in keys if k not in args.retire) or "none", ", ".join(args.retire) or "none"))
 

@@ -48,6 +48,9 @@ def register(sub):
     c.add_argument("--counter", type=int, help="firmware security counter (fw target)")
     c.add_argument("--hwid", help="hardware id (fw target; app: from the image header)")
     c.add_argument("--ttl-days", type=float, default=30, help="metadata expiry in days (default 30)")
+    c.add_argument("--map-max-kib", type=int, default=app_image.MAP_MAX // 1024,
+                   help="largest app payload the boards' boot path can map, KiB (default %d; docs/verified-boot.md)"
+                   % (app_image.MAP_MAX // 1024))
     c.set_defaults(func=do_create)
 
     c = s.add_parser("inspect", help="print what an update directory holds")
@@ -94,6 +97,12 @@ def _devices(args):
 
 
 def do_create(args):
+    if args.target == "app":
+        # An image the boards could not map at boot would be refused by
+        # every device (map_too_large): refused here first.
+        h = app_image.parse_header(read_file(args.image, "image"))
+        if h["magic"] == app_image.MAGIC:
+            app_image.check_map(h["length"], args.map_max_kib * 1024)
     devices = _devices(args)
     key = app_image.load_private(args.key)
     kid = app_image.check_id(args.key_id, "key id") if args.key_id else app_image.key_id_for(key.public_key())

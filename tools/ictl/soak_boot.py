@@ -1,8 +1,10 @@
 """Verified-boot campaigns: tampered images (every header and signature byte
 and spread payload positions, each with one bit flipped, through the device's
-own streaming verifier), and power cuts and torn writes at every flash
+own streaming verifier); power cuts and torn writes at every flash
 operation of an install (slot write + switch), of a confirmation and of a
-trial's expiry, each followed by a boot that must run a verified image."""
+trial's expiry, each followed by a boot that must run a verified image; and
+exceptions injected at every step of the boot path (bootlab.FAULT_BOOT), on
+both slots, with and without a trial, which must never make the board loop."""
 import os
 import shutil
 import tempfile
@@ -168,6 +170,86 @@ def cut_campaign(workdir, tear_bytes=(1, 5, 17)):
     return total, failures
 
 
+# Boot configurations of the fault campaign: (name, active slot, trial,
+# images {slot: version}). Every image verifies (v1 and v2 share counter 1),
+# so one of them must run whenever the faults let it.
+CONFIGS = (
+    ("app_a", "app_a", False, {"app_a": "1.0.0", "app_b": "2.0.0"}),
+    ("app_b", "app_b", False, {"app_a": "1.0.0", "app_b": "2.0.0"}),
+    ("app_a-trial", "app_a", True, {"app_a": "2.0.0", "app_b": "1.0.0"}),
+    ("app_b-trial", "app_b", True, {"app_a": "1.0.0", "app_b": "2.0.0"}),
+    ("app_a-alone", "app_a", False, {"app_a": "1.0.0"}),
+    ("app_b-alone", "app_b", False, {"app_b": "1.0.0"}),
+)
+TRANSIENT_BOOTS = 3  # the faulty boot, then two clean ones
+PERSISTENT_BOOTS = 4  # with the fault at every boot (more than the trial's attempts)
+
+
+def _check_run(boots, allowed, attempts, fault_left):
+    """Why a run of boots counts as a loop, or None. boots: Boot list, the
+    fault present in the first `fault_left` of them."""
+    for n, b in enumerate(boots):
+        if not b.ok(allowed):
+            return "boot %d: %r" % (n + 1, b)
+    trial_runs = sum(1 for b in boots if b.trial)
+    if trial_runs > attempts:
+        return "a trial image ran %d times with %d attempts" % (trial_runs, attempts)
+    clean = boots[fault_left:]
+    if clean and clean[0].ran is None:
+        return "no app after the fault went: %r" % clean[0]
+    return None
+
+
+def fault_campaign(workdir, configs=CONFIGS, kinds=bootlab.KINDS, rotate=False):
+    """Every step call of the boot path of each configuration (from a clean
+    boot's trace), with each kind of exception, once (transient: then clean
+    boots) and at every boot (persistent: the same step for the same slot).
+    rotate: one kind per step call, in turn (the reduced slice of make test).
+    Returns (fault points, loops: [(case, why)], boots run)."""
+    key, _ = _lab(workdir)
+    imgs = {}
+    for ver in ("1.0.0", "2.0.0"):
+        src = bootlab.make_app(os.path.join(workdir, "app-" + ver), ver)
+        imgs[ver] = image.build(src, key, "k1", ver, 1)
+    points, loops, nboots = 0, [], 0
+    for name, active, trial, slots_ in configs:
+        dev = os.path.join(workdir, name)
+        bootlab.new_device(dev, [("k1", key)])
+        for slot, ver in slots_.items():
+            image.flash_image(dev, imgs[ver], slot, active=False)
+        other = "app_b" if active == "app_a" else "app_a"
+        bootlab.set_bootstate(dev, active, trial, 3 if trial else 0, other if trial else None, floor=1)
+        a, b = bootlab.slot_range(dev, image.BOOTSTATE_PART)
+        state = bootlab.read_flash(dev, a, b)
+        allowed = set(slots_.values())
+        first = bootlab.fault_boot(dev)
+        nboots += 1
+        if not first.ok(allowed) or first.trace is None:
+            loops.append(((name, "clean"), "the clean boot failed: %r %s" % (first, first.result.stderr[-300:])))
+            continue
+        trace = first.trace
+        cases = []
+        for i, (step, slot) in enumerate(trace):
+            for k in ([kinds[i % len(kinds)]] if rotate else kinds):
+                cases.append(("once", [(step, i, slot, k)], TRANSIENT_BOOTS, 1))
+        seen = []
+        for step, slot in trace:
+            if [step, slot] not in seen:
+                seen.append([step, slot])
+        for j, (step, slot) in enumerate(seen):
+            for k in ([kinds[j % len(kinds)]] if rotate else kinds):
+                cases.append(("always", [(step, -1, slot, k)], PERSISTENT_BOOTS + 1, PERSISTENT_BOOTS))
+        for mode, faults, n, faulty in cases:
+            bootlab.write_flash(dev, a, state)  # the configuration's boot state again
+            boots = [bootlab.fault_boot(dev, faults if j < faulty else ()) for j in range(n)]
+            nboots += n
+            points += 1
+            why = _check_run(boots, allowed, 3 if trial else 0, faulty)
+            if why:
+                loops.append(((name, mode) + tuple(faults[0]), why))
+    return points, loops, nboots
+
+
 def add_args(p):
     p.add_argument("--boot-payload-positions", type=int, default=2000,
                    help="payload positions flipped in the tamper campaign (default 2000)")
@@ -190,6 +272,18 @@ def run(fig, args):
                 "not run a verified, allowed image (must be 0)")
         for f in failures[:3]:
             print("  cut failure:", f)
-        return accepted + len(failures)
+        points, loops, boots = fault_campaign(os.path.join(tmp, "faults"))
+        fig.add("boot_fault_points", points, "cases",
+                "an exception (%s) injected at every step call of the boot path (%d steps: %s), once and at every "
+                "boot, in %d configurations (active app_a or app_b, on trial or not, the other slot verified or "
+                "empty); %d boots through the firmware start-up"
+                % (", ".join(bootlab.KINDS), len(bootlab.STEPS), ", ".join(bootlab.STEPS), len(CONFIGS), boots))
+        fig.add("boot_loops", len(loops), "count",
+                "cases where a boot let an exception out of boot.py (a reset on a locked board), ended neither "
+                "in a verified app nor in recovery mode with an event, ran a trial image more often than its "
+                "attempts, or ran no app once the fault was gone (must be 0)")
+        for f in loops[:3]:
+            print("  boot loop:", f)
+        return accepted + len(failures) + len(loops)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
