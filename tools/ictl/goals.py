@@ -9,6 +9,8 @@ GOALS = {
     "boot_verify_peak_heap_kib": ("<=", 8),
     "tamper_accepted": ("==", 0),
     "bootstate_cut_failures": ("==", 0),
+    "boot_fault_points": (">=", 48),  # every step (12) x both slots x trial or not
+    "boot_loops": ("==", 0),
     # identity
     "keygen_csr_ms": ("<=", 150),
     "provision_seconds": ("<=", 20),
