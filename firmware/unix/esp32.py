@@ -126,7 +126,9 @@ class Partition:
         p = self._p
         if p["type"] != _TYPE_APP or not (_SUB_OTA0 <= p["subtype"] < _SUB_OTA0 + 16):
             raise OSError(_ERR_INVALID_ARG, "ESP_ERR_INVALID_ARG")
-        if not _app_valid(p) or _getenv("ESPSIM_SET_BOOT_FAIL"):
+        import os
+
+        if not _app_valid(p) or os.getenv("ESPSIM_SET_BOOT_FAIL"):
             raise OSError(_ERR_OTA_VALIDATE, "ESP_ERR_OTA_VALIDATE_FAILED")
         ent = _ota_entries()
         n = len(_ota_slots())
@@ -153,12 +155,6 @@ class Partition:
         for i, e in enumerate(ent):
             if e and _slot_label(e[0]) == label and e[1] == _ST_PENDING:
                 _write_ota(i, e[0], _ST_VALID)
-
-
-def _getenv(name):
-    import os
-
-    return os.getenv(name)
 
 
 def _ota_slots():

@@ -87,7 +87,7 @@ def _main():
 
         # The frozen main.py, frozen a second time under this name (a symlink
         # in firmware/esp32/modules/) so that its own __import__("main")
-        # reaches /app/main rather than itself. It counts the trial attempt.
+        # reaches /app/main rather than itself (boot.py spent the trial attempt).
         import ironclad_main  # noqa: F401
         from ironclad import bootstate
 
