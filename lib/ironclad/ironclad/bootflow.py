@@ -28,7 +28,7 @@ BAD_PAYLOAD = "bad_payload"  # signed, but not a ROMFS image
 NO_ENTRY = "no_entry"  # a ROMFS image with no main to run
 
 
-def fault(e):
+def _fault(e):
     """(reason, short detail) for an exception that stopped a boot step."""
     if isinstance(e, MemoryError):
         return NO_MEMORY, ""
@@ -86,7 +86,7 @@ def _try(label, st, where):
     try:
         return _load(label, st, where)
     except Exception as e:  # all of them, on purpose: see the module comment
-        reason, detail = fault(e)
+        reason, detail = _fault(e)
         _collect()
         events.record("boot", reason, outcome="failed", detail=("%s %s" % (label, detail)).strip())
         return None
@@ -124,7 +124,7 @@ def select(where=None):
                 bootstate.write(st)
             except Exception as e:  # flash, memory: see the module comment
                 st.attempts += 1
-                reason, detail = fault(e)
+                reason, detail = _fault(e)
                 events.record("boot", reason, outcome="failed", detail=("%s %s" % (label, detail)).strip())
                 continue
         got = _try(label, st, where)
@@ -180,7 +180,7 @@ def boot(where="/app"):
         if where in sys.path:
             sys.path.remove(where)
         bootstate.set_booted(None, None, None)
-        reason, detail = fault(e)
+        reason, detail = _fault(e)
         events.record("boot", reason, outcome="failed", detail=detail)
         _recovery(reason)
         return None
