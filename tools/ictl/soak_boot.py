@@ -203,7 +203,8 @@ def _check_run(boots, allowed, attempts, fault_left):
 def fault_campaign(workdir, configs=CONFIGS, kinds=bootlab.KINDS, rotate=False):
     """Every step call of the boot path of each configuration (from a clean
     boot's trace), with each kind of exception, once (transient: then clean
-    boots) and at every boot (persistent: the same step for the same slot).
+    boots) and at every boot (persistent: the same step for the same slot);
+    with a trial, also a reset at every step of the trial image, every boot.
     rotate: one kind per step call, in turn (the reduced slice of make test).
     Returns (fault points, loops: [(case, why)], boots run)."""
     key, _ = _lab(workdir)
@@ -239,12 +240,23 @@ def fault_campaign(workdir, configs=CONFIGS, kinds=bootlab.KINDS, rotate=False):
         for j, (step, slot) in enumerate(seen):
             for k in ([kinds[j % len(kinds)]] if rotate else kinds):
                 cases.append(("always", [(step, -1, slot, k)], PERSISTENT_BOOTS + 1, PERSISTENT_BOOTS))
+        if trial:
+            # The chip resets (a panic, the watchdog) at a step of the trial
+            # image, at every boot: each boot spent an attempt first, so the
+            # trial ends and the other image runs.
+            for step, slot in seen:
+                if slot == active:
+                    cases.append(("reset", [(step, -1, slot, "reset")], PERSISTENT_BOOTS + 1, PERSISTENT_BOOTS + 1))
         for mode, faults, n, faulty in cases:
             bootlab.write_flash(dev, a, state)  # the configuration's boot state again
             boots = [bootlab.fault_boot(dev, faults if j < faulty else ()) for j in range(n)]
             nboots += n
             points += 1
-            why = _check_run(boots, allowed, 3 if trial else 0, faulty)
+            if mode == "reset":
+                why = None if [b.ran for b in boots[-2:]] == [slots_[other]] * 2 else \
+                    "the trial never ended: %r" % boots
+            else:
+                why = _check_run(boots, allowed, 3 if trial else 0, faulty)
             if why:
                 loops.append(((name, mode) + tuple(faults[0]), why))
     return points, loops, nboots
@@ -276,12 +288,13 @@ def run(fig, args):
         fig.add("boot_fault_points", points, "cases",
                 "an exception (%s) injected at every step call of the boot path (%d steps: %s), once and at every "
                 "boot, in %d configurations (active app_a or app_b, on trial or not, the other slot verified or "
-                "empty); %d boots through the firmware start-up"
+                "empty), and a reset at every step of a trial image at every boot; %d boots through the firmware "
+                "start-up"
                 % (", ".join(bootlab.KINDS), len(bootlab.STEPS), ", ".join(bootlab.STEPS), len(CONFIGS), boots))
         fig.add("boot_loops", len(loops), "count",
                 "cases where a boot let an exception out of boot.py (a reset on a locked board), ended neither "
                 "in a verified app nor in recovery mode with an event, ran a trial image more often than its "
-                "attempts, or ran no app once the fault was gone (must be 0)")
+                "attempts, or ran no app once the fault was gone, or whose trial never ended (must be 0)")
         for f in loops[:3]:
             print("  boot loop:", f)
         return accepted + len(failures) + len(loops)
