@@ -200,12 +200,13 @@ def _check_run(boots, allowed, attempts, fault_left):
     return None
 
 
-def fault_campaign(workdir, configs=CONFIGS, kinds=bootlab.KINDS, rotate=False):
+def fault_campaign(workdir, configs=CONFIGS, kinds=bootlab.KINDS, rotate=False, resets=True):
     """Every step call of the boot path of each configuration (from a clean
     boot's trace), with each kind of exception, once (transient: then clean
     boots) and at every boot (persistent: the same step for the same slot);
     with a trial, also a reset at every step of the trial image, every boot.
-    rotate: one kind per step call, in turn (the reduced slice of make test).
+    rotate: one kind per step call, in turn (the reduced slice of make test);
+    resets: the reset cases too.
     Returns (fault points, loops: [(case, why)], boots run)."""
     key, _ = _lab(workdir)
     imgs = {}
@@ -240,7 +241,7 @@ def fault_campaign(workdir, configs=CONFIGS, kinds=bootlab.KINDS, rotate=False):
         for j, (step, slot) in enumerate(seen):
             for k in ([kinds[j % len(kinds)]] if rotate else kinds):
                 cases.append(("always", [(step, -1, slot, k)], PERSISTENT_BOOTS + 1, PERSISTENT_BOOTS))
-        if trial:
+        if trial and resets:
             # The chip resets (a panic, the watchdog) at a step of the trial
             # image, at every boot: each boot spent an attempt first, so the
             # trial ends and the other image runs.
