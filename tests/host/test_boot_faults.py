@@ -3,7 +3,7 @@ tampered images through the device's streaming verifier, and power cuts and
 torn writes at every flash operation of an install, a confirmation and a
 trial expiry, each followed by a boot that must run a verified image with the
 boot state record and its floor intact."""
-from ictl import soak_boot
+from ictl.measure import soak_boot
 
 
 def test_tampered_images_are_all_rejected(tmp_path):

@@ -1,15 +1,15 @@
 """ictl bench: performance figures -> build/bench.json. Every time is a ratio
 against a baseline measured in the same run (these machines are noisy).
 
-Each area contributes a module `ictl/bench_<area>.py` with
+Each area contributes a module `ictl/measure/bench_<area>.py` with
 `run(fig, tmp, args)`; `--only AREA` runs some of them."""
 import importlib
 import os
 import tempfile
 
 from ictl import ROOT
-from ictl.figures import Figures, areas, chosen
-from ictl.goals import table
+from ictl.measure.figures import Figures, areas, chosen
+from ictl.measure.goals import table
 
 
 def register(sub):
@@ -28,7 +28,7 @@ def do_bench(args):
             print("bench: %s" % name, flush=True)
             area = os.path.join(tmp, name)  # each area its own: two may use the same names
             os.mkdir(area)
-            importlib.import_module("ictl.bench_" + name).run(fig, area, args)
+            importlib.import_module("ictl.measure.bench_" + name).run(fig, area, args)
             fig.save()
     fig.save()
     print("\n".join(table(args.out)))

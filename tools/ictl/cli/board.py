@@ -1,5 +1,5 @@
 """ictl board: run a simulated device behind a pty that mpremote can use."""
-from ictl import board
+from ictl.sim import board
 
 
 def register(sub):

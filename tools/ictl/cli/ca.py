@@ -3,7 +3,7 @@ import getpass
 import os
 
 from ictl import ToolError, broker, ca as fleet_ca, pki, read_file
-from ictl.cmd_pki import DEFAULT_DIR
+from ictl.cli.pki import DEFAULT_DIR
 
 
 def register(sub):

@@ -1,7 +1,7 @@
 """ictl device: create and inspect simulated devices (state directories)."""
 import json
 
-from ictl import device
+from ictl.sim import device
 
 
 def register(sub):

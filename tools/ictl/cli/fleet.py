@@ -1,8 +1,9 @@
 """ictl fleet simulate: N virtual devices on one broker, a delta update
-rolled out to all, with power cuts and a broker restart (ictl.fleet)."""
+rolled out to all, with power cuts and a broker restart (ictl.sim.fleet)."""
 import os
 
-from ictl import ROOT, fleet
+from ictl import ROOT
+from ictl.sim import fleet
 
 
 def register(sub):

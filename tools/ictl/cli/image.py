@@ -4,6 +4,8 @@ import os
 
 from ictl import ToolError, read_file
 from ictl import image
+from ictl.sim import device as sim_device
+from ictl.sim import factory
 
 
 def register(sub):
@@ -124,9 +126,7 @@ def do_trust(args):
     if args.device:
         if args.hwid or args.out:
             raise ToolError("with --device the hardware id is the device's and the output its board/ dir")
-        from ictl import device as sim_device
-
-        out = image.trust_device(args.device, keys, args.retire, args.min_counter)
+        out = factory.trust_device(args.device, keys, args.retire, args.min_counter)
         hwid = sim_device.load(args.device)["hwid"]
     else:
         if not args.out or not args.hwid:
@@ -139,5 +139,5 @@ def do_trust(args):
 
 def do_install(args):
     data = read_file(args.image)
-    image.flash_image(args.dir, data, args.slot, active=not args.inactive)
+    factory.flash_image(args.dir, data, args.slot, active=not args.inactive)
     print("flashed %s into %s of %s%s" % (args.image, args.slot, args.dir, "" if args.inactive else " (active, confirmed)"))

@@ -35,9 +35,9 @@ def build_parser():
     sub.required = True
     for name in COMMAND_MODULES:
         try:
-            mod = importlib.import_module("ictl.cmd_" + name)
+            mod = importlib.import_module("ictl.cli." + name)
         except ModuleNotFoundError as e:
-            if e.name != "ictl.cmd_" + name:
+            if e.name != "ictl.cli." + name:
                 raise
             continue
         mod.register(sub)

@@ -4,7 +4,7 @@ import sys
 
 from ictl import ToolError, broker as fleet_broker, pki
 from ictl import provision
-from ictl.cmd_pki import DEFAULT_DIR
+from ictl.cli.pki import DEFAULT_DIR
 
 
 def register(sub):

@@ -24,20 +24,20 @@ import os
 import queue
 import shutil
 import sys
-import tempfile
 import threading
 import time
 
 from ictl import ROOT, ToolError, broker as fleet_broker, pki
-from ictl import board as vboard
+from ictl.sim import board as vboard
 from ictl import console as fleet_console
-from ictl import device as sim_device
-from ictl import fleetkeys, image as app_image
+from ictl.sim import device as sim_device
+from ictl.sim import factory
+from ictl.sim.demo import Keys, build_app, bump_version
+from ictl import fleetkeys
 from ictl import provision as prov
 from ictl.timeserver import TimeServer
 from ictl import update as upd
 
-APP = os.path.join(ROOT, "app")
 STATE = "run.json"
 
 
@@ -51,51 +51,12 @@ def register(sub):
     p.add_argument("--timeout", type=float, default=90, help="seconds to wait for each step (default 90)")
     p.add_argument("--heap", type=int, default=vboard.APP_HEAP_KIB, metavar="KIB",
                    help="the app's heap, as on an ESP32 that runs its code from flash (default %d KiB: "
-                        "see ictl.board.APP_HEAP_KIB)" % vboard.APP_HEAP_KIB)
+                        "see ictl.sim.board.APP_HEAP_KIB)" % vboard.APP_HEAP_KIB)
     p.set_defaults(func=do_run)
 
 
 def say(text):
     print("run: " + text, flush=True)
-
-
-class Keys:
-    """Development keys for this run, clearly marked: never use them in the field."""
-
-    def __init__(self, root):
-        self.dir = os.path.join(root, "dev-keys-DEVELOPMENT-ONLY")
-        os.makedirs(self.dir, exist_ok=True)
-        self.image_key = os.path.join(self.dir, "image-signing.pem")
-        if not os.path.exists(self.image_key):
-            app_image.keygen(self.image_key)
-        self.signing = app_image.load_private(self.image_key)
-        self.key_id = app_image.key_id_for(self.signing.public_key())
-        self.fleet = fleetkeys.ensure(self.dir)
-
-
-def build_app(version, counter, keys, out, hwid, change=None):
-    """Build and sign app/ as `version`; change(dir) edits a copy first."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "app")
-        shutil.copytree(APP, src)
-        if change:
-            change(src)
-        img = app_image.build(src, keys.signing, keys.key_id, version, counter, hwid)
-    with open(out, "wb") as f:
-        f.write(img)
-    return img
-
-
-def bump_version(ver):
-    def change(src):
-        p = os.path.join(src, "agent.py")
-        with open(p) as f:
-            text = f.read()
-        if 'VERSION = "1"' not in text:
-            raise ToolError("app/agent.py has no VERSION line to change for the demo update")
-        with open(p, "w") as f:
-            f.write(text.replace('VERSION = "1"', 'VERSION = "%s"' % ver))
-    return change
 
 
 def boot_lines(board, since):
@@ -185,8 +146,8 @@ def do_run(args):
         sim_device.create(devdir)
         hwid = sim_device.load(devdir)["hwid"]
         v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
-        app_image.trust_device(devdir, [(keys.key_id, keys.signing.public_key())])
-        app_image.flash_image(devdir, v1)
+        factory.trust_device(devdir, [(keys.key_id, keys.signing.public_key())])
+        factory.flash_image(devdir, v1)
         say("app v1 built from app/, signed (RSA-3072-PSS, key %s) and flashed into slot app_a (%d bytes)" % (keys.key_id, len(v1)))
         with vboard.VirtualBoard(devdir, heap_kib=vboard.PORT_HEAP_KIB, app_heap_kib=args.heap) as b:
             say("virtual board on %s (unix port; the app's heap %d KiB, its code held apart as in flash); "

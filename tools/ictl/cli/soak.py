@@ -1,14 +1,14 @@
 """ictl soak: fault and attack campaigns -> build/soak.json. Bounded defaults;
 `make test` runs a reduced slice of each campaign.
 
-Each campaign is a module `ictl/soak_<area>.py` with `add_args(parser)`
+Each campaign is a module `ictl/measure/soak_<area>.py` with `add_args(parser)`
 (optional) and `run(fig, args)` returning its number of failures."""
 import importlib
 import os
 
 from ictl import ROOT
-from ictl.figures import Figures, areas, chosen
-from ictl.goals import table
+from ictl.measure.figures import Figures, areas, chosen
+from ictl.measure.goals import table
 
 
 def register(sub):
@@ -16,7 +16,7 @@ def register(sub):
     p.add_argument("--out", default=os.path.join(ROOT, "build", "soak.json"), help="output JSON (default build/soak.json)")
     p.add_argument("--only", action="append", metavar="AREA", help="run only this campaign (repeatable): %s" % ", ".join(areas("soak")))
     for name in areas("soak"):
-        mod = importlib.import_module("ictl.soak_" + name)
+        mod = importlib.import_module("ictl.measure.soak_" + name)
         if hasattr(mod, "add_args"):
             mod.add_args(p)
     p.set_defaults(func=do_soak)
@@ -29,7 +29,7 @@ def do_soak(args):
     failed = 0
     for name in names:
         print("soak: %s" % name, flush=True)
-        failed += importlib.import_module("ictl.soak_" + name).run(fig, args) or 0
+        failed += importlib.import_module("ictl.measure.soak_" + name).run(fig, args) or 0
         fig.save()
     print("\n".join(table(args.out)))
     return 1 if failed else 0

@@ -15,14 +15,13 @@ import json
 import os
 import sys
 
-from ictl import ToolError, read_file
+from ictl import ROOT, ToolError, read_file
 from ictl import broker as fleet_broker
 from ictl import image as app_image
 from ictl import pki
 from ictl import update
 
-DEFAULT_BROKER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                              "build", "broker")
+DEFAULT_BROKER = os.path.join(ROOT, "build", "broker")
 
 
 def register(sub):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from ictl import ROOT, ToolError
-from ictl.board import APP_HEAP_KIB
+from ictl.sim.board import APP_HEAP_KIB
 
 _HEAP = re.compile(r"agent: heap (\d+) bytes in use by the agent, (\d+) free")
 

@@ -5,8 +5,10 @@ import os
 import subprocess
 import time
 
-from ictl import bootlab, image
-from ictl.faults import MICROPYTHON
+from ictl.sim import bootlab
+from ictl import image
+from ictl.sim.faults import MICROPYTHON
+from ictl.sim import factory
 
 PAYLOAD = 256 * 1024
 
@@ -96,7 +98,7 @@ def _device(tmp, name, pad):
     bootlab.new_device(d, [("bench", key)])
     src = bootlab.make_app(os.path.join(tmp, name + "-app"), "1.0.0", pad=pad)
     data = image.build(src, key, "bench", "1.0.0", 1)
-    image.flash_image(d, data)
+    factory.flash_image(d, data)
     return d, image.parse_header(data)["length"]
 
 

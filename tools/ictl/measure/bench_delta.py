@@ -9,9 +9,10 @@ import shutil
 import subprocess
 
 from ictl import ROOT
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
+from ictl.sim import factory
 from ictl import image as app_image
-from ictl import updatelab
+from ictl.sim import updatelab
 from ictl.update import Update, make_patch
 
 SLOT_APP = ("app_a", "app_b")
@@ -281,9 +282,9 @@ def run(fig, tmp, args):
     f = updatelab.Fleet(lab, "dev1")
     heaps = []
     for kind, base_img in (("delta", v1), ("full", None)):
-        app_image.flash_image(f.devdir, v1, "app_a")
+        factory.flash_image(f.devdir, v1, "app_a")
         shutil.rmtree(os.path.join(f.devdir, "board"), ignore_errors=True)
-        app_image.trust_device(f.devdir, [(kid, key.public_key())])
+        factory.trust_device(f.devdir, [(kid, key.public_key())])
         u = Update.create(v2, base=base_img)
         meta = f.save(u, u.metadata(f.dev_id, f.dev_pub, key, kid), kind)
         # A heap the unix boot can map the 227 KB image into (on an ESP32 it

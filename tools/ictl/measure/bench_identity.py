@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ictl import ROOT, pki
-from ictl import board as vboard
-from ictl import device as sim_device
-from ictl.faults import run_device
+from ictl.sim import board as vboard
+from ictl.sim import device as sim_device
+from ictl.sim.faults import run_device
 from ictl.provision import MPREMOTE
 
 # Keygen + CSR, best of N in one process, and in the same process a plain

@@ -16,9 +16,9 @@ import threading
 import time
 
 from ictl import broker as fleet_broker
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
 from ictl import pki
-from ictl.hostile import DeviceRunner
+from ictl.sim.hostile import DeviceRunner
 
 # Messages per timed run. Each run ends with the same ~40 ms wait for its
 # last PUBACKs on loopback (mosquitto's Nagle holding them until the client's

@@ -4,9 +4,9 @@ import subprocess
 import time
 
 from ictl import ROOT
-from ictl import device as sim_device, unixfw
-from ictl.faults import MICROPYTHON, run_device
-from ictl.figures import best_of
+from ictl.sim import device as sim_device, unixfw
+from ictl.sim.faults import MICROPYTHON, run_device
+from ictl.measure.figures import best_of
 
 
 

@@ -10,8 +10,8 @@ aead_ratio           time to seal a 1 KiB message (Sealer.seal: nonce
                      B_0, the AAD blocks and the payload), same process."""
 import os
 
-from ictl import device as sim_device
-from ictl.faults import run_device
+from ictl.sim import device as sim_device
+from ictl.sim.faults import run_device
 
 CODE = r"""
 import gc, os, time, cryptolib

@@ -38,7 +38,7 @@ def best_of(fn, n=5):
 
 
 def areas(kind):
-    """The areas `ictl bench` or `ictl soak` runs: modules ictl/<kind>_<area>.py."""
+    """The areas `ictl bench` or `ictl soak` runs: modules ictl/measure/<kind>_<area>.py."""
     import glob
 
     here = os.path.dirname(os.path.abspath(__file__))

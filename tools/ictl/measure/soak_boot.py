@@ -7,7 +7,8 @@ import os
 import shutil
 import tempfile
 
-from ictl import bootlab, faults, image
+from ictl.sim import bootlab, faults
+from ictl import image
 
 TAMPER = """
 import sys

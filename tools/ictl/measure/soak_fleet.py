@@ -1,6 +1,7 @@
 """Fleet campaign: a delta rollout to N virtual devices with power cuts on a
-share of them and a broker restart mid-rollout (ictl.fleet)."""
-from ictl import cmd_fleet, fleet
+share of them and a broker restart mid-rollout (ictl.sim.fleet)."""
+from ictl.cli import fleet as cmd_fleet
+from ictl.sim import fleet
 
 
 def add_args(p):

@@ -4,7 +4,7 @@ one of the states the run passes through between two API calls: every entry
 holds its old value or its new one, never neither, never a mix. A second
 campaign cuts a wipe() part way: the board must read as not provisioned (or
 be untouched), and a second wipe() must finish the job."""
-from ictl import faults
+from ictl.sim import faults
 
 # The run: an empty store (storage key made by the first put), then rounds of
 # updates of two ~1 KiB entries (so the NVS log compacts during the run),

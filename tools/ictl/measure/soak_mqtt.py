@@ -4,7 +4,7 @@ the library as .mpy as the firmware freezes it).
 fuzz: mutated and malformed broker packets. In-process, at full size: the
 client parses from an in-memory stream (the same reader the TLS socket
 feeds), seeded and reproducible. Over the socket, smaller: a TLS server
-(ictl.hostile) answers CONNECT and then sends a burst of mutated packets.
+(ictl.sim.hostile) answers CONNECT and then sends a burst of mutated packets.
 A failure is a crash (any exception but MQTTError, a MemoryError included),
 a hang (a call past the client's time limit) or heap over budget (live heap
 after a collection growing past BUDGET).
@@ -23,7 +23,7 @@ import time
 
 from ictl import broker as fleet_broker
 from ictl import pki
-from ictl.hostile import CONNACK_OK, CONNECT, DeviceRunner, HostileBroker, packet, publish, varint
+from ictl.sim.hostile import CONNACK_OK, CONNECT, DeviceRunner, HostileBroker, packet, publish, varint
 
 HEAP_KIB = 64
 # Live heap the client may keep over its start: its buffers (4 KiB receive,
@@ -465,7 +465,7 @@ def run(fig, args):
         fig.add("fuzz_packets", a["inputs"] + b["packets"], "packets",
                 "mutated/malformed broker packets: %d inputs (1-3 packets each, seeds from %d) parsed in-process "
                 "from a stream, %d without a violation, %d dropped for no heap block (no_memory); %d packets over "
-                "TLS from ictl.hostile in %d connections; client under -X heapsize=%dK" % (
+                "TLS from ictl.sim.hostile in %d connections; client under -X heapsize=%dK" % (
                     a["inputs"], args.mqtt_seed, a["clean"], a["nomem"], b["packets"], args.mqtt_fuzz_conns, HEAP_KIB))
         fig.add("fuzz_failures", a["failures"] + b["failures"], "count",
                 "crash (any exception but MQTTError, MemoryError included), hang (in-process input over 200 ms: "

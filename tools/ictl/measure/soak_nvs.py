@@ -1,5 +1,5 @@
 """NVS stand-in power-cut campaign."""
-from ictl import faults
+from ictl.sim import faults
 
 
 def add_args(p):

@@ -1,5 +1,5 @@
 """Fault campaigns for the telemetry payload path. Power cuts on simulated
-devices (tools/ictl/faults.py: cut before, and tear, every flash operation):
+devices (tools/ictl/sim/faults.py: cut before, and tear, every flash operation):
 
 * nonce: a device hands out nonce counter values (NVS, reserved in blocks);
   after every cut the next boot must start above every value used before.
@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 
-from ictl import faults
+from ictl.sim import faults
 
 MOUNT = """
 import vfs, esp32
@@ -156,7 +156,7 @@ def broker_campaign(tmp, restarts=2, reboots=1, readings=16):
     reset) `reboots` times; the console must receive every reading whose
     put() returned, in order. Returns (restarts, reboots, readings put,
     lost: list of seqs, out of order: list of (seq, after))."""
-    from ictl.telemetry_rig import Rig
+    from ictl.sim.telemetry_rig import Rig
 
     with Rig(tmp) as rig:
         con = rig.console().start()

@@ -15,8 +15,9 @@ import shutil
 import tempfile
 
 from ictl import image as app_image
-from ictl import updatelab
+from ictl.sim import updatelab
 from ictl.update import Update
+from ictl.sim import factory
 
 SIGKILL = -9
 
@@ -50,7 +51,7 @@ class Campaign:
         self.v1 = app_image.build(v1_src, f.sign_key, f.key_id, "1.0.0", 1, f.hwid)
         self.v2 = app_image.build(v2_src, f.sign_key, f.key_id, "1.1.0", 2, f.hwid)
         self.v2_version = app_image.parse_version("1.1.0")
-        app_image.flash_image(f.devdir, self.v1, "app_a")
+        factory.flash_image(f.devdir, self.v1, "app_a")
         self.updates = {}
         for kind, base_img in (("delta", self.v1), ("full", None)):
             u = Update.create(self.v2, base=base_img)
@@ -107,7 +108,7 @@ class Campaign:
                 break
         else:
             return "never reached v2 confirmed: %s" % "\n".join(lines)[-400:]
-        st = app_image.read_bootstate(self.fleet.devdir)
+        st = factory.read_bootstate(self.fleet.devdir)
         if st["active"] != "app_b" or st["trial"]:
             return "boot state after confirming: %r" % st
         with open(os.path.join(self.fleet.devdir, "flash.bin"), "rb") as fl:

@@ -25,8 +25,9 @@ import time
 import tty
 
 from ictl import ROOT, ToolError
-from ictl import device as sim_device
-from ictl import broker as fleet_broker, unixfw
+from ictl.sim import device as sim_device
+from ictl import broker as fleet_broker
+from ictl.sim import unixfw
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"

@@ -6,9 +6,10 @@ import os
 import subprocess
 
 from ictl import ROOT
-from ictl import device as sim_device
-from ictl import image, unixfw
-from ictl.faults import MICROPYTHON
+from ictl.sim import device as sim_device
+from ictl.sim import factory
+from ictl.sim import unixfw
+from ictl.sim.faults import MICROPYTHON
 
 
 APP_MAIN = """# test app %(version)s
@@ -38,7 +39,7 @@ _fw = None
 
 
 def firmware():
-    """The precompiled frozen tree devices here boot from (ictl.unixfw)."""
+    """The precompiled frozen tree devices here boot from (ictl.sim.unixfw)."""
     global _fw
     if _fw is None:
         _fw = unixfw.build()
@@ -52,7 +53,7 @@ def start():
 
 def env(devdir, extra=None):
     fw = firmware()
-    path = ":".join([".frozen", fw + "/lib/ironclad", fw + "/firmware/unix", image.board_dir(devdir)])
+    path = ":".join([".frozen", fw + "/lib/ironclad", fw + "/firmware/unix", factory.board_dir(devdir)])
     e = dict(os.environ, MICROPYPATH=path, ESPSIM_DIR=str(devdir), ESPSIM_FIRMWARE=fw)
     e.pop("ESPSIM_FAULT", None)
     e.update(extra or {})
@@ -96,7 +97,7 @@ def ran(result):
 def new_device(devdir, keys, retired=()):
     """A fresh board whose firmware trusts keys [(key id, private key)]."""
     sim_device.create(str(devdir), force=True)
-    image.trust_device(str(devdir), [(kid, k.public_key()) for kid, k in keys], retired)
+    factory.trust_device(str(devdir), [(kid, k.public_key()) for kid, k in keys], retired)
     return str(devdir)
 
 

