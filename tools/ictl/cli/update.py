@@ -183,5 +183,7 @@ def do_publish(args):
         bad += not ok
         print("%-20s %-12s %-6s %s" % (dev, s.get("state"), s.get("kind", ""),
                                         s.get("reason", "") or ("%d%%" % s["pct"] if "pct" in s else "")))
+    for dev, (n, why) in sorted(r.invalid.items()):
+        print("%-20s %d invalid reports refused (the last: %s)" % (dev, n, why))
     print("%d of %d devices done; %d MQTT payload bytes sent" % (len(devices) - bad, len(devices), r.bytes_sent))
     return 1 if bad else 0

@@ -34,6 +34,9 @@ GOALS = {
     "firmware_partition_headroom_kib": (">=", 0),
     # fleet
     "fleet_bricked": ("==", 0),
+    # host side (issue 14)
+    "host_fuzz_reports": (">=", 5000),
+    "host_fuzz_failures": ("==", 0),
     # platform
     "nvs_cut_failures": ("==", 0),
 }

@@ -1,0 +1,145 @@
+"""The host trusts nothing a device or the broker says (issue 14, host
+findings 8 and 9), and the reduced slice of `make soak`'s host fuzz
+(tools/ictl/measure/soak_hostfuzz.py): a rollout through the real mosquitto
+with compromised devices beside honest ones, and the fleet console fed
+hostile hellos, replays and mutations."""
+import json
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ictl import ca as fleet_ca
+from ictl import fleetkeys, pki
+from ictl import update as host_update
+from ictl.console import Console
+from ictl.measure import soak_hostfuzz
+from ictl.sim import peers
+
+pytestmark = pytest.mark.timeout(240)
+
+
+# ------------------------------------------------------------ rollout (9)
+
+def test_every_reported_field_is_checked():
+    uid = "ab" * 16
+    ok = {"state": "downloading", "id": uid, "next": 2, "want": 8, "pct": 20}
+    assert host_update.check_report(json.dumps(ok).encode(), 10) == ok
+    assert host_update.check_report(b'{"state": "confirmed", "ver": 2, "slot": "app_b"}', 10)["ver"] == 2
+    for bad in ({"next": "x"}, {"next": -1}, {"next": 10}, {"next": 3.0}, {"next": True}, {"next": None},
+                {"want": 0}, {"want": 9}, {"next": 8, "want": 3}, {"want": "8"}, {"want": [1]},
+                {"pct": "abc"}, {"pct": 101}, {"pct": 1e308}, {"state": "DOWNLOADING"}, {"state": ["x"]},
+                {"id": [uid]}, {"id": uid.upper()}, {"reason": "r" * 41}, {"reason": 1}, {"slot": {"a": 1}},
+                {"ver": -1}):
+        with pytest.raises(ValueError):
+            host_update.check_report(json.dumps(dict(ok, **bad)).encode(), 10)
+    for raw in (b"", b"\xff\xfe{}", b"[" * 400 + b"]" * 400, b"[]", b"7", json.dumps(dict(ok, x="y" * 1100)).encode()):
+        with pytest.raises(ValueError):
+            host_update.check_report(raw, 10)
+
+
+def test_rollout_finishes_for_honest_devices_beside_compromised_ones(tmp_path):
+    # Before: a non-numeric `next` raised inside paho's network thread, which
+    # died, and every other device stalled.
+    st = soak_hostfuzz.rollout_fuzz(str(tmp_path), 300, seed=11, honest=2, hostile=2, chunks=6, timeout=90)
+    assert st["failures"] == 0, st["notes"]
+    assert st["sent"] == 300 and st["refused"] > 200, st
+
+
+def test_a_callback_that_raises_does_not_end_the_client_thread(tmp_path, monkeypatch):
+    # Whatever slips past the checks (here: a check that raises) is counted
+    # by the guard; paho's thread lives on and the honest device finishes.
+    real = host_update.check_report
+    raised = []
+
+    def check(payload, n):
+        if b"hostile" in payload:
+            raised.append(1)
+            raise RuntimeError("a bug")
+        return real(payload, n)
+
+    monkeypatch.setattr(host_update, "check_report", check)
+    monkeypatch.setattr(peers, "hostile_report", lambda rng, n, uid: (b'{"hostile": 1}', "raise"))
+    st = soak_hostfuzz.rollout_fuzz(str(tmp_path), 20, seed=3, honest=1, hostile=1, chunks=3, timeout=60)
+    assert raised
+    assert [n for n in st["notes"] if "raised" not in n] == [], st["notes"]
+    assert st["failures"] == len(raised)  # each counted by the guard, nothing else failed
+
+
+# ------------------------------------------------------------ console (8)
+
+@pytest.fixture
+def fleet(tmp_path):
+    ca_dir = str(tmp_path / "pki")
+    ca = pki.init_ca(ca_dir, dev=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    con = Console("127.0.0.1", 1, os.path.join(ca_dir, pki.CA_CERT), None, None, key,
+                  state_path=str(tmp_path / "console.json"))
+    return ca, key, con
+
+
+def _ok(out):
+    return [m for m in out if not m.alarm and m.body is not None]
+
+
+def test_a_new_key_is_an_alarm_and_history_is_kept(fleet):
+    ca, key, con = fleet
+    old = peers.DeviceDouble(ca, "d1", key.public_key())
+    assert _ok(con.handle(*old.hello()))
+    assert _ok(con.handle(*old.events(2))) and _ok(con.handle(*old.reading()))
+    head = con.devices["d1"]["events"]
+    new = peers.DeviceDouble(ca, "d1", key.public_key())  # re-provisioned: a new key
+    new.seq, new.head = old.seq, old.head
+    out = con.handle(*new.hello())
+    assert [m for m in out if m.alarm and "key changed" in m.text], out
+    assert con.devices["d1"]["events"] == head  # before: reset to nothing
+    assert _ok(con.handle(*new.events(1)))  # the chain goes on under the new key
+    new.seq += 1  # one record never arrives
+    out = con.handle(*new.events(1))
+    assert [m for m in out if m.alarm and "missing" in m.text], out
+
+
+def test_a_superseded_certificate_is_refused(fleet, tmp_path):
+    ca, key, con = fleet
+    old = peers.DeviceDouble(ca, "d1", key.public_key())
+    con.handle(*old.hello())
+    captured = [old.reading() for _ in range(3)]
+    for m in captured:
+        assert _ok(con.handle(*m))
+    new = peers.DeviceDouble(ca, "d1", key.public_key())
+    con.handle(*new.hello())
+    assert _ok(con.handle(*new.reading()))
+    # The broker publishes the old certificate's hello, then replays.
+    out = con.handle(*old.hello())
+    assert out[0].alarm and "superseded" in out[0].text, out
+    assert con.devices["d1"]["pub"] == fleetkeys.public_point(new.key)
+    for m in captured:
+        assert not _ok(con.handle(*m))
+    # Remembered across a restart of the console.
+    con2 = Console(con.host, con.port, con.ca_path, None, None, key, state_path=con.state_path)
+    assert con2.handle(*old.hello())[0].alarm
+
+
+def test_the_inventory_and_the_crl_decide(fleet):
+    ca, key, con = fleet
+    inv = fleet_ca.Inventory.of(ca)
+    first = peers.DeviceDouble(ca, "d1", key.public_key())
+    second = peers.DeviceDouble(ca, "d1", key.public_key())
+    for d in (first, second):
+        inv.record_issued(d.cert, "d1", "u1", "test", None)
+    # A console that never saw d1: the inventory says the first is superseded.
+    out = con.handle(*first.hello())
+    assert out[0].alarm and "newer certificate" in out[0].text, out
+    assert _ok(con.handle(*second.hello()))
+    assert _ok(con.handle(*second.reading()))
+    fleet_ca.revoke(ca, device_id="d1", reason="key_compromise", operator="test")
+    out = con.handle(*second.reading())  # the CRL is read again when it changes
+    assert out[0].alarm and "revoked" in out[0].text, out
+    out = con.handle(*second.hello())
+    assert out[0].alarm and "revoked" in out[0].text, out
+
+
+def test_console_fuzz_slice(tmp_path):
+    st = soak_hostfuzz.console_fuzz(str(tmp_path), 400, seed=5)
+    assert st["failures"] == 0, st["notes"]
+    assert st["sent"] == 400
