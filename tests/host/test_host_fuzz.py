@@ -143,3 +143,29 @@ def test_console_fuzz_slice(tmp_path):
     st = soak_hostfuzz.console_fuzz(str(tmp_path), 400, seed=5)
     assert st["failures"] == 0, st["notes"]
     assert st["sent"] == 400
+
+
+def test_marks_from_an_older_state_file_still_hold(fleet):
+    # A state file from before the marks were kept per key epoch (keyed by
+    # topic kind alone): they apply to every epoch it lists, not dropped.
+    import json as _json
+
+    ca, key, con = fleet
+    dev = peers.DeviceDouble(ca, "d1", key.public_key())
+    con.handle(*dev.hello())
+    msgs = [dev.reading() for _ in range(3)]
+    for m in msgs:
+        assert _ok(con.handle(*m))
+    with open(con.state_path) as f:
+        data = _json.load(f)
+    d = data["devices"]["d1"]
+    d["high"] = {k.split("/", 1)[1]: v for k, v in d["high"].items()}
+    d["recent"] = {k.split("/", 1)[1]: v for k, v in d["recent"].items()}
+    for k in ("serial", "nb", "old"):
+        del d[k]
+    with open(con.state_path, "w") as f:
+        _json.dump(data, f)
+    con2 = Console(con.host, con.port, con.ca_path, None, None, key, state_path=con.state_path)
+    for m in msgs:
+        assert not _ok(con2.handle(*m))
+    assert _ok(con2.handle(*dev.reading()))
