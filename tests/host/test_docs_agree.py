@@ -97,3 +97,24 @@ def test_update_files_have_the_documented_layout(tmp_path):
         off, i = off + 4 + n, i + 1
     assert i == upd.n
     assert (tmp_path / "meta" / "d1.bin").read_bytes() == meta and meta[:1] == b"M"
+
+
+def test_a_damaged_update_directory_is_refused(tmp_path):
+    import pytest
+
+    from ictl import ToolError
+
+    upd = host_update.Update.seal(os.urandom(2 * host_update.CHUNK), "app", "esp32-sim", 2, 2, None,
+                                  {"len": 1, "sha": bytes(32)}, "none")
+    upd.save(str(tmp_path), {"d1": b"M" + bytes(10)})
+    host_update.Update.load(str(tmp_path))
+    p = tmp_path / "chunks.bin"
+    whole = p.read_bytes()
+    for damaged in (whole[:-1], whole[:-5], whole + b"\x00\x00", whole[:4 + host_update.CHUNK + 16]):
+        p.write_bytes(damaged)
+        with pytest.raises(ToolError, match="not an update"):
+            host_update.Update.load(str(tmp_path))
+    p.write_bytes(whole)
+    (tmp_path / "meta" / "d2.bin").write_bytes(b"junk")
+    with pytest.raises(ToolError, match="metadata"):
+        host_update.Update.load(str(tmp_path))

@@ -239,12 +239,20 @@ class Update:
                     hd = f.read(4)
                     if not hd:
                         break
-                    chunks.append(f.read(struct.unpack(">I", hd)[0]))
+                    n = struct.unpack(">I", hd)[0] if len(hd) == 4 else -1
+                    c = f.read(n) if 0 < n <= CHUNK + TAG else b""
+                    if len(c) != n:  # a truncated or damaged file: refused, never sent short
+                        raise ValueError("chunks.bin is truncated or damaged at chunk %d" % len(chunks))
+                    chunks.append(c)
+            if not isinstance(fields, dict) or fields.get("n") != len(chunks) or not isinstance(fields.get("id"), bytes):
+                raise ValueError("fields.cbor does not describe the %d chunks in chunks.bin" % len(chunks))
             metas = {}
             for fn in sorted(os.listdir(os.path.join(path, "meta"))):
                 if fn.endswith(".bin"):
                     with open(os.path.join(path, "meta", fn), "rb") as f:
                         metas[fn[:-4]] = f.read()
+                    if metas[fn[:-4]][:1] != b"M":
+                        raise ValueError("meta/%s is not a metadata message" % fn)
         except (OSError, ValueError, cbor2.CBORDecodeError) as e:
             raise ToolError("%s is not an update made by `ictl update create`: %s" % (path, e))
         return cls(fields, None, chunks), metas
