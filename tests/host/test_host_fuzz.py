@@ -3,12 +3,18 @@ findings 8 and 9), and the reduced slice of `make soak`'s host fuzz
 (tools/ictl/measure/soak_hostfuzz.py): a rollout through the real mosquitto
 with compromised devices beside honest ones, and the fleet console fed
 hostile hellos, replays and mutations."""
+import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ictl import ROOT
+from ictl import broker as fleet_broker
 from ictl import ca as fleet_ca
 from ictl import fleetkeys, pki
 from ictl import update as host_update
@@ -64,6 +70,53 @@ def test_a_callback_that_raises_does_not_end_the_client_thread(tmp_path, monkeyp
     assert raised
     assert [n for n in st["notes"] if "raised" not in n] == [], st["notes"]
     assert st["failures"] == len(raised)  # each counted by the guard, nothing else failed
+
+
+def test_ictl_update_publish_beside_a_compromised_device(tmp_path):
+    # The command an operator runs: the honest device finishes, the
+    # compromised one's reports are refused and counted, exit status 1 (one
+    # device did not get there).
+    br = fleet_broker.Broker(tmp_path / "broker", operators=(pki.CONSOLE_ID, host_update.UPDATER_ID))
+    br.start()
+    try:
+        ca = br.load_ca()
+        patch = os.urandom(5 * host_update.CHUNK)
+        upd = host_update.Update.seal(patch, "app", "esp32-sim", 2, 2, None,
+                                      {"len": len(patch), "sha": hashlib.sha256(patch).digest()}, "none")
+        honest = peers.UpdatePeer(br, "good", upd, ca).start()
+        k = ec.generate_private_key(ec.SECP256R1())
+        evil = peers.connect(peers.client("evil", br.ca_path, pki.issue_client_cert(ca, k.public_key(), "evil"), k),
+                             br.host, br.port)
+        sign = rsa.generate_private_key(65537, 3072)
+        upd.save(str(tmp_path / "upd" / "full"),
+                 {"good": upd.metadata("good", fleetkeys.public_point(honest.key), sign, "k"),
+                  "evil": upd.metadata("evil", fleetkeys.public_point(k), sign, "k")})
+        proc = subprocess.Popen([sys.executable, "-m", "ictl", "update", "publish", str(tmp_path / "upd"),
+                                 "--broker", br.state_dir, "--timeout", "60"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+        end = time.monotonic() + 30
+        while honest.state == "idle" and time.monotonic() < end:
+            time.sleep(0.05)
+        topic = "%s/evil/%s" % (br.prefix, host_update.REPORT_KIND)
+        for rep in ({"state": "downloading", "next": "x", "want": 1}, {"state": "downloading", "next": 0, "want": 99},
+                    {"state": "downloading", "next": -1, "want": 1}, {"state": "rejected", "pct": "abc"}, [1]):
+            evil.publish(topic, json.dumps(rep), qos=1).wait_for_publish(5)
+        while honest.state != "applied" and time.monotonic() < end:
+            honest.tick()
+            time.sleep(0.1)
+        evil.publish(topic, json.dumps({"state": "rejected", "reason": "gave_up"}), qos=1).wait_for_publish(5)
+        out, err = proc.communicate(timeout=90)
+        honest.stop()
+        evil.disconnect()
+        evil.loop_stop()
+    finally:
+        br.stop()
+    assert proc.returncode == 1, out + err
+    assert honest.state == "applied" and not honest.bad_chunks
+    lines = out.splitlines()
+    assert any(line.split()[:2] == ["good", "applied"] for line in lines), out
+    assert any(line.split()[:2] == ["evil", "rejected"] for line in lines), out
+    assert any(line.startswith("evil") and "5 invalid reports refused" in line for line in lines), out
 
 
 # ------------------------------------------------------------ console (8)
