@@ -222,3 +222,20 @@ def test_marks_from_an_older_state_file_still_hold(fleet):
     for m in msgs:
         assert not _ok(con2.handle(*m))
     assert _ok(con2.handle(*dev.reading()))
+
+
+def test_odd_plaintexts_from_a_compromised_device_are_alarms_not_crashes(fleet):
+    # It holds its keys, so these open; handle() must not raise on them
+    # (before: TypeError from sorted() over mixed keys and from str + int,
+    # decimal.InvalidOperation and TypeError out of cbor2).
+    import cbor2
+
+    ca, key, con = fleet
+    dev = peers.DeviceDouble(ca, "d1", key.public_key())
+    con.handle(*dev.hello())
+    for kind, pt in (("telemetry", cbor2.dumps({"id": "d1", 1: 2, "t": 3})),
+                     ("reply", cbor2.dumps({"id": "d1", "cmd": 1, "ok": False, "reason": 7})),
+                     ("telemetry", bytes.fromhex("a1818000")),  # {[0]: 0}: an unhashable key
+                     ("telemetry", bytes.fromhex("c4821b7fffffffffffffff01"))):  # a decimal fraction
+        out = con.handle(*dev.seal_raw(kind, pt))
+        assert len(out) == 1, out

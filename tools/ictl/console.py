@@ -121,6 +121,20 @@ class OpenError(Exception):
     """A payload that does not open: malformed, forged, or under a key we lack."""
 
 
+# What cbor2 raises on hostile input besides its own errors: TypeError (an
+# unhashable map key), ArithmeticError (decimal.InvalidOperation from a
+# decimal-fraction tag, OverflowError), RecursionError (deep nesting).
+_CBOR_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, ArithmeticError, RecursionError)
+
+
+def _cbor(data, what="payload"):
+    """cbor2.loads, every failure an OpenError: the bytes come from the broker."""
+    try:
+        return cbor2.loads(data)
+    except _CBOR_ERRORS as e:
+        raise OpenError("%s is not CBOR: %s" % (what, type(e).__name__)) from None
+
+
 def _nonce(base_iv, piv):
     n = bytearray(base_iv)
     off = len(n) - len(piv)
@@ -132,10 +146,7 @@ def _nonce(base_iv, piv):
 def open_encrypt0(key, base_iv, msg, external_aad):
     """COSE_Encrypt0 with AES-CCM-16-64-128 and a Partial IV -> (counter,
     plaintext). Raises OpenError."""
-    try:
-        obj = cbor2.loads(msg)
-    except (cbor2.CBORDecodeError, ValueError, TypeError) as e:
-        raise OpenError("not CBOR: %s" % e) from None
+    obj = _cbor(msg, "message")
     if isinstance(obj, cbor2.CBORTag):
         if obj.tag != 16:
             raise OpenError("not a COSE_Encrypt0")
@@ -192,7 +203,8 @@ class Message:
 
 
 def _fmt_reading(body):
-    return " ".join("%s=%s" % (k, body[k]) for k in sorted(body) if k != "id")
+    # key=str: a compromised device's map may mix key types, which sorted() refuses.
+    return " ".join("%s=%s" % (k, body[k]) for k in sorted(body, key=str) if k != "id")
 
 
 def _fmt_event(r):
@@ -510,8 +522,8 @@ class Console:
                 if d["serial"] is not None and d["serial"] in self._revoked():
                     raise OpenError("sealed under a revoked certificate (serial %s): dropped" % d["serial"])
                 epoch, ctr, pt = self._open(dev, d, topic, payload)
-                body = cbor2.loads(pt)
-            except (OpenError, cbor2.CBORDecodeError, ValueError) as e:
+                body = _cbor(pt, "plaintext")
+            except OpenError as e:
                 return [Message(dev, "alarm", "%s: %s" % (kind, e))]
             if not isinstance(body, dict) or body.get("id") != dev:
                 return [Message(dev, "alarm", "%s: payload names device %r" % (kind, body.get("id") if isinstance(body, dict) else None))]
@@ -524,7 +536,7 @@ class Console:
                 out = self._events(dev, d, body, ctr)
             elif kind == "reply":
                 out = [Message(dev, kind, "command #%s %s%s" % (body.get("cmd"), "ok" if body.get("ok") else "REFUSED",
-                                                              (": " + body["reason"]) if body.get("reason") else ""),
+                                                              (": %s" % (body["reason"],)) if body.get("reason") else ""),
                                body, ctr)]
             else:
                 out = [Message(dev, kind, _fmt_reading(body), body, ctr)]
@@ -560,8 +572,8 @@ class Console:
         if not payload:
             return Message(dev, "state", "hello cleared")
         try:
-            st = cbor2.loads(payload)
-        except (cbor2.CBORDecodeError, ValueError):
+            st = _cbor(payload, "hello")
+        except OpenError:
             st = None
         if not isinstance(st, dict) or not isinstance(st.get("cert"), bytes) or not isinstance(st.get("epoch"), bytes):
             return Message(dev, "alarm", "hello without certificate and key epoch: ignored")

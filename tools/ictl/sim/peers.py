@@ -64,11 +64,16 @@ class DeviceDouble:
         return self.topic("state/keys"), cbor2.dumps({"cert": pki.cert_der(self.cert), "epoch": self.epoch})
 
     def _seal(self, kind, body):
+        return self.seal_raw(kind, cbor2.dumps(dict(body, id=self.id)))
+
+    def seal_raw(self, kind, plaintext):
+        """Any plaintext, sealed as this device seals: what a compromised
+        device (it holds its keys) can send."""
         z = self.key.exchange(ec.ECDH(), self.fleet_pub)
         key, iv = fleetkeys.derive(z, self.epoch, fleetkeys.UP, self.id)
         self.ctr += 1
         topic = self.topic(kind)
-        return topic, seal_encrypt0(key, iv, self.ctr, cbor2.dumps(dict(body, id=self.id)), topic.encode())
+        return topic, seal_encrypt0(key, iv, self.ctr, plaintext, topic.encode())
 
     def reading(self, **values):
         return self._seal("telemetry", values or {"t": 21})
@@ -235,6 +240,24 @@ def hostile_report(rng, n, uid_hex):
     except ValueError:
         data = json.dumps(good).replace("downloading", "down\\ud800")
     return data.encode("utf-8", "surrogatepass"), "field " + field
+
+
+def hostile_plaintext(rng, device_id):
+    """A plaintext a compromised device might seal: random CBOR-looking bytes
+    (tags, nesting), or maps that name it but carry odd types."""
+    pick = rng.random()
+    if pick < 0.3:
+        return bytes([rng.choice((0xA1, 0xA2, 0x81, 0x9F, 0xC1, 0xC4, 0xD8, 0xD9, 0xBF))]) + \
+            bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 24)))
+    if pick < 0.4:
+        depth = rng.randrange(10, 3000)
+        return b"\x81" * depth + b"\x00"
+    odd = rng.choice((None, 1, -1, 2 ** 70, 1.5, float("inf"), b"\x00" * 3, "x" * 300, [1, [2]], {1: 2}, True))
+    body = {"id": device_id}
+    body[rng.choice(("ev", "cmd", "ok", "reason", "t", 1, b"k", "ts"))] = odd
+    if rng.random() < 0.3:
+        body["ev"] = [rng.choice((b"EV\x01" + bytes(125), odd, b"", bytes(128)))] * rng.randrange(0, 20)
+    return cbor2.dumps(body)
 
 
 def rng_for(seed):
