@@ -135,6 +135,16 @@ def _ok(out):
     return [m for m in out if not m.alarm and m.body is not None]
 
 
+def _known(con, ca, key, readings=3):
+    """A device the console knows, and its readings (each accepted)."""
+    dev = peers.DeviceDouble(ca, "d1", key.public_key())
+    con.handle(*dev.hello())
+    msgs = [dev.reading() for _ in range(readings)]
+    for m in msgs:
+        assert _ok(con.handle(*m))
+    return dev, msgs
+
+
 def test_a_new_key_is_an_alarm_and_history_is_kept(fleet):
     ca, key, con = fleet
     old = peers.DeviceDouble(ca, "d1", key.public_key())
@@ -154,11 +164,7 @@ def test_a_new_key_is_an_alarm_and_history_is_kept(fleet):
 
 def test_a_superseded_certificate_is_refused(fleet, tmp_path):
     ca, key, con = fleet
-    old = peers.DeviceDouble(ca, "d1", key.public_key())
-    con.handle(*old.hello())
-    captured = [old.reading() for _ in range(3)]
-    for m in captured:
-        assert _ok(con.handle(*m))
+    old, captured = _known(con, ca, key)
     new = peers.DeviceDouble(ca, "d1", key.public_key())
     con.handle(*new.hello())
     assert _ok(con.handle(*new.reading()))
@@ -204,11 +210,7 @@ def test_marks_from_an_older_state_file_still_hold(fleet):
     import json as _json
 
     ca, key, con = fleet
-    dev = peers.DeviceDouble(ca, "d1", key.public_key())
-    con.handle(*dev.hello())
-    msgs = [dev.reading() for _ in range(3)]
-    for m in msgs:
-        assert _ok(con.handle(*m))
+    dev, msgs = _known(con, ca, key)
     with open(con.state_path) as f:
         data = _json.load(f)
     d = data["devices"]["d1"]
