@@ -241,3 +241,17 @@ def test_odd_plaintexts_from_a_compromised_device_are_alarms_not_crashes(fleet):
                      ("telemetry", bytes.fromhex("c4821b7fffffffffffffff01"))):  # a decimal fraction
         out = con.handle(*dev.seal_raw(kind, pt))
         assert len(out) == 1, out
+
+
+def test_a_device_asking_in_a_loop_is_rationed(tmp_path, monkeypatch):
+    # Every report well-formed, each asking for a window: the rollout sends
+    # at most SERVE_FACTOR (4) times the update (then a window per
+    # THROTTLE_S), not the update once per request (100 x 4 chunks before).
+    monkeypatch.setattr(peers, "hostile_report", lambda rng, n, uid: (
+        json.dumps({"state": "downloading", "id": uid, "next": 0, "want": min(host_update.WINDOW, n)}).encode(),
+        "valid"))
+    st = soak_hostfuzz.rollout_fuzz(str(tmp_path), 100, seed=2, honest=1, hostile=1, chunks=4, timeout=60)
+    assert st["failures"] == 0, st["notes"]
+    chunk = host_update.CHUNK + 21 + host_update.TAG
+    served_to_hostile = st["bytes"] // chunk - 4 - 4  # minus the honest device's chunks and slack
+    assert host_update.SERVE_FACTOR == 4 and served_to_hostile <= 4 * 4 + 4, (served_to_hostile, st)

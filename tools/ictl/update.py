@@ -48,6 +48,13 @@ MAX_MESSAGE = 1 + ID_LEN + 4 + CHUNK + TAG  # the largest update message (a chun
 STATES = ("idle", "downloading", "applied", "trial", "confirmed", "rolled_back", "rejected")
 WINDOW = 8
 MAX_REPORT = 1024
+# Chunks served to one device for one update before its requests are rationed
+# (a window at most every THROTTLE_S): an honest device fetches each chunk
+# about once, more only after power cuts (resume from a checkpoint) or lost
+# windows; a compromised one asking for windows in a loop would otherwise
+# make the rollout send it the update again and again, crowding the others.
+SERVE_FACTOR = 4
+THROTTLE_S = 5.0
 _WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")
 _HEX_ID = re.compile(r"^[0-9a-f]{%d}$" % (2 * ID_LEN))
 
@@ -341,6 +348,7 @@ class Rollout:
         self._plans = {}
         self._cur = {}  # device -> index into its plan
         self._sent_at = {}
+        self._served = {}  # (device, update id) -> [chunks sent, when the last window went]
         self._lock = threading.Lock()
         self._changed = threading.Event()
         self._client = None
@@ -440,6 +448,15 @@ class Rollout:
             elif state == "downloading":
                 self._sent_at[dev] = time.monotonic()
                 first, want = rep["next"], rep["want"]  # checked: 0 <= first < first + want <= n
+                now = time.monotonic()
+                served = self._served.setdefault((dev, upd.id), [0, 0.0])
+                if served[0] >= SERVE_FACTOR * upd.n and now - served[1] < THROTTLE_S:
+                    bad = self.invalid.setdefault(dev, [0, ""])
+                    bad[0] += 1
+                    bad[1] = "window requests over %dx the update: rationed" % SERVE_FACTOR
+                    return
+                served[0] += want
+                served[1] = now
                 for i in range(first, first + want):
                     self._publish(dev, upd.chunk(i))
                 self.status[dev] = dict(rep, kind=self._kind(upd))
