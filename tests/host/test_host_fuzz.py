@@ -255,3 +255,14 @@ def test_a_device_asking_in_a_loop_is_rationed(tmp_path, monkeypatch):
     chunk = host_update.CHUNK + 21 + host_update.TAG
     served_to_hostile = st["bytes"] // chunk - 4 - 4  # minus the honest device's chunks and slack
     assert host_update.SERVE_FACTOR == 4 and served_to_hostile <= 4 * 4 + 4, (served_to_hostile, st)
+
+
+def test_made_up_epochs_in_hellos_do_not_push_out_the_real_one(fleet):
+    import cbor2
+
+    ca, key, con = fleet
+    dev, _ = _known(con, ca, key, readings=1)
+    topic = dev.hello()[0]
+    for _ in range(6):  # the broker republishes the hello with epochs of its own
+        con.handle(topic, cbor2.dumps({"cert": pki.cert_der(dev.cert), "epoch": os.urandom(8)}))
+    assert _ok(con.handle(*dev.reading()))

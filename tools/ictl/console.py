@@ -403,7 +403,13 @@ class Console:
         if epoch in d["epochs"]:
             d["epochs"].remove(epoch)
         d["epochs"].insert(0, epoch)  # newest first
-        del d["epochs"][MAX_EPOCHS:]
+        while len(d["epochs"]) > MAX_EPOCHS:
+            # The oldest epoch no message ever opened under goes first: the
+            # broker can republish a device's hello with made-up epochs, and
+            # those must not push out the one the device really seals under.
+            used = {k.split("/", 1)[0] for k in d["high"]}
+            idle = [e for e in d["epochs"][1:] if e.hex() not in used]
+            d["epochs"].remove(idle[-1] if idle else d["epochs"][-1])
 
     def _keys(self, dev, d, epoch, direction):
         k = d["keys"].get((epoch, direction))
