@@ -204,8 +204,12 @@ def console_fuzz(tmp, messages, seed):
         d = con.devices["c1"]
         before = (d["pub"], d["events"], dict(d["high"]))
         pick = rng.random()
-        if pick < 0.2:
+        if pick < 0.15:
             topic, payload = rng.choice(hellos)
+            kind = "hello"
+        elif pick < 0.2:  # the device's own hello, republished with an epoch of the broker's making
+            topic, payload = "ironclad/c1/state/keys", cbor2.dumps({"cert": pki.cert_der(new.cert),
+                                                                   "epoch": os.urandom(8)})
             kind = "hello"
         elif pick < 0.25:
             topic, payload = "ironclad/c1/state/keys", cbor2.dumps(
