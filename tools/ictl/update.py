@@ -355,7 +355,7 @@ class Rollout:
         self.bytes_sent = 0
         self.t0 = time.monotonic()
         self.timeline = []  # every report taken: (seconds since t0, device, state, pct, reason)
-        self.invalid = {}  # device -> [reports refused, the last reason]
+        self.invalid = {}  # device -> [reports refused (invalid or rationed), the last reason]
         self.guard = Guard()  # callback exceptions (none expected: counted, never fatal)
         self._last_line = None
 

@@ -260,7 +260,7 @@ def run(fig, args):
         print("  host fuzz:", note)
     fig.add("host_fuzz_reports", a["sent"] + b["sent"], "messages",
             "hostile inputs (seed %d): %d reports from %d compromised devices through mosquitto to the rollout "
-            "(%d refused as invalid, the rest well-formed or dropped by the broker ACL; kinds %s) while it served "
+            "(%d refused as invalid or rationed, the rest well-formed or dropped by the broker ACL; kinds %s) while it served "
             "%d honest devices an update of %d chunks; %d hellos, replays and mutations fed to the console"
             % (args.host_fuzz_seed, a["sent"], a["hostile"], a["refused"],
                ", ".join("%s %d" % kv for kv in sorted(a["kinds"].items())), a["honest"], a["n"], b["sent"]))
