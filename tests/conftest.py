@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mphelp  # noqa: E402
-from ictl import device as sim_device  # noqa: E402
+from ictl.sim import device as sim_device  # noqa: E402
 
 DEVICE_DIR = os.path.join(mphelp.ROOT, "tests", "device")
 RUNNER = os.path.join(DEVICE_DIR, "_runner.py")

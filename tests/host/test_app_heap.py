@@ -7,10 +7,11 @@ import subprocess
 
 from mphelp import MICROPYTHON
 
-from ictl import board as vboard
-from ictl import device as sim_device
+from ictl.sim import board as vboard
+from ictl.sim import device as sim_device
+from ictl.sim import factory
 from ictl import image as app_image
-from ictl import unixfw
+from ictl.sim import unixfw
 
 PROBE = """
 import gc, sys
@@ -42,7 +43,7 @@ def _probe(tmp_path, capped):
     (src / "main.py").write_text(PROBE)
     key = tmp_path / "signing.pem"
     app_image.keygen(str(key))
-    app_image.setup_device(str(dev), str(src), str(key))
+    factory.setup_device(str(dev), str(src), str(key))
     fw = unixfw.build()
     env = dict(os.environ, MICROPYPATH=":".join(os.path.join(fw, p) for p in ("lib/ironclad", "firmware/unix")),
                ESPSIM_DIR=str(dev))

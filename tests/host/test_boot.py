@@ -8,7 +8,9 @@ import struct
 
 import pytest
 
-from ictl import bootlab, image
+from ictl.sim import bootlab
+from ictl.sim import factory
+from ictl import image
 
 HDR = image.HEADER_SIZE
 
@@ -52,7 +54,7 @@ def events_on_flash(dev):
 
 def test_boot_runs_the_verified_app_from_romfs(lab, tmp_path):
     dev = device(lab, tmp_path)
-    image.flash_image(dev, lab.v1[0])
+    factory.flash_image(dev, lab.v1[0])
     r = bootlab.boot(dev)
     assert r.returncode == 0, r.stdout + r.stderr
     assert bootlab.ran(r) == "1.0.0"
@@ -76,7 +78,7 @@ def test_dropped_code_on_the_filesystem_never_runs(lab, tmp_path):
     assert bootlab.run(dev, drop).returncode == 0
     r = bootlab.boot(dev)  # recovery: nothing verified, and nothing dropped runs
     assert "PWNED" not in r.stdout and "recovery mode" in r.stdout
-    image.flash_image(dev, lab.v1[0])
+    factory.flash_image(dev, lab.v1[0])
     r = bootlab.boot(dev)
     assert "PWNED" not in r.stdout and bootlab.ran(r) == "1.0.0"
 
@@ -122,7 +124,7 @@ def test_bad_images_rejected_and_flash_unchanged(lab, tmp_path):
     dev = device(lab, tmp_path)
     bootlab.boot(dev)  # format littlefs first: later boots only append events
     for name, bad, reason in _mutants(lab.v1[0]):
-        image.flash_image(dev, bad)
+        factory.flash_image(dev, bad)
         before = bootlab.flash_outside(dev)
         r = bootlab.boot(dev)
         assert bootlab.ran(r) is None, name
@@ -142,50 +144,50 @@ def test_wrong_key_hwid_retired_and_rollback(lab, tmp_path):
         (lab.build("1.0.0", 1, key="k2")[0], "key_retired"),
     ]
     for bad, reason in cases:
-        image.flash_image(dev, bad)
+        factory.flash_image(dev, bad)
         r = bootlab.boot(dev)
         assert "event boot rejected %s app_a" % reason in r.stdout, (reason, r.stdout)
         assert bootlab.ran(r) is None
     # Lower security counter: a correctly signed image below the floor.
-    image.flash_image(dev, lab.v1[0], floor=2)
+    factory.flash_image(dev, lab.v1[0], floor=2)
     r = bootlab.boot(dev)
     assert "event boot rejected rollback app_a" in r.stdout and bootlab.ran(r) is None
     # ... or below the firmware's MIN_COUNTER, even with the boot state erased.
-    image.trust_device(dev, [(k, key.public_key()) for k, key in keys], min_counter=2)
-    image.flash_image(dev, lab.v1[0], floor=0)
+    factory.trust_device(dev, [(k, key.public_key()) for k, key in keys], min_counter=2)
+    factory.flash_image(dev, lab.v1[0], floor=0)
     r = bootlab.boot(dev)
     assert "event boot rejected rollback app_a" in r.stdout and bootlab.ran(r) is None
-    image.flash_image(dev, lab.v2[0], floor=0)
+    factory.flash_image(dev, lab.v2[0], floor=0)
     assert bootlab.ran(bootlab.boot(dev)) == "2.0.0"
 
 
 def test_trial_without_confirm_rolls_back(lab, tmp_path):
     dev = device(lab, tmp_path)
-    image.flash_image(dev, lab.v1[0])
+    factory.flash_image(dev, lab.v1[0])
     r = bootlab.install(dev, lab.v2[1])
     assert "INSTALLED v2.0.0 ctr=2" in r.stdout, r.stdout + r.stderr
-    st = image.read_bootstate(dev)
+    st = factory.read_bootstate(dev)
     assert st["active"] == "app_b" and st["trial"] and st["attempts"] == 3 and st["fallback"] == "app_a"
     runs = [bootlab.ran(bootlab.boot(dev)) for _ in range(4)]
     assert runs == ["2.0.0", "2.0.0", "2.0.0", "1.0.0"]  # three attempts, then the previous image
-    st = image.read_bootstate(dev)
+    st = factory.read_bootstate(dev)
     assert st["active"] == "app_a" and not st["trial"] and st["floor"] == 0
     assert ("boot", "rejected", "trial_expired") in events_on_flash(dev)
 
 
 def test_confirm_raises_the_floor_and_blocks_rollback(lab, tmp_path):
     dev = device(lab, tmp_path)
-    image.flash_image(dev, lab.v1[0])
+    factory.flash_image(dev, lab.v1[0])
     assert "INSTALLED" in bootlab.install(dev, lab.v2c[1]).stdout
     r = bootlab.boot(dev)
     assert bootlab.ran(r) == "2.0.0" and "(trial)" in r.stdout and "APP-CONFIRM" in r.stdout
-    st = image.read_bootstate(dev)
+    st = factory.read_bootstate(dev)
     assert st["active"] == "app_b" and not st["trial"] and st["floor"] == 2
     assert [bootlab.ran(bootlab.boot(dev)) for _ in range(4)] == ["2.0.0"] * 4  # confirmed: stays
     # The old image, correctly signed, is now below the floor.
     r = bootlab.install(dev, lab.v1[1])
     assert "REFUSED" in r.stdout and "rollback" in r.stdout
-    assert image.read_bootstate(dev)["active"] == "app_b"
+    assert factory.read_bootstate(dev)["active"] == "app_b"
 
 
 def test_running_app_installs_an_update_from_its_filesystem(lab, tmp_path):
@@ -196,31 +198,31 @@ def test_running_app_installs_an_update_from_its_filesystem(lab, tmp_path):
     with open(os.path.join(src, "main.py"), "a") as f:
         f.write("from ironclad import slots\n"
                 "print('INSTALL', slots.install_file('/new.img').describe(), bootstate.state())\n")
-    image.flash_image(dev, image.build(src, lab.keys["k1"], "k1", "1.5.0", 1))
+    factory.flash_image(dev, image.build(src, lab.keys["k1"], "k1", "1.5.0", 1))
     bootlab.boot(dev)  # formats littlefs
     r = bootlab.run(dev, "import esp32, vfs\nvfs.mount(vfs.VfsLfs2(esp32.Partition.find(1, label='vfs')[0]), '/mnt')\n"
                          "with open('/mnt/new.img', 'wb') as f:\n    f.write(open(%r, 'rb').read())\n" % lab.v2c[1])
     assert r.returncode == 0, r.stderr
     r = bootlab.boot(dev)
     assert bootlab.ran(r) == "1.5.0" and "INSTALL v2.0.0 ctr=2" in r.stdout, r.stdout + r.stderr
-    st = image.read_bootstate(dev)
+    st = factory.read_bootstate(dev)
     assert st["active"] == "app_b" and st["trial"] and st["fallback"] == "app_a"
     r = bootlab.boot(dev)
     assert bootlab.ran(r) == "2.0.0" and "APP-CONFIRM" in r.stdout
-    assert image.read_bootstate(dev)["floor"] == 2
+    assert factory.read_bootstate(dev)["floor"] == 2
 
 
 def test_corrupted_active_slot_falls_back(lab, tmp_path):
     dev = device(lab, tmp_path)
-    image.flash_image(dev, lab.v1[0], slot="app_a", active=False)
-    image.flash_image(dev, lab.v2[0], slot="app_b")
+    factory.flash_image(dev, lab.v1[0], slot="app_a", active=False)
+    factory.flash_image(dev, lab.v2[0], slot="app_b")
     bad = bytearray(lab.v2[0])
     bad[HDR + 10] ^= 0x10
-    image.flash_image(dev, bytes(bad), slot="app_b")
+    factory.flash_image(dev, bytes(bad), slot="app_b")
     r = bootlab.boot(dev)
     assert "event boot rejected bad_hash app_b" in r.stdout and "event boot info fallback app_a" in r.stdout
     assert bootlab.ran(r) == "1.0.0"
-    assert image.read_bootstate(dev)["active"] == "app_a"
+    assert factory.read_bootstate(dev)["active"] == "app_a"
 
 
 def test_signed_payload_that_is_not_romfs_falls_back(lab, tmp_path):
@@ -228,8 +230,8 @@ def test_signed_payload_that_is_not_romfs_falls_back(lab, tmp_path):
     payload = b"this is not a ROMFS image" * 10
     junk = image.sign(image.pack_header(image.parse_version("3.0.0"), 3, "esp32-sim", payload) + payload,
                       lab.keys["k1"], "k1")
-    image.flash_image(dev, lab.v1[0], slot="app_a", active=False)
-    image.flash_image(dev, junk, slot="app_b")
+    factory.flash_image(dev, lab.v1[0], slot="app_a", active=False)
+    factory.flash_image(dev, junk, slot="app_b")
     r = bootlab.boot(dev)
     assert "event boot rejected bad_payload app_b" in r.stdout and bootlab.ran(r) == "1.0.0"
 
@@ -238,13 +240,13 @@ def test_key_rotation(lab, tmp_path):
     # Firmware trusts k1 and k2: images by either boot.
     dev = device(lab, tmp_path)
     for key in ("k1", "k2"):
-        image.flash_image(dev, lab.build("1.0.0", 1, key=key)[0])
+        factory.flash_image(dev, lab.build("1.0.0", 1, key=key)[0])
         assert bootlab.ran(bootlab.boot(dev)) == "1.0.0", key
     # A firmware that retires k1 (`ictl image trust --key k2=... --retire k1`).
-    image.trust_device(dev, [("k2", lab.keys["k2"].public_key())], retired=("k1",))
+    factory.trust_device(dev, [("k2", lab.keys["k2"].public_key())], retired=("k1",))
     r = bootlab.boot(dev)
     assert bootlab.ran(r) == "1.0.0"  # the image signed by k2 still boots
-    image.flash_image(dev, lab.build("1.0.0", 1, key="k1")[0])
+    factory.flash_image(dev, lab.build("1.0.0", 1, key="k1")[0])
     r = bootlab.boot(dev)
     assert "event boot rejected key_retired app_a" in r.stdout and bootlab.ran(r) is None
 
@@ -255,15 +257,15 @@ def test_recovery_installs_only_a_signed_full_image(lab, tmp_path):
     bad = bytearray(lab.v1[0])
     bad[-1] ^= 1
     (tmp_path / "bad.img").write_bytes(bytes(bad))
-    state = image.read_bootstate(dev)
+    state = factory.read_bootstate(dev)
     before = bootlab.flash_outside(dev)
     r = bootlab.install(dev, str(tmp_path / "bad.img"))
     assert "REFUSED" in r.stdout and "bad_signature" in r.stdout
-    assert image.read_bootstate(dev) == state  # a rejection changes no boot state
+    assert factory.read_bootstate(dev) == state  # a rejection changes no boot state
     assert bootlab.flash_outside(dev) == before  # nor any slot: the file is checked first
     r = bootlab.install(dev, lab.v1[1])
     assert "INSTALLED v1.0.0" in r.stdout
-    st = image.read_bootstate(dev)
+    st = factory.read_bootstate(dev)
     assert not st["trial"] and st["fallback"] is None  # nothing to fall back to: no trial
     assert bootlab.ran(bootlab.boot(dev)) == "1.0.0"
 
@@ -291,5 +293,5 @@ def test_espsecure_key_signs_images_the_device_accepts(lab, tmp_path):
     assert key.key_size == 3072
     dev = bootlab.new_device(tmp_path / "dev", [("sbv2", key)])
     src = bootlab.make_app(str(tmp_path / "app"), "3.1.4")
-    image.flash_image(dev, image.build(src, key, "sbv2", "3.1.4", 5))
+    factory.flash_image(dev, image.build(src, key, "sbv2", "3.1.4", 5))
     assert bootlab.ran(bootlab.boot(dev)) == "3.1.4"

@@ -4,7 +4,8 @@ torn writes at every flash operation of an install, a confirmation and a
 trial expiry, each followed by a boot that must run a verified image with the
 boot state record and its floor intact; exceptions at every step of the boot
 path, which must never make the board loop."""
-from ictl import bootlab, soak_boot
+from ictl.measure import soak_boot
+from ictl.sim import bootlab
 
 
 def test_tampered_images_are_all_rejected(tmp_path):

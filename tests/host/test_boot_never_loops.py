@@ -13,9 +13,12 @@ import subprocess
 
 import pytest
 
-from ictl import board, bootlab, cli, image
+from ictl.sim import board, bootlab
+from ictl.sim import factory
+from ictl.cli import main as cli
+from ictl import image
 from ictl.update import Update
-from ictl.updatelab import Fleet
+from ictl.sim.updatelab import Fleet
 from mphelp import ROOT
 
 BIG = 120 * 1024  # finding 5: a valid signed image with a 120 KiB payload
@@ -41,9 +44,9 @@ def trial_device(lab, tmp_path, new, map_max=image.MAP_MAX):
     """v1 confirmed in app_a, `new` installed in app_b on trial (3 attempts)."""
     dev = bootlab.new_device(tmp_path / "dev", [("k1", lab.key)])
     if map_max != image.MAP_MAX:
-        image.trust_device(dev, [("k1", lab.key.public_key())], map_max=map_max)
-    image.flash_image(dev, lab.v1, "app_a", active=False)
-    image.flash_image(dev, new, "app_b", active=False)
+        factory.trust_device(dev, [("k1", lab.key.public_key())], map_max=map_max)
+    factory.flash_image(dev, lab.v1, "app_a", active=False)
+    factory.flash_image(dev, new, "app_b", active=False)
     bootlab.set_bootstate(dev, "app_b", trial=True, attempts=3, fallback="app_a", floor=1)
     return dev
 
@@ -53,8 +56,8 @@ def test_firmware_without_vfsrom_stays_in_recovery_boot_after_boot(lab, tmp_path
     # in upstream py/mpconfig.h). Neither slot can be mounted: recovery mode,
     # with the reason, at every boot; never an exception out of boot.py.
     dev = bootlab.new_device(tmp_path / "dev", [("k1", lab.key)])
-    image.flash_image(dev, lab.v1, "app_a")
-    image.flash_image(dev, lab.v2, "app_b", active=False)
+    factory.flash_image(dev, lab.v1, "app_a")
+    factory.flash_image(dev, lab.v2, "app_b", active=False)
     missing = [("VfsRom", -1, s, "AttributeError") for s in ("app_a", "app_b")]
     for _ in range(3):
         b = bootlab.fault_boot(dev, missing)
@@ -74,7 +77,7 @@ def test_payload_over_the_map_limit_falls_back_at_the_boards_heap(lab, tmp_path)
     boots = [bootlab.fault_boot(dev, **heap) for _ in range(3)]
     assert [b.ran for b in boots] == ["1.0.0"] * 3, [(b, b.result.stderr[-300:]) for b in boots]
     assert ["boot", "rejected", "map_too_large"] in boots[0].events
-    st = image.read_bootstate(dev)
+    st = factory.read_bootstate(dev)
     assert st["active"] == "app_a" and not st["trial"]
 
 
@@ -97,7 +100,7 @@ def test_trial_attempt_is_spent_before_the_image_is_mapped(lab, tmp_path):
     for _ in range(3):
         b = bootlab.fault_boot(dev, [("map", -1, "app_b", "reset")])
         assert b.ran is None and b.result.returncode != 0  # the reset
-        attempts.append(image.read_bootstate(dev)["attempts"])
+        attempts.append(factory.read_bootstate(dev)["attempts"])
     assert attempts == [2, 1, 0]
     b = bootlab.fault_boot(dev, [("map", -1, "app_b", "reset")])
     assert b.ran == "1.0.0" and ["boot", "rejected", "trial_expired"] in b.events, b
@@ -115,23 +118,23 @@ def test_signed_image_without_a_main_falls_back(lab, tmp_path):
     img = image.sign(image.pack_header(image.parse_version("3.0.0"), 1, "esp32-sim", payload) + payload,
                      lab.key, "k1")
     dev = bootlab.new_device(tmp_path / "dev", [("k1", lab.key)])
-    image.flash_image(dev, lab.v1, "app_a", active=False)
-    image.flash_image(dev, img, "app_b")
+    factory.flash_image(dev, lab.v1, "app_a", active=False)
+    factory.flash_image(dev, img, "app_b")
     for _ in range(2):
         b = bootlab.fault_boot(dev)
         assert b.ran == "1.0.0" and not b.escaped, (b, b.result.stdout, b.result.stderr)
-    assert image.read_bootstate(dev)["active"] == "app_a"
+    assert factory.read_bootstate(dev)["active"] == "app_a"
 
 
 def test_install_refuses_an_image_the_boot_path_cannot_map(lab, tmp_path):
     dev = bootlab.new_device(tmp_path / "dev", [("k1", lab.key)])
-    image.flash_image(dev, lab.v1, "app_a")
+    factory.flash_image(dev, lab.v1, "app_a")
     path = tmp_path / "big.img"
     path.write_bytes(lab.big)
-    state = image.read_bootstate(dev)
+    state = factory.read_bootstate(dev)
     r = bootlab.install(dev, str(path), "app_b")
     assert "REFUSED" in r.stdout and "map_too_large" in r.stdout, r.stdout + r.stderr
-    assert image.read_bootstate(dev) == state
+    assert factory.read_bootstate(dev) == state
     assert "event install rejected map_too_large app_b" in r.stdout
 
 
@@ -159,7 +162,7 @@ def test_host_tools_refuse_to_build_an_image_that_cannot_be_mapped(lab, tmp_path
 
 def test_update_too_big_to_map_is_refused_before_a_byte_is_written(lab, tmp_path):
     f = Fleet(tmp_path)
-    image.flash_image(f.devdir, image.build(bootlab.make_app(str(tmp_path / "v1"), "1.0.0"), f.sign_key,
+    factory.flash_image(f.devdir, image.build(bootlab.make_app(str(tmp_path / "v1"), "1.0.0"), f.sign_key,
                                             f.key_id, "1.0.0", 1), "app_a")
     big = image.build(bootlab.make_app(str(tmp_path / "big"), "2.0.0", pad=BIG), f.sign_key, f.key_id, "2.0.0", 1)
     a, b = bootlab.slot_range(f.devdir, "app_b")
@@ -181,7 +184,7 @@ def test_set_boot_failure_leaves_nothing_pending(tmp_path):
 
     rng = random.Random(13)
     f = Fleet(tmp_path)
-    image.flash_image(f.devdir, image.build(bootlab.make_app(str(tmp_path / "v1"), "1.0.0"), f.sign_key,
+    factory.flash_image(f.devdir, image.build(bootlab.make_app(str(tmp_path / "v1"), "1.0.0"), f.sign_key,
                                             f.key_id, "1.0.0", 1), "app_a")
     fw2 = b"\xe9" + rng.randbytes(20000)
     u = Update.create(fw2, target="fw", version=2, counter=1, hwid="esp32-sim")

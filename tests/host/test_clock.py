@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mphelp import ROOT, run_mp
 from ictl import ToolError, pki, provision
-from ictl import board as vboard
-from ictl import device as sim_device
+from ictl.sim import board as vboard
+from ictl.sim import device as sim_device
 from ictl.timeserver import REPLIES, TimeServer
 
 pytestmark = pytest.mark.timeout(180)

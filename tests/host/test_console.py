@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mphelp  # noqa: E402
 from ictl import broker as fleet_broker  # noqa: E402
 from ictl.console import seal_encrypt0  # noqa: E402
-from ictl.telemetry_rig import Rig  # noqa: E402
+from ictl.sim.telemetry_rig import Rig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not any(os.access(p, os.X_OK) for p in fleet_broker.MOSQUITTO_CANDIDATES)
                                 and not __import__("shutil").which("mosquitto"), reason="mosquitto not installed")

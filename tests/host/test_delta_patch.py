@@ -15,7 +15,7 @@ import detools
 from heatshrink2.core import Encoder, Writer
 
 from ictl import ROOT
-from ictl.updatelab import apply_jobs
+from ictl.sim.updatelab import apply_jobs
 
 VENV_BIN = os.path.dirname(sys.executable)
 DETOOLS_CLI = os.path.join(VENV_BIN, "detools")
@@ -139,7 +139,7 @@ def test_cli_patches_romfs_and_firmware_sized(tmp_path):
     want.append(("fw", sha(fw2)))
     # Two real releases of one binary (the bench's firmware-sized pair), when
     # this host has them.
-    from ictl.bench_delta import fw_pair
+    from ictl.measure.bench_delta import fw_pair
 
     pair = fw_pair()
     if pair:

@@ -1,7 +1,7 @@
 """The bench/soak goal table: goals compare the right way, and the table shows each figure."""
 import json
 
-from ictl import goals
+from ictl.measure import goals
 
 
 def test_verdicts():

@@ -14,7 +14,7 @@ from esp_idf_defs import partitions as gen
 
 from mphelp import boot, run_mp
 from ictl import ToolError, firmware
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
 
 BOARDS = sorted(firmware.BOARDS)
 OFFSET_LINE = re.compile(r"^CONFIG_PARTITION_TABLE_OFFSET=(\S+)$", re.M)

@@ -16,7 +16,9 @@ import subprocess
 import pytest
 
 from mphelp import MICROPYTHON, ROOT, SIGKILL_RC, mp_env, run_mp
-from ictl import device as sim_device, image, unixfw
+from ictl.sim import device as sim_device, unixfw
+from ictl.sim import factory, unixfw
+from ictl import image
 
 BOOT = os.path.join(ROOT, "firmware", "esp32", "modules", "_boot.py")
 MPY_CROSS = os.path.join(os.path.dirname(MICROPYTHON), "mpy-cross")
@@ -86,7 +88,7 @@ def _sandbox(tmp, devdir, dev=False):
     }
     for mod in ("esp32", "machine", "espsim"):  # built into the ESP32 firmware
         links[mod + ".mpy"] = os.path.join(fw, "firmware", "unix", mod + ".mpy")
-    for trust in glob.glob(os.path.join(image.board_dir(devdir), "ironclad_trust.*")):
+    for trust in glob.glob(os.path.join(factory.board_dir(devdir), "ironclad_trust.*")):
         links[os.path.basename(trust)] = trust
     if dev:
         links["ironclad_devmode.py"] = os.path.join(ROOT, "firmware", "esp32", "dev", "ironclad_devmode.py")
@@ -113,7 +115,7 @@ def _install_app(tmp_path, devdir, key):
     src = tmp_path / "app"
     src.mkdir()
     (src / "main.py").write_text(APP)
-    image.setup_device(devdir, str(src), key)
+    factory.setup_device(devdir, str(src), key)
 
 
 def _keystore(devdir, *names):

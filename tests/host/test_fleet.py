@@ -3,7 +3,7 @@ rollout to a few virtual devices with a power cut mid-download and a broker
 restart mid-rollout; every device ends on v2 or says why, none unbootable."""
 import os
 
-from ictl import fleet
+from ictl.sim import fleet
 
 
 def test_fleet_rollout_with_faults(tmp_path):

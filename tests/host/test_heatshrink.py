@@ -10,8 +10,8 @@ import random
 
 from heatshrink2.core import Encoder, Writer
 
-from ictl import device as sim_device
-from ictl.updatelab import run_mp
+from ictl.sim import device as sim_device
+from ictl.sim.updatelab import run_mp
 
 DEVICE = r"""
 out = bytearray(50000)

@@ -12,7 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ictl import bootlab, cli, image
+from ictl.sim import bootlab
+from ictl.cli import main as cli
+from ictl import image
 from mphelp import ROOT, run_mp
 
 

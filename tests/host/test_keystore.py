@@ -2,7 +2,7 @@
 device, or a whole flash image cloned onto another chip, does not open; a
 power cut before (or a tear of) any flash operation of keystore writes leaves
 every entry with its old value or its new one. `make soak` runs the same
-sweeps at full size (ictl/soak_keystore.py)."""
+sweeps at full size (ictl/measure/soak_keystore.py)."""
 import json
 import os
 import shutil
@@ -10,8 +10,9 @@ import shutil
 import pytest
 
 from mphelp import run_mp
-from ictl import device as sim_device
-from ictl import faults, soak_keystore
+from ictl.sim import device as sim_device
+from ictl.sim import faults
+from ictl.measure import soak_keystore
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,4 +1,4 @@
-"""The device MQTT client against a hostile broker (tools/ictl/hostile.py): a
+"""The device MQTT client against a hostile broker (tools/ictl/sim/hostile.py): a
 TLS server on 127.0.0.1 that answers CONNECT properly and then sends raw
 bytes. The client runs on the unix port under -X heapsize=64K (the agent's
 whole heap), the library compiled by mpy-cross as the firmware freezes it.
@@ -17,8 +17,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from ictl import hostile, pki  # noqa: E402
-from ictl.hostile import CONNACK_OK, CONNECT, PUBLISH, DeviceRunner, HostileBroker, packet, publish  # noqa: E402
+from ictl.sim import hostile  # noqa: E402
+from ictl import pki  # noqa: E402
+from ictl.sim.hostile import CONNACK_OK, CONNECT, PUBLISH, DeviceRunner, HostileBroker, packet, publish  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 

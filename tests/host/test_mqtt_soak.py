@@ -1,4 +1,4 @@
-"""The reduced slice of `make soak`'s MQTT campaigns (tools/ictl/soak_mqtt.py):
+"""The reduced slice of `make soak`'s MQTT campaigns (tools/ictl/measure/soak_mqtt.py):
 mutated broker packets in-process and over TLS, and QoS 1 through broker
 restarts. Same code as the full campaign, smaller counts."""
 import os
@@ -9,7 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from ictl import pki, soak_mqtt  # noqa: E402
+from ictl import pki  # noqa: E402
+from ictl.measure import soak_mqtt  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 

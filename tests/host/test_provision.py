@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mphelp import MPREMOTE, ROOT, run_mp
 from ictl import ToolError, broker as fleet_broker, pki
-from ictl import board as vboard
+from ictl.sim import board as vboard
 from ictl import ca as fleet_ca
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
 from ictl import provision
 
 pytestmark = pytest.mark.timeout(180)

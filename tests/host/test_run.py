@@ -50,7 +50,7 @@ def test_update_too_big_for_the_heap_is_refused_and_v1_runs_on(tmp_path):
     # try on a fresh heap (update/restart_for_memory: test_update.py tests that
     # path); then the update is refused (no_memory), v1 stays, and nothing
     # crashes or loops.
-    from ictl import image as app_image
+    from ictl.sim import factory
 
     r = subprocess.run([sys.executable, "-m", "ictl", "run", "--dir", str(tmp_path / "run"), "--heap", "46",
                         "--readings", "1", "--timeout", "60"],
@@ -61,6 +61,6 @@ def test_update_too_big_for_the_heap_is_refused_and_v1_runs_on(tmp_path):
     assert log.count("update info restart_for_memory") <= 1, log
     assert "agent failed crash" not in log, log
     assert "agent: update rejected no_memory" in log
-    st = app_image.read_bootstate(str(tmp_path / "run" / "device"))
+    st = factory.read_bootstate(str(tmp_path / "run" / "device"))
     assert st["active"] == "app_a" and not st["trial"], st  # v1 runs on, untouched
     assert not _mosquittos(tmp_path)

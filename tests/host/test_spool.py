@@ -1,7 +1,7 @@
 """The store-and-forward spool under faults: power cut before (and torn at)
 every flash operation of a device queueing and delivering readings on its
 littlefs; and a real mosquitto restarted, and the device reset, while it
-spools readings for the fleet console (tools/ictl/soak_spool.py runs both
+spools readings for the fleet console (tools/ictl/measure/soak_spool.py runs both
 at full size in `make soak`)."""
 import os
 import shutil
@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mphelp  # noqa: E402,F401 (puts tools/ on sys.path)
 from ictl import broker as fleet_broker  # noqa: E402
-from ictl import soak_spool  # noqa: E402
+from ictl.measure import soak_spool  # noqa: E402
 
 HAVE_MOSQUITTO = bool(shutil.which("mosquitto")) or any(os.access(p, os.X_OK) for p in fleet_broker.MOSQUITTO_CANDIDATES)
 

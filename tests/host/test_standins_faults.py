@@ -6,8 +6,8 @@ import os
 import pytest
 
 from mphelp import SIGKILL_RC, boot, run_mp
-from ictl import device as sim_device
-from ictl import faults
+from ictl.sim import device as sim_device
+from ictl.sim import faults
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from pycose.messages import Enc0Message
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mphelp  # noqa: E402
-from ictl import device as sim_device  # noqa: E402
+from ictl.sim import device as sim_device  # noqa: E402
 from ictl import fleetkeys, pki  # noqa: E402
 from ictl.console import Console, decode_event  # noqa: E402
 

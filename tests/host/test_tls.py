@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from ictl import broker, pki  # noqa: E402
-from ictl.hostile import DeviceRunner  # noqa: E402
+from ictl.sim.hostile import DeviceRunner  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,5 +1,5 @@
 """Updates end to end on a simulated device, the fleet's side played from
-files (ictl.updatelab UPDATE_DRIVER): delta and full app updates,
+files (ictl.sim.updatelab UPDATE_DRIVER): delta and full app updates,
 trial boot and confirmation, resume after a reboot mid-download, the
 firmware OTA target, and bad input rejected with the running slot untouched."""
 import glob
@@ -11,10 +11,11 @@ import time
 import pytest
 
 from ictl import ROOT
-from ictl import device as sim_device
+from ictl.sim import device as sim_device
+from ictl.sim import factory
 from ictl import image as app_image
 from ictl.update import Update
-from ictl.updatelab import MPY_CROSS, Fleet
+from ictl.sim.updatelab import MPY_CROSS, Fleet
 from test_delta_patch import hs, varint
 
 SIGKILL = -9  # a reset or power cut ends the device process with SIGKILL
@@ -56,7 +57,7 @@ def fleet(tmp_path, images, name="dev1"):
 
     shutil.copy(images["key_path"], os.path.join(str(tmp_path), "sign.pem"))
     f = Fleet(tmp_path, name)
-    app_image.flash_image(f.devdir, images["v1"], "app_a")
+    factory.flash_image(f.devdir, images["v1"], "app_a")
     return f
 
 
@@ -81,14 +82,14 @@ def test_delta_app_update_trial_and_confirm(tmp_path, images):
     assert rc == SIGKILL, f.last.stdout + f.last.stderr  # machine.reset() after the switch
     assert states(reps)[0] == "downloading" and states(reps)[-1] == "applied", reps
     assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
-    st = app_image.read_bootstate(f.devdir)
+    st = factory.read_bootstate(f.devdir)
     assert st["active"] == "app_b" and st["trial"] and st["fallback"] == "app_a"
     # Next boot: the new image runs on trial; the health check confirms it.
     rc, lines, reps = f.run(confirm=True)
     assert rc == 0, f.last.stdout + f.last.stderr
     assert "BOOT app_b %d" % app_image.parse_version("1.1.0") in lines
     assert states(reps) == ["trial", "confirmed"]
-    st = app_image.read_bootstate(f.devdir)
+    st = factory.read_bootstate(f.devdir)
     assert st["active"] == "app_b" and not st["trial"] and st["floor"] == 2
 
 
@@ -129,7 +130,7 @@ def test_corrupt_checkpoint_restarts_cleanly(tmp_path, images, offset):
     assert rc in (0, SIGKILL), f.last.stdout + f.last.stderr
     if rc == 0:  # a lying checkpoint: the patch or the result check refuses it
         assert st[-1] in ("rejected/bad_result", "rejected/bad_patch"), st
-        assert app_image.read_bootstate(f.devdir)["active"] == "app_a"
+        assert factory.read_bootstate(f.devdir)["active"] == "app_a"
         rc, lines, reps = f.run(send=[meta], updates=[upd])
     assert rc == SIGKILL and states(reps)[-1] == "applied", f.last.stdout
     assert slot(f.devdir, "app_b", len(images["v2"])) == images["v2"]
@@ -154,7 +155,7 @@ def write(tmp, name, data):
 
 
 def assert_untouched(f, rejected_reasons):
-    st = app_image.read_bootstate(f.devdir)
+    st = factory.read_bootstate(f.devdir)
     assert st["active"] == "app_a" and not st["trial"], st
     assert slot(f.devdir, "app_b", 4096) == b"\xff" * 4096  # nothing was ever written
     got = [e[1] for e in f.events if e[0] == "update" and e[2] == "rejected"]
@@ -169,7 +170,7 @@ def test_bad_metadata_rejected_before_a_byte_is_written(tmp_path, images):
     app_image.keygen(k3)
     key2, key3 = app_image.load_private(k2), app_image.load_private(k3)
     kid2 = app_image.key_id_for(key2.public_key())
-    app_image.trust_device(f.devdir, [(f.key_id, f.sign_key.public_key()), (kid2, key2.public_key())],
+    factory.trust_device(f.devdir, [(f.key_id, f.sign_key.public_key()), (kid2, key2.public_key())],
                            retired=(kid2,))
     v1, v2 = images["v1"], images["v2"]
     good = Update.create(v2, base=v1)
@@ -200,7 +201,7 @@ def test_bad_metadata_rejected_before_a_byte_is_written(tmp_path, images):
     case("bad_message", b"Z" + b"\x00" * 40)
     case("bad_message", b"M" + bytes(3000))
     # The ring holds the newest 64 events; these 17 fit.
-    app_image.flash_image(f.devdir, v1, "app_a", floor=1)
+    factory.flash_image(f.devdir, v1, "app_a", floor=1)
     rc, lines, reps = f.run(send=[p for _, p in cases])
     assert rc == 0, f.last.stdout + f.last.stderr
     reps = [r for r in reps if r["state"] != "idle"]
@@ -250,7 +251,7 @@ def test_bad_content_rejected_running_slot_untouched(tmp_path, images):
     assert rc == 0, f.last.stdout + f.last.stderr
     got = [r["reason"] for r in reps if r["state"] == "rejected"]
     assert got == [r for r, _, _ in runs], reps
-    st = app_image.read_bootstate(f.devdir)
+    st = factory.read_bootstate(f.devdir)
     assert st["active"] == "app_a" and not st["trial"], st
     rej = [e[1] for e in f.events if e[0] == "update" and e[2] == "rejected"]
     assert rej == got, f.events
@@ -301,7 +302,7 @@ def test_unconfirmed_app_rolls_back_and_says_so(tmp_path, images):
     assert "BOOT app_a %d" % app_image.parse_version("1.0.0") in lines, lines
     assert states(reps) == ["rolled_back"]
     assert ("update", "rolled_back", "failed") in f.events
-    st = app_image.read_bootstate(f.devdir)
+    st = factory.read_bootstate(f.devdir)
     assert st["active"] == "app_a" and not st["trial"]
 
 
@@ -402,4 +403,4 @@ def test_out_of_memory_again_after_the_restart_refuses_the_update(tmp_path, imag
     rc, lines, reps = f.run(updates=[u1])  # and the next boot has nothing to resume
     assert rc == 0 and states(reps) == [] and reps[-1]["state"] == "idle", reps
     assert slot(f.devdir, "app_a", len(images["v1"])) == images["v1"]
-    assert app_image.read_bootstate(f.devdir)["active"] == "app_a"
+    assert factory.read_bootstate(f.devdir)["active"] == "app_a"

@@ -8,11 +8,12 @@ import sys
 import pytest
 
 from ictl import ROOT
-from ictl.updatelab import Fleet, run_mqtt_device
+from ictl.sim.updatelab import Fleet, run_mqtt_device
 from ictl import broker as fleet_broker
 from ictl import image as app_image
 from ictl import pki
 from ictl import update as host_update
+from ictl.sim import factory
 from test_update import app_tree
 
 pytestmark = pytest.mark.timeout(240)
@@ -86,7 +87,7 @@ def test_publish_through_the_broker(setup, tmp_path):
         shutil.copy(key_path, str(tmp_path / "sign.pem"))
         f = Fleet(tmp_path, "d1")
         with open(paths["v1"], "rb") as fh:
-            app_image.flash_image(f.devdir, fh.read(), "app_a")
+            factory.flash_image(f.devdir, fh.read(), "app_a")
         ca = b.load_ca()
         cert = pki.issue_client_cert(ca, f.dev_key.public_key(), "d1")
         cp = str(tmp_path / "d1.crt")

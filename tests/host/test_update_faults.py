@@ -1,9 +1,9 @@
 """Power cuts and torn writes during updates (a reduced slice of `make soak`'s
-update campaign, tools/ictl/soak_update.py): every boot runs a verified image,
+update campaign, tools/ictl/measure/soak_update.py): every boot runs a verified image,
 nothing raises, and the update completes once power stays on."""
 import pytest
 
-from ictl import soak_update
+from ictl.measure import soak_update
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,11 +8,12 @@ import shutil
 
 import pytest
 
-from ictl.updatelab import Fleet, run_mqtt_device
+from ictl.sim.updatelab import Fleet, run_mqtt_device
 from ictl import broker as fleet_broker
 from ictl import image as app_image
 from ictl import pki
 from ictl import update as host_update
+from ictl.sim import factory
 from test_update import app_tree
 
 pytestmark = pytest.mark.timeout(240)
@@ -30,7 +31,7 @@ def br(tmp_path_factory):
 
 def device(tmp_path, br, name, image):
     f = Fleet(tmp_path, name)
-    app_image.flash_image(f.devdir, image, "app_a")
+    factory.flash_image(f.devdir, image, "app_a")
     ca = br.load_ca()
     return f, pki.issue_client_cert(ca, f.dev_key.public_key(), name), ca
 
@@ -74,5 +75,5 @@ def test_rollout_delta_fallback_and_confirm(tmp_path, br):
     for log in logs:
         assert '"state": "trial"' in log and '"state": "confirmed"' in log, log
     for f in devs:
-        st = app_image.read_bootstate(f.devdir)
+        st = factory.read_bootstate(f.devdir)
         assert st["active"] == "app_b" and not st["trial"]

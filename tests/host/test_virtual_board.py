@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from mphelp import MPREMOTE, ROOT
-from ictl import board as vboard
-from ictl import device as sim_device
+from ictl.sim import board as vboard
+from ictl.sim import device as sim_device
 
 
 def mpremote(port, *args, timeout=30):

@@ -1,5 +1,5 @@
 import sys
 
-from ictl.cli import main
+from ictl.cli.main import main
 
 sys.exit(main())

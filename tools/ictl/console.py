@@ -11,16 +11,24 @@ authenticated commands.
 
 Devices become known from their hello (ironclad.telemetry.hello: certificate
 and key epoch, retained on <prefix>/<id>/state/keys, or on state itself): the
-certificate must
-be issued by the fleet CA to CN=<id> and be valid now; its public key and the
-fleet data key give the payload keys (tools/ictl/fleetkeys.py). add_device()
-registers one from a provisioning record instead.
+certificate must be issued by the fleet CA to CN=<id>, be valid now, not be
+revoked (the CA's CRL, <CA dir>/crl.pem, signed by the CA and read again when
+it changes) and not be superseded (a newer live certificate for the id in the
+CA's inventory, an older one than the console already took, or a key the
+console saw replaced); its public key and the fleet data key give the payload
+keys (tools/ictl/fleetkeys.py). add_device() registers one from a provisioning
+record instead.
 
-What the console remembers per device, in a JSON state file (so a restart
-does not forget): public key, key epochs seen, the highest Partial IV per
-topic (anything at or below it is a duplicate or a replay), the last event
-seq and hash (so a record removed, altered or rewritten between two
-sessions is still caught), and the last command counter sent.
+Whoever publishes the retained hello (the broker) chooses the certificate the
+console sees, so history belongs to the device id, never to a key: a new key
+is an alarm, and the event chain, the replay high-water marks and the hash
+window carry on across it (issue 14). What the console remembers per device,
+in a JSON state file (so a restart does not forget): public key, certificate
+serial and notBefore, the keys it replaced, key epochs seen, the highest
+Partial IV per key epoch and topic (anything at or below it is a duplicate or
+a replay), the last event seq and hash (so a record removed, altered or
+rewritten between two sessions is still caught), and the last command counter
+sent.
 
 The payload format and key schedule are written down in docs/telemetry.md;
 the event record format in docs/events.md. Opening uses cryptography's
@@ -43,6 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from ictl import ToolError, fleetkeys, pki
+from ictl import ca as fleet_ca
+from ictl.guard import Guard
 
 PROTECTED = b"\xa1\x01\x0a"  # {1: 10}: AES-CCM-16-64-128
 KINDS_IN = ("telemetry", "events", "state", "reply")
@@ -50,6 +60,7 @@ HELLO = "state/keys"  # ironclad.telemetry.HELLO
 DUP_WINDOW = 256  # Partial IVs remembered per topic to tell a duplicate from a replay
 EVENT_WINDOW = 128  # event hashes remembered per device (twice the device's ring)
 MAX_EPOCHS = 4
+MAX_OLD_KEYS = 8  # replaced keys remembered per device (never taken back)
 
 # The device's security-event record (lib/ironclad/ironclad/events.py,
 # docs/events.md), decoded here independently of the device code.
@@ -78,6 +89,28 @@ def decode_event(rec):
             "ms": ms, "wall": wall, "prev": rec[96:112], "hash": rec[112:]}
 
 
+def _load_cert(cert):
+    """An x509 certificate from DER/PEM bytes (or as it is); OpenError if not one."""
+    if isinstance(cert, (bytes, bytearray)):
+        try:
+            return (x509.load_pem_x509_certificate(bytes(cert)) if bytes(cert).startswith(b"-----")
+                    else x509.load_der_x509_certificate(bytes(cert)))
+        except ValueError:
+            raise OpenError("not an X.509 certificate") from None
+    return cert
+
+
+def _per_epoch(marks, epochs):
+    """Replay marks keyed "<epoch hex>/<topic kind>"; a state file from before
+    they were kept per epoch (keyed by kind alone) applies its marks to every
+    epoch it lists."""
+    out = {}
+    for k, v in marks.items():
+        for key in ([k] if "/" in k else ["%s/%s" % (e.hex(), k) for e in epochs]):
+            out[key] = v
+    return out
+
+
 def _looks_like_hello(payload):
     # A hello is a CBOR map (0xA0..0xB7) and "online"/"offline" are not:
     # accepted on state itself too, for an agent that publishes it there.
@@ -86,6 +119,20 @@ def _looks_like_hello(payload):
 
 class OpenError(Exception):
     """A payload that does not open: malformed, forged, or under a key we lack."""
+
+
+# What cbor2 raises on hostile input besides its own errors: TypeError (an
+# unhashable map key), ArithmeticError (decimal.InvalidOperation from a
+# decimal-fraction tag, OverflowError), RecursionError (deep nesting).
+_CBOR_ERRORS = (cbor2.CBORDecodeError, ValueError, TypeError, ArithmeticError, RecursionError)
+
+
+def _cbor(data, what="payload"):
+    """cbor2.loads, every failure an OpenError: the bytes come from the broker."""
+    try:
+        return cbor2.loads(data)
+    except _CBOR_ERRORS as e:
+        raise OpenError("%s is not CBOR: %s" % (what, type(e).__name__)) from None
 
 
 def _nonce(base_iv, piv):
@@ -99,10 +146,7 @@ def _nonce(base_iv, piv):
 def open_encrypt0(key, base_iv, msg, external_aad):
     """COSE_Encrypt0 with AES-CCM-16-64-128 and a Partial IV -> (counter,
     plaintext). Raises OpenError."""
-    try:
-        obj = cbor2.loads(msg)
-    except (cbor2.CBORDecodeError, ValueError, TypeError) as e:
-        raise OpenError("not CBOR: %s" % e) from None
+    obj = _cbor(msg, "message")
     if isinstance(obj, cbor2.CBORTag):
         if obj.tag != 16:
             raise OpenError("not a COSE_Encrypt0")
@@ -159,7 +203,8 @@ class Message:
 
 
 def _fmt_reading(body):
-    return " ".join("%s=%s" % (k, body[k]) for k in sorted(body) if k != "id")
+    # key=str: a compromised device's map may mix key types, which sorted() refuses.
+    return " ".join("%s=%s" % (k, body[k]) for k in sorted(body, key=str) if k != "id")
 
 
 def _fmt_event(r):
@@ -175,7 +220,7 @@ class Console:
     private key (a cryptography key object)."""
 
     def __init__(self, host, port, ca_path, cert_path, key_path, fleet_key, prefix="ironclad",
-                 state_path=None, client_id=pki.CONSOLE_ID):
+                 state_path=None, client_id=pki.CONSOLE_ID, crl_path=None, inventory_path=None):
         self.host = host
         self.port = port
         self.ca_path = ca_path
@@ -185,6 +230,13 @@ class Console:
         self.prefix = prefix
         self.client_id = client_id
         self.ca_cert = pki.load_cert(ca_path)
+        # The CA's revocation list and inventory, beside its certificate by
+        # default (`ictl ca revoke` writes both); either may be absent.
+        ca_dir = os.path.dirname(os.path.abspath(ca_path))
+        self.crl_path = crl_path or os.path.join(ca_dir, pki.CRL)
+        self.inventory_path = inventory_path or os.path.join(ca_dir, fleet_ca.INVENTORY)
+        self._crl = (None, frozenset())  # (file mtime and size, revoked serials)
+        self.guard = Guard()
         self.state_path = state_path
         self.devices = {}
         self._lock = threading.Lock()
@@ -208,14 +260,18 @@ class Console:
             with open(self.state_path) as f:
                 data = json.load(f)
             for dev, d in data.get("devices", {}).items():
+                epochs = [bytes.fromhex(e) for e in d.get("epochs", [])]
                 self.devices[dev] = {
                     "pub": bytes.fromhex(d["pub"]),
-                    "epochs": [bytes.fromhex(e) for e in d.get("epochs", [])],
+                    "serial": d.get("serial"),
+                    "nb": d.get("nb"),
+                    "old": list(d.get("old", [])),
+                    "epochs": epochs,
                     "events": (d["events"][0], bytes.fromhex(d["events"][1])) if d.get("events") else None,
                     "evh": {int(k): bytes.fromhex(v) for k, v in d.get("evh", {}).items()},
                     "cmd": d.get("cmd", 0),
-                    "high": dict(d.get("high", {})),
-                    "recent": {k: list(v) for k, v in d.get("recent", {}).items()},
+                    "high": _per_epoch(d.get("high", {}), epochs),
+                    "recent": {k: list(v) for k, v in _per_epoch(d.get("recent", {}), epochs).items()},
                     "keys": {},
                 }
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -224,7 +280,8 @@ class Console:
     def _save_state(self):
         if not self.state_path:
             return
-        data = {"devices": {dev: {"pub": d["pub"].hex(), "epochs": [e.hex() for e in d["epochs"]],
+        data = {"devices": {dev: {"pub": d["pub"].hex(), "serial": d["serial"], "nb": d["nb"], "old": d["old"],
+                                  "epochs": [e.hex() for e in d["epochs"]],
                                   "events": [d["events"][0], d["events"][1].hex()] if d["events"] else None,
                                   "evh": {str(k): v.hex() for k, v in d["evh"].items()},
                                   "cmd": d["cmd"], "high": d["high"], "recent": d["recent"]}
@@ -234,13 +291,22 @@ class Console:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, self.state_path)
 
-    def _device(self, dev, pub):
+    def _device(self, dev, pub, serial=None, nb=None):
+        """The device's record, with pub as its key. A new key (a re-provisioned
+        device) keeps the history: the event chain, the replay high-water
+        marks and hash window belong to the id, and whoever can publish a
+        hello must not be able to wipe them (issue 14). The replaced key is
+        remembered and never taken back."""
         d = self.devices.get(dev)
-        if d is None or d["pub"] != pub:
-            # A new key (re-provisioned device) starts a new history.
-            d = {"pub": pub, "epochs": [], "events": None, "evh": {}, "cmd": 0, "high": {},
-                 "recent": {}, "keys": {}}
+        if d is None:
+            d = {"pub": pub, "serial": serial, "nb": nb, "old": [], "epochs": [], "events": None, "evh": {},
+                 "cmd": 0, "high": {}, "recent": {}, "keys": {}}
             self.devices[dev] = d
+        elif d["pub"] != pub:
+            d["old"] = (d["old"] + [d["pub"].hex()])[-MAX_OLD_KEYS:]
+            d["pub"], d["keys"] = pub, {}
+        if serial is not None:
+            d["serial"], d["nb"] = serial, nb
         return d
 
     def add_device(self, device_id, cert_or_point, epoch=None):
@@ -250,21 +316,19 @@ class Console:
         if isinstance(cert_or_point, (bytes, bytearray)) and len(cert_or_point) == 65:
             pub = bytes(cert_or_point)
             fleetkeys.device_public(pub)
+            serial = nb = None
         else:
-            pub = self._check_cert(device_id, cert_or_point)
+            cert = _load_cert(cert_or_point)
+            pub = self._check_cert(device_id, cert)
+            serial, nb = fleet_ca.serial_hex(cert), int(cert.not_valid_before_utc.timestamp())
         with self._lock:
-            d = self._device(device_id, pub)
+            d = self._device(device_id, pub, serial, nb)
             if epoch is not None:
                 self._add_epoch(d, bytes(epoch))
             self._save_state()
 
     def _check_cert(self, dev, cert):
-        if isinstance(cert, (bytes, bytearray)):
-            try:
-                cert = (x509.load_pem_x509_certificate(bytes(cert)) if bytes(cert).startswith(b"-----")
-                        else x509.load_der_x509_certificate(bytes(cert)))
-            except ValueError:
-                raise OpenError("not an X.509 certificate") from None
+        cert = _load_cert(cert)
         if cert.issuer != self.ca_cert.subject:
             raise OpenError("certificate not issued by the fleet CA")
         try:
@@ -281,11 +345,71 @@ class Console:
             raise OpenError("certificate key is not P-256")
         return fleetkeys.public_point(pub)
 
+    def _revoked(self):
+        """The serials (hex) on the CA's CRL, read again whenever the file
+        changes; OpenError when the CRL is there but not the CA's."""
+        try:
+            st = os.stat(self.crl_path)
+        except FileNotFoundError:
+            return frozenset()
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._crl[0] != stamp:
+            try:
+                with open(self.crl_path, "rb") as f:
+                    crl = x509.load_pem_x509_crl(f.read())
+                valid = crl.issuer == self.ca_cert.subject and crl.is_signature_valid(self.ca_cert.public_key())
+            except (OSError, ValueError, TypeError):
+                valid = False
+            if not valid:
+                raise OpenError("the CRL %s is not the fleet CA's: no certificate can be checked" % self.crl_path)
+            self._crl = (stamp, frozenset("%x" % r.serial_number for r in crl))
+        return self._crl[1]
+
+    def _superseded(self, dev, serial):
+        """Why the CA's inventory says this certificate is no longer the
+        device's (revoked, or a newer live one was issued), or None. A
+        certificate the inventory does not list gets no verdict here."""
+        try:
+            rows = [r for r in fleet_ca.Inventory(self.inventory_path).devices().values() if r.get("device_id") == dev]
+        except ToolError as e:
+            raise OpenError(str(e)) from None
+        mine = [i for i, r in enumerate(rows) if r.get("serial") == serial]
+        if not mine:
+            return None
+        if rows[mine[0]].get("status") == "revoked":
+            return "revoked in the CA's inventory"
+        if any(r.get("status") in ("issued", "provisioned") for r in rows[mine[0] + 1:]):
+            return "superseded: the CA issued this device a newer certificate"
+        return None
+
+    def _trusted(self, dev, d, cert, pub):
+        """Refuse a checked certificate that is revoked or superseded."""
+        serial = fleet_ca.serial_hex(cert)
+        if serial in self._revoked():
+            raise OpenError("certificate serial %s is revoked (the CA's CRL)" % serial)
+        why = self._superseded(dev, serial)
+        if why:
+            raise OpenError("certificate serial %s: %s" % (serial, why))
+        if d is None or d["pub"] == pub:
+            return
+        if pub.hex() in d["old"]:
+            raise OpenError("certificate serial %s carries a key this device replaced: superseded" % serial)
+        nb = int(cert.not_valid_before_utc.timestamp())
+        if d["nb"] is not None and nb < d["nb"]:
+            raise OpenError("certificate serial %s is older than the one in use (serial %s): superseded"
+                            % (serial, d["serial"]))
+
     def _add_epoch(self, d, epoch):
         if epoch in d["epochs"]:
             d["epochs"].remove(epoch)
         d["epochs"].insert(0, epoch)  # newest first
-        del d["epochs"][MAX_EPOCHS:]
+        while len(d["epochs"]) > MAX_EPOCHS:
+            # The oldest epoch no message ever opened under goes first: the
+            # broker can republish a device's hello with made-up epochs, and
+            # those must not push out the one the device really seals under.
+            used = {k.split("/", 1)[0] for k in d["high"]}
+            idle = [e for e in d["epochs"][1:] if e.hex() not in used]
+            d["epochs"].remove(idle[-1] if idle else d["epochs"][-1])
 
     def _keys(self, dev, d, epoch, direction):
         k = d["keys"].get((epoch, direction))
@@ -307,10 +431,10 @@ class Console:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False)
         c.tls_set(ca_certs=self.ca_path, certfile=self.cert_path, keyfile=self.key_path,
                   cert_reqs=ssl.CERT_REQUIRED)
-        c.on_connect = self._on_connect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        c.on_disconnect = lambda cl, ud, fl, rc, props: self._connected.clear()
+        c.on_connect = self.guard.wrap(self._on_connect)
+        c.on_message = self.guard.wrap(self._on_message)
+        c.on_subscribe = self.guard.wrap(self._on_subscribe)
+        c.on_disconnect = self.guard.wrap(lambda cl, ud, fl, rc, props: self._connected.clear())
         c.reconnect_delay_set(0.2, 5)
         self._client = c
         try:
@@ -337,6 +461,11 @@ class Console:
             self._q.put(Message("-", "alarm", "broker refused a console subscription: %s" % codes))
             return
         self._connected.set()
+
+    def alive(self):
+        """True while paho's network thread runs."""
+        t = getattr(self._client, "_thread", None)
+        return t is not None and t.is_alive()
 
     def stop(self):
         c, self._client = self._client, None
@@ -396,20 +525,24 @@ class Console:
             if d is None or not d["epochs"]:
                 return [Message(dev, "alarm", "%s from an unknown device (no state message yet): dropped" % kind)]
             try:
-                ctr, pt = self._open(dev, d, topic, payload)
-                body = cbor2.loads(pt)
-            except (OpenError, cbor2.CBORDecodeError, ValueError) as e:
+                if d["serial"] is not None and d["serial"] in self._revoked():
+                    raise OpenError("sealed under a revoked certificate (serial %s): dropped" % d["serial"])
+                epoch, ctr, pt = self._open(dev, d, topic, payload)
+                body = _cbor(pt, "plaintext")
+            except OpenError as e:
                 return [Message(dev, "alarm", "%s: %s" % (kind, e))]
             if not isinstance(body, dict) or body.get("id") != dev:
                 return [Message(dev, "alarm", "%s: payload names device %r" % (kind, body.get("id") if isinstance(body, dict) else None))]
-            dup = self._replay_check(d, kind, ctr)
+            # Per key epoch: a device whose nonce record was lost counts from
+            # 0 again under a new epoch (hence new keys; ironclad.nonce).
+            dup = self._replay_check(d, epoch.hex() + "/" + kind, ctr)
             if dup:
                 return [Message(dev, "alarm" if dup.startswith("replay") else kind, dup, counter=ctr)]
             if kind == "events":
                 out = self._events(dev, d, body, ctr)
             elif kind == "reply":
                 out = [Message(dev, kind, "command #%s %s%s" % (body.get("cmd"), "ok" if body.get("ok") else "REFUSED",
-                                                              (": " + body["reason"]) if body.get("reason") else ""),
+                                                              (": %s" % (body["reason"],)) if body.get("reason") else ""),
                                body, ctr)]
             else:
                 out = [Message(dev, kind, _fmt_reading(body), body, ctr)]
@@ -421,7 +554,7 @@ class Console:
         for epoch in d["epochs"]:
             key, iv = self._keys(dev, d, epoch, fleetkeys.UP)
             try:
-                return open_encrypt0(key, iv, payload, topic.encode())
+                return (epoch,) + open_encrypt0(key, iv, payload, topic.encode())
             except OpenError as e:
                 err = e
         raise err
@@ -445,21 +578,30 @@ class Console:
         if not payload:
             return Message(dev, "state", "hello cleared")
         try:
-            st = cbor2.loads(payload)
-        except (cbor2.CBORDecodeError, ValueError):
+            st = _cbor(payload, "hello")
+        except OpenError:
             st = None
         if not isinstance(st, dict) or not isinstance(st.get("cert"), bytes) or not isinstance(st.get("epoch"), bytes):
             return Message(dev, "alarm", "hello without certificate and key epoch: ignored")
         try:
             pki.validate_device_id(dev)
-            pub = self._check_cert(dev, st["cert"])
+            cert = _load_cert(st["cert"])
+            pub = self._check_cert(dev, cert)
+            old = self.devices.get(dev)
+            self._trusted(dev, old, cert, pub)
         except (OpenError, ToolError) as e:
             return Message(dev, "alarm", "state: %s: device not registered" % e)
         if len(st["epoch"]) != 8:
             return Message(dev, "alarm", "state: bad key epoch")
-        d = self._device(dev, pub)
+        serial = fleet_ca.serial_hex(cert)
+        changed = old is not None and old["pub"] != pub
+        was = old["serial"] if changed else None
+        d = self._device(dev, pub, serial, int(cert.not_valid_before_utc.timestamp()))
         self._add_epoch(d, st["epoch"])
         self._save_state()
+        if changed:
+            return Message(dev, "alarm", "key changed: certificate serial %s replaces %s (re-provisioned, or someone "
+                           "else holds a key for this id); event chain and replay marks kept" % (serial, was), st)
         return Message(dev, "state", "online: certificate ok, key epoch %s" % st["epoch"].hex(), st)
 
     def _events(self, dev, d, body, ctr):

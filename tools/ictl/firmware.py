@@ -305,10 +305,10 @@ def _lib_file(name):
 
 def device_code_in_tools():
     """Device-side snippets the host tools send over the REPL (string constants
-    in tools/ictl that parse as Python and import ironclad): their imports are
+    in tools/ictl and its packages that parse as Python and import ironclad): their imports are
     entry points into the frozen library too (provisioning, for one)."""
     names = set()
-    for path in sorted(glob.glob(os.path.join(ROOT, "tools", "ictl", "*.py"))):
+    for path in sorted(glob.glob(os.path.join(ROOT, "tools", "ictl", "**", "*.py"), recursive=True)):
         with open(path) as f:
             tree = ast.parse(f.read(), path)
         for node in ast.walk(tree):

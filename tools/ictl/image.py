@@ -1,8 +1,7 @@
 """Signed app images on the host: signing keys, building (mpremote romfs build
 + envelope), signing, verifying, inspecting, the trust module frozen into the
-firmware, and flashing an image into a simulated device. The envelope format is
-docs/image-format.md; the device side is lib/ironclad/ironclad/image.py."""
-import binascii
+firmware. The envelope format is docs/image-format.md (flashing an image into a
+simulated device is ictl.sim.device); the device side is lib/ironclad/ironclad/image.py."""
 import hashlib
 import os
 import re
@@ -18,7 +17,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ictl import ToolError, read_file
-from ictl import device as sim_device
 
 MAGIC = b"ICIM"
 FORMAT = 1
@@ -38,9 +36,6 @@ MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
 
 # Boot state record (the device's ironclad.bootstate, docs/verified-boot.md).
-BOOTSTATE_FMT = "<4sBBBBIIB11s"
-BOOTSTATE_PART = "bootstate"
-NO_SLOT = 0xFF
 
 
 # --- keys -----------------------------------------------------------------
@@ -310,99 +305,9 @@ def trust_module(keys, hwid, retired=(), min_counter=0, map_max=MAP_MAX):
     return "\n".join(out)
 
 
-def board_dir(devdir):
-    return os.path.join(devdir, "board")
-
-
 def write_trust(path, keys, hwid, retired=(), min_counter=0, map_max=MAP_MAX):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(trust_module(keys, hwid, retired, min_counter, map_max))
     os.replace(tmp, path)
-
-
-def trust_device(devdir, keys, retired=(), min_counter=0, map_max=MAP_MAX):
-    """Give a simulated board a firmware that trusts these keys: the module
-    compiled into its board/ dir (as a firmware build freezes it: no
-    on-device compile), its source kept in board/src/. Returns the source."""
-    from ictl import unixfw
-
-    cfg = sim_device.load(devdir)
-    src = os.path.join(board_dir(devdir), "src", TRUST_MODULE)
-    write_trust(src, keys, cfg["hwid"], retired, min_counter, map_max)
-    out = os.path.join(board_dir(devdir), TRUST_MODULE[:-3] + ".mpy")
-    r = subprocess.run([unixfw.MPY_CROSS, "-o", out + ".tmp", src], capture_output=True, text=True)
-    if r.returncode:
-        raise ToolError("mpy-cross %s: %s" % (src, r.stderr.strip()))
-    os.replace(out + ".tmp", out)
-    return src
-
-
-# --- simulated devices: factory flashing ------------------------------------
-
-def _partition(cfg, label):
-    for p in cfg["partitions"]:
-        if p["label"] == label:
-            return p
-    raise ToolError("the device's partition table has no %s partition" % label)
-
-
-def bootstate_record(active, seq, floor=0, trial=False, attempts=0, fallback=NO_SLOT):
-    body = struct.pack(BOOTSTATE_FMT, b"ICBS", 1, active, 1 if trial else 0, attempts, seq, floor,
-                       fallback, bytes(11))
-    return body + struct.pack("<I", binascii.crc32(body))
-
-
-def read_bootstate(devdir):
-    """The device's newest valid boot state record as a dict, or None."""
-    cfg = sim_device.load(devdir)
-    p = _partition(cfg, BOOTSTATE_PART)
-    best = None
-    with open(os.path.join(devdir, "flash.bin"), "rb") as f:
-        for i in range(2):
-            f.seek(p["offset"] + i * 4096)
-            rec = f.read(32)
-            if struct.unpack("<I", rec[28:])[0] != binascii.crc32(rec[:28]):
-                continue
-            magic, ver, active, trial, attempts, seq, floor, fallback, _ = struct.unpack(BOOTSTATE_FMT, rec[:28])
-            if magic != b"ICBS" or ver != 1:
-                continue
-            st = {"active": SLOTS[active], "trial": bool(trial), "attempts": attempts, "seq": seq, "floor": floor,
-                  "fallback": SLOTS[fallback] if fallback != NO_SLOT else None, "copy": i}
-            if best is None or seq > best["seq"]:
-                best = st
-    return best
-
-
-def flash_image(devdir, data, slot="app_a", active=True, floor=0):
-    """Factory flashing, as esptool writes a board: the slot is erased and the
-    image written; with active, the boot state makes it the confirmed active
-    image (a fresh record in copy 0, the other copy erased)."""
-    cfg = sim_device.load(devdir)
-    if slot not in SLOTS:
-        raise ToolError("slot must be one of %s" % ", ".join(SLOTS))
-    p = _partition(cfg, slot)
-    if len(data) > p["size"]:
-        raise ToolError("image of %d bytes does not fit the %d-byte slot %s" % (len(data), p["size"], slot))
-    with open(os.path.join(devdir, "flash.bin"), "r+b") as f:
-        f.seek(p["offset"])
-        f.write(data + b"\xff" * (p["size"] - len(data)))
-        if active:
-            b = _partition(cfg, BOOTSTATE_PART)
-            f.seek(b["offset"])
-            rec = bootstate_record(SLOTS.index(slot), 1, floor)
-            f.write(rec + b"\xff" * (b["size"] - len(rec)))
-
-
-def setup_device(devdir, src, key_path, version="1.0.0", counter=1, key_id=None, slot="app_a"):
-    """One call for tests and `make run`: the board trusts key_path's public key,
-    the app folder src is built, signed and flashed as the confirmed active
-    image. Returns the image bytes."""
-    cfg = sim_device.load(devdir)
-    key = load_private(key_path)
-    kid = key_id or key_id_for(key.public_key())
-    trust_device(devdir, [(kid, key.public_key())])
-    img = build(src, key, kid, version, counter, cfg["hwid"])
-    flash_image(devdir, img, slot)
-    return img

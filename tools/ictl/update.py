@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import ssl
 import struct
@@ -30,6 +31,7 @@ from cryptography import x509
 
 from ictl import ToolError
 from ictl import image as app_image
+from ictl.guard import Guard
 
 CHUNK = 4096
 TAG = 16
@@ -41,6 +43,20 @@ DEFAULT_TTL = 30 * 24 * 3600
 UPDATER_ID = "fleet-updates"  # the operator identity rollouts connect as
 REPORT_KIND = "state/update"  # devices report on <prefix>/<id>/state/update
 MAX_MESSAGE = 1 + ID_LEN + 4 + CHUNK + TAG  # the largest update message (a chunk)
+# What a device reports (lib/ironclad/ironclad/update.py: the report states,
+# WINDOW = the chunks it asks for at a time). Reports are JSON of ~100 bytes.
+STATES = ("idle", "downloading", "applied", "trial", "confirmed", "rolled_back", "rejected")
+WINDOW = 8
+MAX_REPORT = 1024
+# Chunks served to one device for one update before its requests are rationed
+# (a window at most every THROTTLE_S): an honest device fetches each chunk
+# about once, more only after power cuts (resume from a checkpoint) or lost
+# windows; a compromised one asking for windows in a loop would otherwise
+# make the rollout send it the update again and again, crowding the others.
+SERVE_FACTOR = 4
+THROTTLE_S = 5.0
+_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")
+_HEX_ID = re.compile(r"^[0-9a-f]{%d}$" % (2 * ID_LEN))
 
 
 def _nonce(index):
@@ -230,12 +246,20 @@ class Update:
                     hd = f.read(4)
                     if not hd:
                         break
-                    chunks.append(f.read(struct.unpack(">I", hd)[0]))
+                    n = struct.unpack(">I", hd)[0] if len(hd) == 4 else -1
+                    c = f.read(n) if 0 < n <= CHUNK + TAG else b""
+                    if len(c) != n:  # a truncated or damaged file: refused, never sent short
+                        raise ValueError("chunks.bin is truncated or damaged at chunk %d" % len(chunks))
+                    chunks.append(c)
+            if not isinstance(fields, dict) or fields.get("n") != len(chunks) or not isinstance(fields.get("id"), bytes):
+                raise ValueError("fields.cbor does not describe the %d chunks in chunks.bin" % len(chunks))
             metas = {}
             for fn in sorted(os.listdir(os.path.join(path, "meta"))):
                 if fn.endswith(".bin"):
                     with open(os.path.join(path, "meta", fn), "rb") as f:
                         metas[fn[:-4]] = f.read()
+                    if metas[fn[:-4]][:1] != b"M":
+                        raise ValueError("meta/%s is not a metadata message" % fn)
         except (OSError, ValueError, cbor2.CBORDecodeError) as e:
             raise ToolError("%s is not an update made by `ictl update create`: %s" % (path, e))
         return cls(fields, None, chunks), metas
@@ -257,6 +281,54 @@ def create_for(devices, new, base, signing_key, key_id, **kw):
 
 # ---------------------------------------------------------------- rollout
 
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_report(payload, n):
+    """A device's report (the payload bytes), checked field by field against
+    an update of n chunks -> a dict of only the fields the rollout uses, or
+    ValueError saying what is wrong. Nothing a device says is trusted: one
+    compromised device must not stop the rollout of the others (issue 14)."""
+    if len(payload) > MAX_REPORT:
+        raise ValueError("report of %d bytes" % len(payload))
+    try:
+        rep = json.loads(payload)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise ValueError("not JSON") from None
+    if not isinstance(rep, dict):
+        raise ValueError("not a JSON object")
+    state = rep.get("state")
+    if state not in STATES:
+        raise ValueError("unknown state %.40r" % (state,))
+    out = {"state": state}
+    uid = rep.get("id")
+    if uid is not None:
+        if not isinstance(uid, str) or not _HEX_ID.match(uid):
+            raise ValueError("id %.40r is not an update id" % (uid,))
+        out["id"] = uid
+    for k in ("reason", "slot", "ver"):
+        v = rep.get(k)
+        if v is None:
+            continue
+        if not (isinstance(v, str) and _WORD.match(v) or k == "ver" and _is_int(v) and 0 <= v < 1 << 32):
+            raise ValueError("%s %.40r" % (k, v))
+        out[k] = v
+    pct = rep.get("pct")
+    if pct is not None:
+        if not _is_int(pct) or not 0 <= pct <= 100:
+            raise ValueError("pct %.40r not in 0..100" % (pct,))
+        out["pct"] = pct
+    if state == "downloading":
+        first, want = rep.get("next"), rep.get("want")
+        if not _is_int(first) or not 0 <= first < n:
+            raise ValueError("next %.40r not in 0..%d" % (first, n - 1))
+        if not _is_int(want) or not 1 <= want <= min(WINDOW, n - first):
+            raise ValueError("want %.40r not in 1..%d" % (want, min(WINDOW, n - first)))
+        out.update(next=first, want=want)
+    return out
+
+
 class Rollout:
     """Publishes updates through the broker and serves the devices' chunk
     requests: each device gets its metadata, asks for windows of chunks
@@ -276,12 +348,15 @@ class Rollout:
         self._plans = {}
         self._cur = {}  # device -> index into its plan
         self._sent_at = {}
+        self._served = {}  # (device, update id) -> [chunks sent, when the last window went]
         self._lock = threading.Lock()
         self._changed = threading.Event()
         self._client = None
         self.bytes_sent = 0
         self.t0 = time.monotonic()
         self.timeline = []  # every report taken: (seconds since t0, device, state, pct, reason)
+        self.invalid = {}  # device -> [reports refused (invalid or rationed), the last reason]
+        self.guard = Guard()  # callback exceptions (none expected: counted, never fatal)
         self._last_line = None
 
     def _topic(self, dev, kind):
@@ -299,8 +374,8 @@ class Rollout:
                 cl.subscribe("%s/+/%s" % (self.prefix, REPORT_KIND), qos=1)
                 up.set()
 
-        c.on_connect = on_connect
-        c.on_message = self._on_message
+        c.on_connect = self.guard.wrap(on_connect)
+        c.on_message = self.guard.wrap(self._on_message)
         try:
             c.connect(self.host, self.port, keepalive=30)
         except (OSError, ssl.SSLError) as e:
@@ -328,17 +403,26 @@ class Rollout:
         self._sent_at[dev] = time.monotonic()
         self._publish(dev, meta)
 
+    def alive(self):
+        """True while paho's network thread runs (a callback that raised
+        would have ended it, were it not for the guard)."""
+        t = getattr(self._client, "_thread", None)
+        return t is not None and t.is_alive()
+
     def _on_message(self, cl, ud, msg):
         parts = msg.topic.split("/")
         dev = parts[-3] if len(parts) >= 3 else None
-        try:
-            rep = json.loads(msg.payload)
-        except ValueError:
-            return
         with self._lock:
-            if dev not in self._plans or not isinstance(rep, dict):
+            if dev not in self._plans:
                 return
             upd = self._plans[dev][self._cur[dev]][0]
+            try:
+                rep = check_report(msg.payload, upd.n)
+            except ValueError as e:
+                bad = self.invalid.setdefault(dev, [0, ""])
+                bad[0] += 1
+                bad[1] = str(e)
+                return
             if rep.get("id") not in (None, upd.id.hex()):
                 return  # about another update
             state = rep.get("state")
@@ -363,8 +447,16 @@ class Rollout:
                 self._send_meta(dev)
             elif state == "downloading":
                 self._sent_at[dev] = time.monotonic()
-                first = int(rep.get("next", 0))
-                want = max(0, min(int(rep.get("want", 1)), upd.n - first))
+                first, want = rep["next"], rep["want"]  # checked: 0 <= first < first + want <= n
+                now = time.monotonic()
+                served = self._served.setdefault((dev, upd.id), [0, 0.0])
+                if served[0] >= SERVE_FACTOR * upd.n and now - served[1] < THROTTLE_S:
+                    bad = self.invalid.setdefault(dev, [0, ""])
+                    bad[0] += 1
+                    bad[1] = "window requests over %dx the update: rationed" % SERVE_FACTOR
+                    return
+                served[0] += want
+                served[1] = now
                 for i in range(first, first + want):
                     self._publish(dev, upd.chunk(i))
                 self.status[dev] = dict(rep, kind=self._kind(upd))

@@ -1,0 +1,92 @@
+"""The host tools' layout (docs/architecture.md): no import circle among the
+`ictl` modules, counting imports inside functions too (a lazy import still
+ties two modules together), and the product modules at the top of the
+package import nothing from the simulation, measurement or command line."""
+import ast
+import os
+
+from mphelp import ROOT
+
+TOOLS = os.path.join(ROOT, "tools")
+UPPER = ("ictl.cli", "ictl.sim", "ictl.measure")
+
+
+def modules():
+    """{dotted name: path} of every module under tools/ictl."""
+    out = {}
+    for d, _, files in os.walk(os.path.join(TOOLS, "ictl")):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(d, f), TOOLS)[:-3].replace(os.sep, ".")
+                out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(d, f)
+    return out
+
+
+def import_graph(mods):
+    """{module: {ictl modules it imports anywhere in its source}}."""
+    graph = {}
+    for name, path in mods.items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        pkg = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(pkg.split(".")[:len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                for a in node.names:
+                    sub = base + "." + a.name
+                    deps.add(sub if sub in mods else base)
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def find_cycle(graph):
+    """One import circle as a list of modules (first == last), or None."""
+    state = {}
+    stack = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                c = visit(m)
+                if c:
+                    return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            c = visit(n)
+            if c:
+                return c
+    return None
+
+
+def test_the_checker_finds_a_circle():
+    # The circle issue 15 found (device -> firmware -> image -> device), as a graph.
+    g = {"device": {"firmware"}, "firmware": {"image"}, "image": {"device"}, "pki": set()}
+    assert find_cycle(g) == ["device", "firmware", "image", "device"]
+    g["image"] = {"pki"}
+    assert find_cycle(g) is None
+
+
+def test_no_import_circle_in_the_host_tools():
+    cycle = find_cycle(import_graph(modules()))
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_product_modules_do_not_import_the_simulation():
+    graph = import_graph(modules())
+    product = [n for n in graph if n.count(".") == 1 and not n.startswith(UPPER) and n != "ictl.__main__"]
+    assert "ictl.image" in product and "ictl.console" in product
+    bad = sorted("%s -> %s" % (n, d) for n in product for d in graph[n] if d.startswith(UPPER))
+    assert not bad, bad

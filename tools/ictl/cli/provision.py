@@ -1,0 +1,75 @@
+"""ictl provision: give a board on USB its identity (see ictl/provision.py)."""
+import os
+import sys
+
+from ictl import ToolError, broker as fleet_broker, pki
+from ictl import provision
+from ictl.cli.pki import DEFAULT_DIR
+
+
+def register(sub):
+    p = sub.add_parser(
+        "provision", help="provision a board over USB: key made on the board, certificate from the fleet CA",
+        description="Provision the board on PORT (a USB serial port, or a virtual board's pty): the board "
+                    "makes its own P-256 key and CSR, the fleet CA certifies it, and the certificate, CA, broker "
+                    "settings and fleet data key are written into the board's keystore. Refuses a provisioned "
+                    "board unless --reprovision. Appends a JSON line per attempt to the provisioning log.")
+    p.add_argument("--port", required=True, help="the board's port, as mpremote accepts it (e.g. /dev/ttyUSB0)")
+    p.add_argument("--device-id", help="the device id (certificate CN, topic level); default: the inventory's id for this chip, else a random ic-<hex>")
+    p.add_argument("--ca-dir", help="fleet CA directory (default: the broker's, or build/broker/pki)")
+    p.add_argument("--broker-dir", help="take broker host, port and prefix from this `ictl broker` state directory")
+    p.add_argument("--broker-host", help="broker host the board connects to")
+    p.add_argument("--broker-port", type=int, help="broker TLS port")
+    p.add_argument("--broker-hostname", help="name the broker's certificate must carry (default: the host; localhost for 127.0.0.1)")
+    p.add_argument("--broker-ca", metavar="PATH",
+                   help="CA certificate(s) that certify the broker, PEM or DER, when the fleet CA does not "
+                        "(AWS IoT Core: Amazon's root CA); default: the fleet CA")
+    p.add_argument("--prefix", help="topic prefix (default: the broker's, or %s)" % fleet_broker.DEFAULT_PREFIX)
+    p.add_argument("--ntp", metavar="HOST[:PORT]",
+                   help="time server the board sets its clock from before TLS (SNTP, port 123 by default); "
+                        "without it the board's clock starts from its floor: this host's time at provisioning, "
+                        "moved on while the board runs")
+    p.add_argument("--fleet-data-pub", required=True, metavar="PATH",
+                   help="the fleet data public key (P-256; PEM, DER or the 65-byte point)")
+    p.add_argument("--operator", help="who provisions, for the records (default: your login name)")
+    p.add_argument("--log", help="provisioning log, JSON lines (default: <ca-dir>/provision.jsonl)")
+    p.add_argument("--days", type=int, default=pki.CLIENT_DAYS, help="certificate validity in days (default %d)" % pki.CLIENT_DAYS)
+    p.add_argument("--reprovision", action="store_true", help="wipe a provisioned board first (asks for confirmation)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
+    p.set_defaults(func=do_provision)
+
+
+def _confirm(yes):
+    def ask(question):
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise ToolError("--reprovision wipes the board: confirm at a terminal, or pass --yes")
+        return input(question + " [y/N] ").strip().lower() in ("y", "yes")
+    return ask
+
+
+def do_provision(args):
+    ca_dir = args.ca_dir
+    host, port, prefix = args.broker_host, args.broker_port, args.prefix
+    if args.broker_dir:
+        st = fleet_broker.read_state(args.broker_dir)
+        if not st.get("port"):
+            raise ToolError("no broker state in %s: start one with `ictl broker start`, or give --broker-host/--broker-port" % args.broker_dir)
+        host, port = host or st["host"], port or st["port"]
+        prefix = prefix or st.get("prefix")
+        ca_dir = ca_dir or os.path.dirname(st["ca"])
+    if not host or not port:
+        raise ToolError("where does the board connect? give --broker-dir, or --broker-host and --broker-port")
+    if args.days < 1:
+        raise ToolError("--days must be at least 1")
+    broker = provision.broker_settings(host, port, args.broker_hostname, prefix or fleet_broker.DEFAULT_PREFIX,
+                                       args.ntp)
+    ca = pki.load_ca(ca_dir or DEFAULT_DIR)
+    if ca.development:
+        print("note: the fleet CA in %s is DEVELOPMENT ONLY" % ca.dir)
+    fleet_pub = provision.load_fleet_pub(args.fleet_data_pub)
+    provision.Provisioner(args.port, ca, broker, fleet_pub, device_id=args.device_id, operator=args.operator,
+                          log_path=args.log, reprovision=args.reprovision, confirm=_confirm(args.yes),
+                          days=args.days,
+                          broker_ca=provision.load_broker_ca(args.broker_ca) if args.broker_ca else None).run()

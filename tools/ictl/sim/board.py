@@ -1,0 +1,292 @@
+"""A virtual board: a simulated device (its state directory) running on the
+MicroPython unix port behind a pseudo-terminal, so that the real `mpremote`
+talks to it as to an ESP32 on USB.
+
+Two ptys: the device process owns one (its console); we expose the other as
+the board's serial port and relay bytes between them. The relay does what the
+board's hardware would:
+- Ctrl-C while a program runs interrupts it (SIGINT -> KeyboardInterrupt),
+  since the unix port reads its console only at a prompt;
+- a soft reset (Ctrl-D at a prompt) ends the unix process; we start a new one
+  on the same state, print "MPY: soft reboot" as the firmware does and, if the
+  soft reset came from the raw REPL, bring the new process back into the raw
+  REPL without running main.py (as the ESP32 port does), hiding its banner;
+- machine.reset() or a power cut ends the process; the board boots again.
+"""
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+
+from ictl import ROOT, ToolError
+from ictl.sim import device as sim_device
+from ictl import broker as fleet_broker
+from ictl.sim import unixfw
+
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+_IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
+
+
+# The unix port keeps the code it loads in its GC heap; an ESP32 runs frozen
+# code and the app image from flash and gives the app the heap. A board that
+# models an ESP32 gets a port heap with room for all the code (PORT_HEAP_KIB),
+# and firmware/unix/start.py loads the code first and holds it apart, leaving
+# the app a heap of APP_HEAP_KIB in one piece (ESPSIM_DATA_HEAP_KIB): the
+# budget of an ESP32 without PSRAM.
+PORT_HEAP_KIB = 512
+APP_HEAP_KIB = 64
+
+
+def app_heap_env(kib=APP_HEAP_KIB):
+    return {"ESPSIM_DATA_HEAP_KIB": str(kib)}
+
+
+class VirtualBoard:
+    def __init__(self, devdir, heap_kib=96, env=None, log=None, app_heap_kib=None):
+        sim_device.load(devdir)  # a one-line error if the directory is missing or corrupt
+        self.devdir = os.path.abspath(devdir)
+        self.heap_kib = heap_kib
+        self.extra_env = dict(env or {})
+        if app_heap_kib:
+            self.extra_env.update(app_heap_env(app_heap_kib))
+        self.log_path = log or os.path.join(self.devdir, "console.log")
+        self.proc = None
+        self.boots = 0
+        self.resets = 0  # boots after machine.reset() or a power cut (not a soft reboot)
+        self._stop = threading.Event()
+        self._thread = None
+
+    # --- the port mpremote opens ---------------------------------------------
+    def start(self):
+        self.cm, self.cs = pty.openpty()
+        tty.setraw(self.cs)
+        # We keep the port's far end open ourselves, so the relay never sees
+        # EIO when mpremote disconnects, as a USB-serial adapter stays put.
+        self.port = os.ttyname(self.cs)
+        self.link = os.path.join(self.devdir, "tty")
+        try:
+            os.unlink(self.link)
+        except FileNotFoundError:
+            pass
+        os.symlink(self.port, self.link)
+        os.set_blocking(self.cm, False)
+        self.log = open(self.log_path, "ab")
+        self._spawn(raw=False)
+        self._thread = threading.Thread(target=self._relay, name="virtual-board", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        self._kill()
+        for fd in (self.cm, self.cs):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.unlink(self.link)
+        except OSError:
+            pass
+        self.log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- the device process ----------------------------------------------------
+    def _spawn(self, raw, soft=False):
+        m, s = pty.openpty()
+        tty.setraw(s)
+        fw = unixfw.build()  # the frozen code precompiled, as an ESP32 firmware carries it
+        env = dict(os.environ, MICROPYPATH=":".join(os.path.join(fw, p) for p in ("lib/ironclad", "firmware/unix")),
+                   ESPSIM_DIR=self.devdir, **self.extra_env)
+        for k in ("ESPSIM_RAW_REPL", "ESPSIM_SOFT_REBOOT"):
+            env.pop(k, None)
+        if raw:
+            env["ESPSIM_RAW_REPL"] = "1"
+        if soft:
+            env["ESPSIM_SOFT_REBOOT"] = "1"
+        self.proc = subprocess.Popen(
+            [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-i", os.path.join(fw, "firmware", "unix", "start.py")],
+            stdin=s, stdout=s, stderr=s, env=env, cwd=self.devdir, close_fds=True, start_new_session=True,
+            preexec_fn=fleet_broker.die_with_parent,  # a killed `ictl run` leaves no device behind
+        )
+        os.close(s)
+        self.dm = m
+        os.set_blocking(m, False)
+        self.boots += 1
+        self.tail = b""
+        self.vm_up = False  # set by the process's first output
+        self.raw = False
+        self.syncing = raw  # hide the new process's banner until it is in the raw REPL
+        self.sync_buf = b""
+        self.eof_sent = False
+
+    def _kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            os.close(self.dm)
+        except OSError:
+            pass
+
+    # --- the relay ---------------------------------------------------------------
+    def _to_client(self, data):
+        self.log.write(data)
+        self.log.flush()
+        deadline = time.monotonic() + 0.5
+        while data:
+            try:
+                n = os.write(self.cm, data)
+                data = data[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    # Nobody is reading the port: like a UART with no listener,
+                    # the stale output is lost.
+                    termios.tcflush(self.cs, termios.TCIFLUSH)
+                    deadline = time.monotonic() + 0.5
+                else:
+                    select.select([], [self.cm], [], 0.05)
+
+    def _from_device(self, data):
+        self.vm_up = True
+        if self.syncing:
+            self.sync_buf += data
+            buf = self.sync_buf
+            i = buf.find(b"MicroPython ")
+            if i > 0:  # boot.py output before the banner shows, as on a board
+                self._to_client(buf[:i])
+                self.sync_buf = buf = buf[i:]
+            if b">>> " in buf and not buf.startswith(b"\x01"):
+                os.write(self.dm, b"\r\x01")
+                self.sync_buf = b"\x01"  # marker: raw REPL requested
+            elif RAW_BANNER in buf:
+                self.syncing = False
+                self.raw = True
+                rest = buf[buf.index(RAW_BANNER):]
+                self.tail = rest[-64:]
+                self._to_client(rest)
+            return
+        if RAW_BANNER in self.tail[-32:] + data:
+            self.raw = True
+        self.tail = (self.tail + data)[-64:]
+        self._to_client(data)
+
+    def _idle(self):
+        return self.tail.endswith(_IDLE_TAILS)
+
+    def _from_client(self, data):
+        out = bytearray()
+        for b in data:
+            if b == 3 and not self.vm_up:
+                # Still starting (the unix port's launcher is a CPython script):
+                # a signal now would kill the launcher, not interrupt a program.
+                # Nothing runs yet to interrupt; the prompt comes by itself.
+                continue
+            if b == 3 and not self._idle():
+                # The program is running: the board's UART IRQ would raise
+                # KeyboardInterrupt; the unix port needs a signal for that.
+                if out:
+                    os.write(self.dm, bytes(out))
+                    out = bytearray()
+                try:
+                    self.proc.send_signal(signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+                continue
+            if b == 4 and self._idle():
+                self.eof_sent = True
+            if b == 2:
+                self.raw = False
+            out.append(b)
+        if out:
+            try:
+                os.write(self.dm, bytes(out))
+            except OSError:
+                pass
+
+    def _relay(self):
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self.cm, self.dm], [], [], 0.1)
+            except (OSError, ValueError):
+                r = []
+            if self.dm in r:
+                try:
+                    data = os.read(self.dm, 4096)
+                except OSError:
+                    data = b""
+                if data:
+                    self._from_device(data)
+                    continue
+                self._device_ended()
+                continue
+            if self.cm in r:
+                try:
+                    data = os.read(self.cm, 4096)
+                except OSError:
+                    data = b""
+                if data:
+                    self._from_client(data)
+            if self.proc.poll() is not None:
+                self._device_ended()
+
+    def _device_ended(self):
+        # Drain what the process printed last, then boot again on the same state.
+        while True:
+            try:
+                data = os.read(self.dm, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            self._from_device(data)
+        rc = self.proc.wait()
+        soft = self.eof_sent and rc == 0
+        was_raw = self.raw
+        self._kill()
+        if self._stop.is_set():
+            return
+        if soft:
+            self._to_client(b"MPY: soft reboot\r\n")
+        else:
+            self.resets += 1
+        self._spawn(raw=soft and was_raw, soft=soft)
+
+    def wait_reset(self, after, timeout=10):
+        """Wait until the board has reset more than `after` times. `mpremote
+        reset` returns before the board resets (it runs machine.reset() after
+        100 ms with --no-follow), so a next command sent at once would
+        interrupt it; on a board, too, the next command must wait."""
+        deadline = time.monotonic() + timeout
+        while self.resets <= after:
+            if time.monotonic() > deadline:
+                raise ToolError("the board did not reset within %d s" % timeout)
+            time.sleep(0.02)
+
+
+def run_forever(devdir, heap_kib=96, app_heap_kib=None):
+    board = VirtualBoard(devdir, heap_kib=heap_kib, app_heap_kib=app_heap_kib).start()
+    print("board: %s is on %s (also %s); Ctrl-C stops it" % (devdir, board.port, board.link), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
