@@ -90,3 +90,10 @@ def test_product_modules_do_not_import_the_simulation():
     assert "ictl.image" in product and "ictl.console" in product
     bad = sorted("%s -> %s" % (n, d) for n in product for d in graph[n] if d.startswith(UPPER))
     assert not bad, bad
+
+
+def test_the_simulation_does_not_import_the_command_line_or_measurement():
+    graph = import_graph(modules())
+    bad = sorted("%s -> %s" % (n, d) for n in graph if n.startswith("ictl.sim")
+                 for d in graph[n] if d.startswith(("ictl.cli", "ictl.measure")))
+    assert not bad, bad
