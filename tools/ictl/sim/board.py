@@ -266,15 +266,16 @@ class VirtualBoard:
             self.resets += 1
         self._spawn(raw=soft and was_raw, soft=soft)
 
-    def wait_reset(self, after, timeout=10):
-        """Wait until the board has reset more than `after` times. `mpremote
-        reset` returns before the board resets (it runs machine.reset() after
-        100 ms with --no-follow), so a next command sent at once would
-        interrupt it; on a board, too, the next command must wait."""
+    def wait_reset(self, after, timeout=20, prompt=True):
+        """Wait until the board has reset more than `after` times (and, with
+        prompt, has booted to its REPL prompt). `mpremote reset` returns
+        before the board resets (it runs machine.reset() after 100 ms with
+        --no-follow), so a next command sent at once would interrupt it; on a
+        board, too, the next command must wait."""
         deadline = time.monotonic() + timeout
-        while self.resets <= after:
+        while self.resets <= after or (prompt and not (self.vm_up and self._idle())):
             if time.monotonic() > deadline:
-                raise ToolError("the board did not reset within %d s" % timeout)
+                raise ToolError("the board did not reset%s within %d s" % (" to its prompt" if prompt else "", timeout))
             time.sleep(0.02)
 
 
