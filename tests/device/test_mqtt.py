@@ -16,8 +16,9 @@ from ironclad import mqtt  # noqa: E402
 from ironclad.mqtt import Backoff, MQTTClient, ProtocolError  # noqa: E402
 
 # Compiling mqtt.py from source takes about 112 KiB on the unix port; on the
-# board it is frozen, and the host tests run it from .mpy under 64 KiB.
-HEAP_KIB = 160
+# board it is frozen, and the host tests run it from .mpy under 64 KiB. The
+# `time` stand-in (2000 epoch, 2**30 tick wrap) takes 3 KiB more.
+HEAP_KIB = 176
 
 TOPIC = b"ironclad/dev-1/cmd"
 
