@@ -393,14 +393,36 @@ def _check_key(key):
         raise OSError(_ERR_KEY_TOO_LONG, "ESP_ERR_NVS_KEY_TOO_LONG")
 
 
+# Every esp32.NVS(ns) is an nvs_open() whose handle is never given back:
+# ports/esp32/esp32_nvs.c (v1.28.0) calls nvs_open in make_new and has no
+# nvs_close and no finaliser. Each handle holds an entry of the IDF's handle
+# list in the IDF heap (nvs::HandleEntry, ~32 bytes with malloc's overhead);
+# the stand-in counts them and refuses past _MAX_HANDLES, as nvs_open does
+# with ESP_ERR_NO_MEM once that heap is spent. 512 handles are 16 KiB: about
+# what an ESP32 without PSRAM has to spare once Wi-Fi and a TLS session are up
+# (a projection: only a board measures its IDF heap; ESPSIM_NVS_HANDLES sets it).
+_ERR_NO_MEM = const(0x101)  # ESP_ERR_NO_MEM
+_handles = 0
+_MAX_HANDLES = int(espsim.os.getenv("ESPSIM_NVS_HANDLES") or 512)
+
+
+def _nvs_handles():
+    """Unix port only: NVS handles opened since boot (none is ever closed)."""
+    return _handles
+
+
 class NVS:
     """esp32.NVS(namespace): changes are staged until commit(), as the docs require."""
 
     def __init__(self, namespace):
+        global _handles
         _check_key(namespace)
+        if _handles >= _MAX_HANDLES:
+            raise OSError(_ERR_NO_MEM, "ESP_ERR_NO_MEM")
+        _nvs_store()
+        _handles += 1
         self._ns = namespace
         self._pending = []
-        _nvs_store()
 
     def _lookup(self, key):
         """(kind, value) as this handle sees it, staged changes included, or None."""
@@ -447,9 +469,28 @@ class NVS:
             _nvs_store().commit(batch)
 
 
-def mcu_temperature():
-    """The chip's internal temperature in degrees C (ESP32-S2/S3/C3 have it);
-    simulated: a slow drift around 40."""
+def _celsius():
+    # Simulated die temperature: a slow drift around 40 C.
     import time
 
     return 40 + (time.time() % 60) // 6
+
+
+def mcu_temperature():
+    """The chip's internal temperature in degrees C, from the IDF's
+    temperature_sensor driver: the ESP32-S2/S3/C3 and later have it
+    (ports/esp32/modesp32.c, #if !CONFIG_IDF_TARGET_ESP32)."""
+    return _celsius()
+
+
+def raw_temperature():
+    """The original ESP32's only reading: the raw sensor value as an int,
+    which MicroPython's ESP32 quick reference gives in degrees Fahrenheit
+    (ports/esp32/modesp32.c, #if CONFIG_IDF_TARGET_ESP32). Simulated: the
+    same drift, in Fahrenheit."""
+    return int(_celsius() * 9 / 5 + 32)
+
+
+# What the chip lacks is not there (firmware/profile/<chip>.surface): on the
+# ESP32 mcu_temperature is absent, on the S3 raw_temperature.
+espsim.honour(globals(), "esp32")

@@ -214,6 +214,72 @@ class Flash:
         return None
 
 
+# --- the port profile ------------------------------------------------------------
+#
+# firmware/profile/<chip>.surface (from `ictl firmware profile`, read from
+# MicroPython v1.28.0's C tables with our board headers) lists what each
+# board module and class has on the chip. The stand-ins drop whatever the
+# board lacks, so a call the board would refuse fails here too.
+
+_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+_chip = None
+
+
+def chip():
+    """The simulated chip: $ESPSIM_CHIP, else device.json's "chip", else esp32."""
+    global _chip
+    if _chip is None:
+        c = os.getenv("ESPSIM_CHIP")
+        if not c:
+            try:
+                with open(devdir() + "/device.json") as f:
+                    c = json.load(f).get("chip")
+            except (OSError, ValueError):
+                c = None
+        _chip = c or "esp32"
+    return _chip
+
+
+def surface(name):
+    """The names `name` (a module, or module.Class) has on the board, or None
+    when the profile does not describe it."""
+    path = os.getenv("ESPSIM_PROFILE") or (_HERE + "/../profile/" + chip() + ".surface")
+    try:
+        f = open(path)
+    except OSError:
+        raise SimError("no port profile %s: run `ictl firmware profile`" % path)
+    with f:
+        key = name + " "
+        for line in f:
+            if line.startswith(key) or line.rstrip("\n") == name:
+                return line.split()[1:]
+    return None
+
+
+def honour(ns, name):
+    """Remove from a stand-in's namespace (a module's globals() or a class)
+    every public name the board's `name` lacks. Imported modules stay: the
+    stand-in's own code needs them."""
+    allowed = surface(name)
+    if allowed is None:
+        return
+    cls = not isinstance(ns, dict)
+    for k in list(ns.__dict__ if cls else ns):
+        if k.startswith("_") or k in allowed:
+            continue
+        v = getattr(ns, k) if cls else ns[k]
+        if cls:
+            delattr(ns, k)
+            continue
+        if type(v) is not type(os):
+            del ns[k]
+    if not cls:
+        for k in allowed:
+            v = ns.get(k)
+            if isinstance(v, type):
+                honour(v, name + "." + k)
+
+
 def flash():
     """The device's flash, opened on first use from $ESPSIM_DIR."""
     global _flash

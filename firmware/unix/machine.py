@@ -93,3 +93,7 @@ class WDT:
         # missed feed take effect at the next check.
         if time.ticks_diff(time.ticks_ms(), self._due) > 0:
             espsim.reset("WDT")
+
+
+# What the board's machine lacks is not there (firmware/profile/<chip>.surface).
+espsim.honour(globals(), "machine")

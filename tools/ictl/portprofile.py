@@ -600,6 +600,23 @@ def generate(src, chip):
     }
 
 
+def surface_lines(prof):
+    """The profile as the simulation reads it (firmware/profile/<chip>.surface):
+    one line per module and per class, its name then the names it has. A
+    line at a time, so a stand-in reads it within a small heap."""
+    out = []
+
+    def walk(name, attrs):
+        out.append(" ".join([name] + sorted(attrs)))
+        for k, v in sorted(attrs.items()):
+            if isinstance(v, dict) and v.get("kind") == "class" and "members" in v:
+                walk(name + "." + k, v["members"])
+
+    for mod, m in prof["modules"].items():
+        walk(mod, m["attrs"])
+    return out
+
+
 def write(src, chips=None, out_dir=PROFILE_DIR):
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -609,6 +626,9 @@ def write(src, chips=None, out_dir=PROFILE_DIR):
         with open(p, "w") as f:
             json.dump(prof, f, indent=1, sort_keys=False)
             f.write("\n")
+        with open(os.path.join(out_dir, chip + ".surface"), "w") as f:
+            f.write("# generated from %s.json by `ictl firmware profile`: the simulation's copy\n" % chip)
+            f.write("\n".join(surface_lines(prof)) + "\n")
         paths.append(p)
     return paths
 
@@ -692,6 +712,29 @@ class _Walker(ast.NodeVisitor):
                 self._bad(node, "from %s import %s: the board's %s has no %s" % (top, a.name, top, a.name))
             else:
                 self.bound[a.asname or a.name] = ("mod", top, (a.name,))
+
+    def _probe(self, test):
+        """True/False when `test` is hasattr(<board module>, "name") (or its
+        `not`), decided by the profile; None for any other test."""
+        neg = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+        t = test.operand if neg else test
+        if (isinstance(t, ast.Call) and isinstance(t.func, ast.Name) and t.func.id == "hasattr" and len(t.args) == 2
+                and isinstance(t.args[0], ast.Name) and self.bound.get(t.args[0].id, ("",))[0] == "mod"
+                and isinstance(t.args[1], ast.Constant) and isinstance(t.args[1].value, str)):
+            _, mod, pre = self.bound[t.args[0].id]
+            has = self._lookup(mod, tuple(pre) + (t.args[1].value,)) is not None
+            return has != neg
+        return None
+
+    def visit_If(self, node):
+        # Feature detection: only the branch that runs on this chip is checked
+        # (if hasattr(esp32, "mcu_temperature"): ... else: ...).
+        live = self._probe(node.test)
+        if live is None:
+            self.generic_visit(node)
+            return
+        for n in node.body if live else node.orelse:
+            self.visit(n)
 
     def _target_key(self, t):
         if isinstance(t, ast.Name):

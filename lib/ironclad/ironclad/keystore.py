@@ -31,6 +31,7 @@ from micropython import const
 import os
 
 from ironclad import ccm
+from ironclad import nvs as _nvs
 
 NAMESPACE = "ic_ks"
 KEY_NAMESPACE = "ic_sk"
@@ -82,11 +83,10 @@ class KeyStore:
 
     def __init__(self, nvs=None, key_nvs=None, uid=None):
         if nvs is None or key_nvs is None or uid is None:
-            import esp32
             import machine
 
-            nvs = nvs or esp32.NVS(NAMESPACE)
-            key_nvs = key_nvs or esp32.NVS(KEY_NAMESPACE)
+            nvs = nvs or _nvs.open(NAMESPACE)
+            key_nvs = key_nvs or _nvs.open(KEY_NAMESPACE)
             uid = uid or machine.unique_id()
         self._nvs = nvs
         self._knvs = key_nvs
