@@ -240,20 +240,40 @@ def chip():
     return _chip
 
 
+_profile = None  # the surface file, kept open: after start.py mounts the
+# device's own filesystem at / the host path no longer resolves.
+
+
+def _profile_file():
+    global _profile
+    if _profile is None:
+        path = os.getenv("ESPSIM_PROFILE") or (_HERE + "/../profile/" + chip() + ".surface")
+        try:
+            _profile = open(path)
+        except OSError:
+            raise SimError("no port profile %s: run `ictl firmware profile`" % path)
+    _profile.seek(0)
+    return _profile
+
+
 def surface(name):
     """The names `name` (a module, or module.Class) has on the board, or None
     when the profile does not describe it."""
-    path = os.getenv("ESPSIM_PROFILE") or (_HERE + "/../profile/" + chip() + ".surface")
-    try:
-        f = open(path)
-    except OSError:
-        raise SimError("no port profile %s: run `ictl firmware profile`" % path)
-    with f:
-        key = name + " "
-        for line in f:
-            if line.startswith(key) or line.rstrip("\n") == name:
-                return line.split()[1:]
+    key = name + " "
+    for line in _profile_file():
+        if line.startswith(key) or line.rstrip("\n") == name:
+            return line.split()[1:]
     return None
+
+
+def board_modules():
+    """The modules the port profile describes, by name."""
+    out = []
+    for line in _profile_file():
+        name = line.split(" ", 1)[0].strip()
+        if name and name[0] != "#" and "." not in name:
+            out.append(name)
+    return out
 
 
 def honour(ns, name):

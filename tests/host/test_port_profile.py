@@ -97,3 +97,24 @@ def test_agent_reading_works_on_each_chip(chip, tmp_path):
 def test_nvs_handles_do_not_leak_over_a_day():
     n, ns, err = soak_board.nvs_handles(1, timeout=300)
     assert err is None and n == ns, (n, ns, err)
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_virtual_board_offers_only_the_boards_surface(chip, tmp_path):
+    # After start-up the device code sees the board's modules: what the unix
+    # port has beyond them (os.getenv, vfs.VfsPosix) is absent, as is what the
+    # chip lacks; what the board has works.
+    dev = tmp_path / "dev"
+    sim_device.create(str(dev))
+    code = ("exec(open(%r).read())\nimport os, vfs, esp32, machine, time\n"
+            "print('S', hasattr(os, 'getenv'), hasattr(os, 'system'), hasattr(vfs, 'VfsPosix'),"
+            " hasattr(esp32, 'mcu_temperature'), hasattr(esp32, 'raw_temperature'), len(os.urandom(4)),"
+            " hasattr(vfs, 'VfsLfs2'), time.gmtime(0)[0], hasattr(machine.RTC(), 'offset_s'))\n"
+            "try:\n    os.getenv('HOME')\nexcept AttributeError as e:\n    print('E', e)\n" % mphelp.START)
+    r = mphelp.run_mp(code, devdir=dev, heap_kib=512, env={"ESPSIM_CHIP": chip, "ESPSIM_RAW_REPL": "1",
+                                                           "ESPSIM_FIRMWARE": mphelp.ROOT})
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = [l for l in r.stdout.splitlines() if l.startswith("S ")][-1].split()[1:]
+    s3 = chip == "esp32s3"
+    assert s == ["False", "False", "False", str(s3), str(not s3), "4", "True", "2000", "False"], s
+    assert "E the board's os has no getenv" in r.stdout

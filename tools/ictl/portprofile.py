@@ -188,7 +188,9 @@ class Preprocessor:
             m = _DIRECTIVE.match(line)
             if not m:
                 if active:
-                    out.append(line)
+                    # Expanded where it stands: a table's X(...) entries use a
+                    # macro the file #undefs right after (py/moderrno.c).
+                    out.append(self.expand(line) if _IDENT.search(line) else line)
                 continue
             d, rest = m.group(1), m.group(2).strip()
             if d in ("if", "ifdef", "ifndef"):
@@ -284,7 +286,7 @@ class Preprocessor:
             args = [a.strip() for a in args]
             b = body
             for p, a in zip(params, args):
-                b = re.sub(r"#\s*\b%s\b" % re.escape(p), '"%s"' % a, b) if "#" + p in b.replace(" ", "") else b
+                b = re.sub(r"(?<!#)#(?!#)\s*\b%s\b" % re.escape(p), '"%s"' % a.replace("\\", "\\\\"), b)
                 b = re.sub(r"\b%s\b" % re.escape(p), a.replace("\\", "\\\\"), b)
             b = re.sub(r"\s*##\s*", "", b)
             out.append(text[pos:m.start()])
@@ -398,7 +400,7 @@ class _Symbols:
         for m in _DICT.finditer(text):
             self.dicts.setdefault(m.group(1), m.group(2))
         for m in _TYPE.finditer(text):
-            ld = re.search(r"locals_dict\s*,\s*&?(\w+)", m.group(3))
+            ld = re.search(r"locals_dict\s*,\s*&?\s*(\w+)", m.group(3))
             self.types.setdefault(m.group(1), (m.group(2), ld.group(1) if ld else None, name))
         for m in _MODULE.finditer(text):
             self.modules.setdefault(m.group(1), m.group(2))
@@ -531,7 +533,7 @@ def generate(src, chip):
         except ProfileError:
             continue  # a file our simple preprocessor cannot follow holds no table we read
         unresolved |= pp.unresolved
-        syms.add(name, pp.expand("\n".join(lines)))
+        syms.add(name, "\n".join(lines))
     modules = {}
     for mod in MODULES:
         reg = syms.registered.get(mod)
