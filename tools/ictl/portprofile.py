@@ -433,12 +433,13 @@ class _Symbols:
             return {"kind": "class"}
         qstr, ld, src = self.types[sym]
         res = {"kind": "class", "source": src}
-        if ld:
-            table = self.dicts.get(ld, ld)
-            tsrc, mem = self.members(table, seen + (sym,))
-            res["members"] = mem
-        else:
-            res["members"] = {}
+        table = self.dicts.get(ld, ld) if ld else None
+        if table in self.tables:
+            res["members"] = self.members(table, seen + (sym,))[1]
+        elif not ld:
+            res["members"] = {}  # no locals dict: the type has no methods
+        # else a dict this reader cannot resolve (py/objstr.c slices one
+        # table for str, bytes and array): members unknown, not checked
         return res
 
 
