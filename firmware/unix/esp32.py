@@ -14,6 +14,7 @@ import cryptolib
 from micropython import const
 
 import espsim
+import espboard
 
 _TYPE_APP = const(0)
 _TYPE_DATA = const(1)
@@ -70,14 +71,19 @@ class Partition:
                 out.append(Partition(p["label"], block_size))
         return out
 
+    def _enc(self):
+        # esp_partition_t.encrypted: the partition is encrypted on this chip
+        # (flash encryption on, and an app, otadata, nvs_keys or flagged one).
+        return espsim.flash().crypt and self._p.get("encrypted", False)
+
     def info(self):
         p = self._p
-        return (p["type"], p["subtype"], p["offset"], p["size"], p["label"], False)
+        return (p["type"], p["subtype"], p["offset"], p["size"], p["label"], self._enc())
 
     def __repr__(self):
         p = self._p
-        return "<Partition type=%d, subtype=%d, address=%d, size=%d, label=%s, encrypted=0>" % (
-            p["type"], p["subtype"], p["offset"], p["size"], p["label"])
+        return "<Partition type=%d, subtype=%d, address=%d, size=%d, label=%s, encrypted=%d>" % (
+            p["type"], p["subtype"], p["offset"], p["size"], p["label"], self._enc())
 
     def __eq__(self, other):
         return isinstance(other, Partition) and other._p["label"] == self._p["label"]
@@ -89,10 +95,21 @@ class Partition:
         return self._p["offset"] + off
 
     def readblocks(self, block_num, buf, offset=0):
-        espsim.flash().read(self._range(block_num * self._bs + offset, len(buf)), buf)
+        a = self._range(block_num * self._bs + offset, len(buf))
+        espsim.flash().read(a, buf)
+        if self._enc() and espboard.FF16 in buf:
+            espboard.erased_reads_as_noise(a, buf)
 
     def writeblocks(self, block_num, buf, offset=None):
         fl = espsim.flash()
+        if self._enc():
+            # esp_partition_write -> esp_flash_write_encrypted: the address must
+            # be 16-byte aligned (ESP_ERR_INVALID_ARG) and the length a multiple
+            # of 16 (ESP_ERR_INVALID_SIZE), as XTS-AES works on 16-byte blocks.
+            if (block_num * self._bs + (offset or 0)) % 16:
+                raise OSError(_ERR_INVALID_ARG, "ESP_ERR_INVALID_ARG")
+            if len(buf) % 16:
+                raise OSError(-260, "ESP_ERR_INVALID_SIZE")
         if offset is None:
             # The 3-argument form erases the blocks it covers first, as the port does.
             off = block_num * self._bs
@@ -493,4 +510,4 @@ def raw_temperature():
 
 # What the chip lacks is not there (firmware/profile/<chip>.surface): on the
 # ESP32 mcu_temperature is absent, on the S3 raw_temperature.
-espsim.honour(globals(), "esp32")
+espboard.honour(globals(), "esp32")

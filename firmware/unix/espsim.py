@@ -66,6 +66,9 @@ class Flash:
             self.uid = binascii.unhexlify(cfg["unique_id"])
             # The simulated eFuse: keys the hardware keeps from software (esp32.NVS).
             self.efuse = cfg.get("efuse") or {}
+            # Flash encryption on (a production board): $ESPSIM_FLASH_ENCRYPTION=1
+            # or the simulated eFuse "flash_encryption". Off by default.
+            self.crypt = os.getenv("ESPSIM_FLASH_ENCRYPTION") == "1" or bool(self.efuse.get("flash_encryption"))
             self.f = open(path + "/flash.bin", "r+b")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
@@ -180,13 +183,16 @@ class Flash:
         e = bytearray(32)
         for i in range(_MAX_ENTRIES):
             self.read(self.table_at + 32 * i, e)
-            magic, typ, sub, off, size, label, _ = struct.unpack(_ENTRY, e)
+            magic, typ, sub, off, size, label, flags = struct.unpack(_ENTRY, e)
             if magic == _MAGIC and not md5_seen:
                 if off + size > self.size:
                     raise self._bad_table("partition %d exceeds the flash" % i)
                 md5.update(e)
+                # Encrypted under flash encryption: app partitions, otadata
+                # (data/ota) and nvs_keys always, others with flag bit 0.
+                enc = bool(flags & 1) or typ == 0 or (typ == 1 and sub in (0x00, 0x04))
                 parts.append({"label": label.split(b"\0")[0].decode(), "type": typ, "subtype": sub,
-                              "offset": off, "size": size})
+                              "offset": off, "size": size, "encrypted": enc})
             elif magic == _MAGIC_MD5 and not md5_seen:
                 if e[16:] != md5.digest():
                     raise self._bad_table("incorrect MD5 checksum")
@@ -212,92 +218,6 @@ class Flash:
             if p["label"] == label:
                 return p
         return None
-
-
-# --- the port profile ------------------------------------------------------------
-#
-# firmware/profile/<chip>.surface (from `ictl firmware profile`, read from
-# MicroPython v1.28.0's C tables with our board headers) lists what each
-# board module and class has on the chip. The stand-ins drop whatever the
-# board lacks, so a call the board would refuse fails here too.
-
-_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-_chip = None
-
-
-def chip():
-    """The simulated chip: $ESPSIM_CHIP, else device.json's "chip", else esp32."""
-    global _chip
-    if _chip is None:
-        c = os.getenv("ESPSIM_CHIP")
-        if not c:
-            try:
-                with open(devdir() + "/device.json") as f:
-                    c = json.load(f).get("chip")
-            except (OSError, ValueError):
-                c = None
-        _chip = c or "esp32"
-    return _chip
-
-
-_profile = None  # the surface file, kept open: after start.py mounts the
-# device's own filesystem at / the host path no longer resolves.
-
-
-def _profile_file():
-    global _profile
-    if _profile is None:
-        path = os.getenv("ESPSIM_PROFILE") or (_HERE + "/../profile/" + chip() + ".surface")
-        try:
-            _profile = open(path)
-        except OSError:
-            raise SimError("no port profile %s: run `ictl firmware profile`" % path)
-    _profile.seek(0)
-    return _profile
-
-
-def surface(name):
-    """The names `name` (a module, or module.Class) has on the board, or None
-    when the profile does not describe it."""
-    key = name + " "
-    for line in _profile_file():
-        if line.startswith(key) or line.rstrip("\n") == name:
-            return line.split()[1:]
-    return None
-
-
-def board_modules():
-    """The modules the port profile describes, by name."""
-    out = []
-    for line in _profile_file():
-        name = line.split(" ", 1)[0].strip()
-        if name and name[0] != "#" and "." not in name:
-            out.append(name)
-    return out
-
-
-def honour(ns, name):
-    """Remove from a stand-in's namespace (a module's globals() or a class)
-    every public name the board's `name` lacks. Imported modules stay: the
-    stand-in's own code needs them."""
-    allowed = surface(name)
-    if allowed is None:
-        return
-    cls = not isinstance(ns, dict)
-    for k in list(ns.__dict__ if cls else ns):
-        if k.startswith("_") or k in allowed:
-            continue
-        v = getattr(ns, k) if cls else ns[k]
-        if cls:
-            delattr(ns, k)
-            continue
-        if type(v) is not type(os):
-            del ns[k]
-    if not cls:
-        for k in allowed:
-            v = ns.get(k)
-            if isinstance(v, type):
-                honour(v, name + "." + k)
 
 
 def flash():

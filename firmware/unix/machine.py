@@ -96,4 +96,6 @@ class WDT:
 
 
 # What the board's machine lacks is not there (firmware/profile/<chip>.surface).
-espsim.honour(globals(), "machine")
+import espboard  # noqa: E402
+
+espboard.honour(globals(), "machine")

@@ -17,6 +17,7 @@ import sys
 import vfs
 
 import espsim
+import espboard
 
 # The repo root: what an ESP32 build freezes (boot.py, main.py, lib/).
 _FW = os.getenv("ESPSIM_FIRMWARE") or sys.argv[0].rsplit("/firmware/", 1)[0]
@@ -73,17 +74,17 @@ def _board_surface():
     # has getenv and system, vfs has VfsPosix, ...) and some less. What the
     # device code imports from now on is the board's surface: an absent name
     # raises AttributeError as it would on the chip. esp32 and machine are
-    # stand-ins that already drop what the chip lacks (espsim.honour), time is
+    # stand-ins that already drop what the chip lacks (espboard.honour), time is
     # the board's by construction; sys stays whole (start.py and the REPL use
     # it; the profile check, ictl.portprofile, covers the device code's uses).
-    for name in espsim.board_modules():
+    for name in espboard.board_modules():
         if name in ("esp32", "machine", "time", "sys"):
             continue
         try:
             real = __import__(name)
         except ImportError:
             continue  # not on the unix port (esp, network): nothing to narrow
-        allowed = espsim.surface(name)
+        allowed = espboard.surface(name)
         for k in dir(real):
             if k[0] != "_" and k not in allowed:
                 # Something the board lacks (os.getenv, vfs.VfsPosix, ...): narrowed.

@@ -118,3 +118,46 @@ def test_virtual_board_offers_only_the_boards_surface(chip, tmp_path):
     s3 = chip == "esp32s3"
     assert s == ["False", "False", "False", str(s3), str(not s3), "4", "True", "2000", "False"], s
     assert "E the board's os has no getenv" in r.stdout
+
+
+def test_partitions_holding_images_state_and_files_are_encrypted(tmp_path):
+    from ictl import ToolError, firmware
+
+    t = firmware.partition_table()
+    assert {p.name for p in t if p.encrypted} >= {"app_a", "app_b", "bootstate", "vfs"}
+    assert not t.find_by_name("nvs").encrypted  # NVS encryption protects it; flash encryption must not
+    bad = tmp_path / "table.csv"
+    with open(firmware.TABLE) as f:
+        bad.write_text(f.read().replace("0x2000,   encrypted", "0x2000"))
+    with pytest.raises(ToolError, match="bootstate must carry the `encrypted` flag"):
+        firmware.partition_table(str(bad))
+
+
+def test_encrypted_partition_reads_erased_flash_as_noise(tmp_path):
+    # With flash encryption on, software reads an encrypted partition through
+    # the decryption: erased flash is not 0xFF there, and writes go in aligned
+    # 16-byte blocks. Unencrypted partitions (nvs) read 0xFF as before.
+    import json
+
+    dev = tmp_path / "dev"
+    sim_device.create(str(dev))
+    code = ("import esp32\nP = esp32.Partition\nfor l in ('app_a', 'bootstate', 'vfs', 'nvs'):\n"
+            "    p = P.find(1, label=l)[0]\n    b = bytearray(64)\n    p.readblocks(1, b)\n"
+            "    print('R', l, p.info()[5], b == b'\\xff' * 64)\n"
+            "p = P.find(1, label='app_b')[0]\np.writeblocks(0, b'x' * 16, 0)\nb = bytearray(32)\np.readblocks(0, b)\n"
+            "print('W', b[:16] == b'x' * 16, b[16:] == b'\\xff' * 16)\n"
+            "for off, n in ((8, 16), (16, 5)):\n    try:\n        p.writeblocks(0, b'y' * n, off)\n        print('A ok')\n"
+            "    except OSError as e:\n        print('A', e.args[0])\n")
+    plain = mphelp.run_mp(code, devdir=dev)
+    assert plain.returncode == 0, plain.stderr
+    assert "R app_a False True" in plain.stdout and "W True True" in plain.stdout
+    cfg = json.loads((dev / "device.json").read_text())
+    cfg["efuse"]["flash_encryption"] = True
+    (dev / "device.json").write_text(json.dumps(cfg))
+    enc = mphelp.run_mp(code, devdir=dev)
+    assert enc.returncode == 0, enc.stderr
+    out = enc.stdout.splitlines()
+    for l in ("app_a", "bootstate", "vfs"):
+        assert "R %s True False" % l in out, out
+    assert "R nvs False True" in out and "W True False" in out
+    assert out[-2:] == ["A -258", "A -260"], out
