@@ -117,9 +117,8 @@ class Agent:
         # reset into the unprovisioned state, where no network service starts.
         self._send_events()
         self.client.disconnect()
-        n = self.me._ks.wipe()
-        events.record("provisioning", "wiped", "ok", "%d entries, by command" % n)
-        machine.reset()
+        events.record("provisioning", "wiped", "ok", "every credential and the NVS partition, by command")
+        self.me._ks.decommission()  # erases every NVS sector, then resets
 
     def _reply(self, counter, ok, reason=""):
         if self.online:

@@ -161,3 +161,25 @@ def test_encrypted_partition_reads_erased_flash_as_noise(tmp_path):
         assert "R %s True False" % l in out, out
     assert "R nvs False True" in out and "W True False" in out
     assert out[-2:] == ["A -258", "A -260"], out
+
+
+def test_decommission_erases_every_sector_of_the_nvs_partition(tmp_path):
+    # Real NVS keeps marked-erased entries on flash until their page is
+    # reused: decommissioning erases the partition's sectors themselves, then
+    # resets (the IDF's NVS state in RAM is stale after that).
+    import json
+
+    dev = tmp_path / "dev"
+    sim_device.create(str(dev))
+    code = ("from ironclad.keystore import KeyStore\nimport esp32\nks = KeyStore()\n"
+            "ks.put('device_key', b'k' * 100)\nks.put('provisioned', b'yes')\n"
+            "o = esp32.NVS('other')\no.set_i32('keep', 7)\no.commit()\nks.decommission()\nprint('RETURNED')\n")
+    r = mphelp.run_mp(code, devdir=dev, heap_kib=128)
+    assert r.returncode == mphelp.SIGKILL_RC and "RETURNED" not in r.stdout, r.stdout + r.stderr
+    nvs = [p for p in json.loads((dev / "device.json").read_text())["partitions"] if p["label"] == "nvs"][0]
+    with open(dev / "flash.bin", "rb") as f:
+        f.seek(nvs["offset"])
+        assert f.read(nvs["size"]) == b"\xff" * nvs["size"]
+    r = mphelp.run_mp("from ironclad.keystore import KeyStore\nprint('N', KeyStore().names())", devdir=dev,
+                      heap_kib=128)
+    assert "N []" in r.stdout, r.stdout + r.stderr

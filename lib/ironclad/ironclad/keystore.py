@@ -267,6 +267,26 @@ class KeyStore:
         self._churn()
         return n
 
+    def decommission(self):
+        """Decommission the board for good: wipe(), then erase every sector of
+        the NVS partition, then reset; never returns. Real NVS reclaims page by
+        page and keeps marked-erased entries on flash until a page is reused,
+        so only erasing the sectors themselves leaves nothing behind (other
+        namespaces too: the clock floor, counters). The IDF keeps NVS page
+        state in RAM and MicroPython cannot re-initialise it
+        (nvs_flash_erase_partition wants nvs_flash_deinit first), so NVS is
+        not used again before the reset; at the next boot nvs_flash_init
+        finds a blank partition and formats it. A power cut part way leaves
+        the board unprovisioned (wipe() ran first): run it again."""
+        import esp32
+        import machine
+
+        self.wipe()
+        for p in esp32.Partition.find(esp32.Partition.TYPE_DATA, label="nvs"):
+            for i in range(p.ioctl(4, 0)):  # BP_IOCTL_SEC_COUNT
+                p.ioctl(6, i)  # BP_IOCTL_SEC_ERASE
+        machine.reset()
+
     def _churn(self):
         # NVS only marks entries erased; their bytes stay until the page (the
         # stand-in: the log half) is erased to be reused. Writing twice the
