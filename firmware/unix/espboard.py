@@ -110,6 +110,7 @@ def erased_reads_as_noise(addr, buf):
     global _noise
     if _noise is None:
         import cryptolib
+        import hashlib
 
         _noise = cryptolib.aes(hashlib.sha256(b"flash-encryption" + espsim.flash().uid).digest(), 1)
     mv = memoryview(buf)

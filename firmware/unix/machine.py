@@ -36,14 +36,7 @@ def idle():
 _UNIX_2000 = 946684800
 
 
-def _days(y, m, d):
-    # Days from 1970-01-01 (H. Hinnant's days_from_civil), as the port's
-    # timeutils computes them in C.
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + doe - 719468
+_days = time._days  # days from 1970-01-01, as the port's timeutils computes them in C
 
 
 def _offset_s():

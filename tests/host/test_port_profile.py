@@ -82,16 +82,22 @@ def test_regenerating_gives_the_checked_in_profile(chip):
 def test_agent_reading_works_on_each_chip(chip, tmp_path):
     # The agent's own reading code, with the stand-in esp32 module as the chip
     # has it (the ESP32 has raw_temperature in Fahrenheit only).
-    dev = tmp_path / "dev"
-    sim_device.create(str(dev))
     code = ("import sys\nsys.path.append(%r)\nimport agent, esp32\n"
             "print('T', agent._temperature(), hasattr(esp32, 'mcu_temperature'), hasattr(esp32, 'raw_temperature'))"
             % os.path.join(mphelp.ROOT, "app"))
-    r = mphelp.run_mp(code, devdir=dev, heap_kib=1024, env={"ESPSIM_CHIP": chip}, timeout=120)
-    assert r.returncode == 0, r.stderr
-    line = [l for l in r.stdout.splitlines() if l.startswith("T ")][-1].split()
+    r, line = _run_on_chip(tmp_path, chip, code, "T", heap_kib=1024)
+    line = line.split()
     assert 30 <= float(line[1]) <= 50  # the simulated die: about 40 C on either chip
     assert line[2:] == (["False", "True"] if chip == "esp32" else ["True", "False"])
+
+
+def _run_on_chip(tmp_path, chip, code, tag, heap_kib, env=None):
+    """Run code on a fresh simulated `chip`; (result, its last line starting with tag)."""
+    dev = tmp_path / "dev"
+    sim_device.create(str(dev))
+    r = mphelp.run_mp(code, devdir=dev, heap_kib=heap_kib, env=dict(env or {}, ESPSIM_CHIP=chip), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r, [l for l in r.stdout.splitlines() if l.startswith(tag + " ")][-1]
 
 
 def test_nvs_handles_do_not_leak_over_a_day():
@@ -104,17 +110,13 @@ def test_virtual_board_offers_only_the_boards_surface(chip, tmp_path):
     # After start-up the device code sees the board's modules: what the unix
     # port has beyond them (os.getenv, vfs.VfsPosix) is absent, as is what the
     # chip lacks; what the board has works.
-    dev = tmp_path / "dev"
-    sim_device.create(str(dev))
     code = ("exec(open(%r).read())\nimport os, vfs, esp32, machine, time\n"
             "print('S', hasattr(os, 'getenv'), hasattr(os, 'system'), hasattr(vfs, 'VfsPosix'),"
             " hasattr(esp32, 'mcu_temperature'), hasattr(esp32, 'raw_temperature'), len(os.urandom(4)),"
             " hasattr(vfs, 'VfsLfs2'), time.gmtime(0)[0], hasattr(machine.RTC(), 'offset_s'))\n"
             "try:\n    os.getenv('HOME')\nexcept AttributeError as e:\n    print('E', e)\n" % mphelp.START)
-    r = mphelp.run_mp(code, devdir=dev, heap_kib=512, env={"ESPSIM_CHIP": chip, "ESPSIM_RAW_REPL": "1",
-                                                           "ESPSIM_FIRMWARE": mphelp.ROOT})
-    assert r.returncode == 0, r.stdout + r.stderr
-    s = [l for l in r.stdout.splitlines() if l.startswith("S ")][-1].split()[1:]
+    r, s = _run_on_chip(tmp_path, chip, code, "S", 512, {"ESPSIM_RAW_REPL": "1", "ESPSIM_FIRMWARE": mphelp.ROOT})
+    s = s.split()[1:]
     s3 = chip == "esp32s3"
     assert s == ["False", "False", "False", str(s3), str(not s3), "4", "True", "2000", "False"], s
     assert "E the board's os has no getenv" in r.stdout
