@@ -185,3 +185,11 @@ def test_decommission_erases_every_sector_of_the_nvs_partition(tmp_path):
     r = mphelp.run_mp("from ironclad.keystore import KeyStore\nprint('N', KeyStore().names())", devdir=dev,
                       heap_kib=128)
     assert "N []" in r.stdout, r.stdout + r.stderr
+
+
+def test_virtual_board_can_start_near_the_tick_wrap(tmp_path):
+    # ESPSIM_TICKS_MS=wrap-S: ticks_ms starts S seconds before its 2**30 wrap.
+    code = "import time\nt0 = time.ticks_ms()\ntime.sleep_ms(1200)\nprint('W', t0, time.ticks_ms())"
+    r, line = _run_on_chip(tmp_path, "esp32", code, "W", 112, {"ESPSIM_TICKS_MS": "wrap-1"})
+    t0, t1 = (int(v) for v in line.split()[1:])
+    assert (1 << 30) - 1000 <= t0 < 1 << 30 and t1 < 1000, (t0, t1)
