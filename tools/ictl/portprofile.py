@@ -106,12 +106,14 @@ class Source:
         self._cache = {}
         if self.git:
             try:
-                out = subprocess.run(["git", "-C", path, "ls-tree", "-r", "--name-only", tag],
-                                     capture_output=True, text=True, check=True).stdout
-            except (OSError, subprocess.CalledProcessError) as e:
-                raise ProfileError("%s: not a MicroPython source tree nor a git repository with tag %s (%s)"
-                                   % (path, tag, e))
-            self.names = set(out.split())
+                r = subprocess.run(["git", "-C", path, "ls-tree", "-r", "--name-only", tag],
+                                   capture_output=True, text=True)
+            except OSError as e:
+                raise ProfileError("cannot run git: %s" % e.strerror)
+            if r.returncode:
+                raise ProfileError("%s: not a MicroPython source tree nor a git repository with tag %s"
+                                   % (path, tag))
+            self.names = set(r.stdout.split())
         else:
             self.names = None
 
