@@ -193,3 +193,11 @@ def test_virtual_board_can_start_near_the_tick_wrap(tmp_path):
     r, line = _run_on_chip(tmp_path, "esp32", code, "W", 112, {"ESPSIM_TICKS_MS": "wrap-1"})
     t0, t1 = (int(v) for v in line.split()[1:])
     assert (1 << 30) - 1000 <= t0 < 1 << 30 and t1 < 1000, (t0, t1)
+
+
+def test_device_remembers_its_chip(tmp_path):
+    dev = tmp_path / "s3"
+    sim_device.create(str(dev), chip="esp32s3")
+    r = mphelp.run_mp("import esp32\nprint('C', hasattr(esp32, 'mcu_temperature'), hasattr(esp32, 'raw_temperature'))",
+                      devdir=dev)
+    assert "C True False" in r.stdout, r.stdout + r.stderr
