@@ -16,6 +16,7 @@ import esp32
 import machine
 
 from ironclad import bootstate, clock, commands, events, identity, nonce, telemetry, update
+from ironclad import nvs as _nvs
 from ironclad.identity import NotProvisioned
 from ironclad.mqtt import MQTTClient, MQTTError
 from ironclad.spool import Spool
@@ -27,11 +28,21 @@ TICK_MS = 100
 
 
 def _settings():
-    nvs = esp32.NVS(NVS_NS)
+    nvs = _nvs.open(NVS_NS)
     try:
         return nvs, nvs.get_i32("interval")
     except OSError:
         return nvs, DEFAULT_INTERVAL_S
+
+
+def _temperature():
+    # The ESP32 has only raw_temperature(), in Fahrenheit; the S2/S3/C3 and
+    # later have mcu_temperature(), in Celsius (ports/esp32/modesp32.c,
+    # MicroPython v1.28.0): use what this chip's esp32 module offers.
+    if hasattr(esp32, "mcu_temperature"):
+        return esp32.mcu_temperature()
+    else:
+        return round((esp32.raw_temperature() - 32) * 5 / 9)
 
 
 class Agent:
@@ -106,9 +117,8 @@ class Agent:
         # reset into the unprovisioned state, where no network service starts.
         self._send_events()
         self.client.disconnect()
-        n = self.me._ks.wipe()
-        events.record("provisioning", "wiped", "ok", "%d entries, by command" % n)
-        machine.reset()
+        events.record("provisioning", "wiped", "ok", "every credential and the NVS partition, by command")
+        self.me._ks.decommission()  # erases every NVS sector, then resets
 
     def _reply(self, counter, ok, reason=""):
         if self.online:
@@ -123,7 +133,7 @@ class Agent:
 
     def reading(self):
         self.seq += 1
-        return {"seq": self.seq, "uptime_ms": time.ticks_ms(), "temp_c": esp32.mcu_temperature(),
+        return {"seq": self.seq, "uptime_ms": time.ticks_ms(), "temp_c": _temperature(),
                 "heap_free": gc.mem_free(), "interval_s": self.interval_s,
                 "spool_queued": self.spool.stats()["queued"], "spool_dropped": sum(self.spool.dropped)}
 

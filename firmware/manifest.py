@@ -44,6 +44,7 @@ package(
         "keystore.py",
         "mqtt.py",
         "nonce.py",
+        "nvs.py",
         "p256.py",
         "provision.py",
         "rsapss.py",

@@ -14,6 +14,7 @@ import cryptolib
 from micropython import const
 
 import espsim
+import espboard
 
 _TYPE_APP = const(0)
 _TYPE_DATA = const(1)
@@ -70,14 +71,19 @@ class Partition:
                 out.append(Partition(p["label"], block_size))
         return out
 
+    def _enc(self):
+        # esp_partition_t.encrypted: the partition is encrypted on this chip
+        # (flash encryption on, and an app, otadata, nvs_keys or flagged one).
+        return espsim.flash().crypt and self._p.get("encrypted", False)
+
     def info(self):
         p = self._p
-        return (p["type"], p["subtype"], p["offset"], p["size"], p["label"], False)
+        return (p["type"], p["subtype"], p["offset"], p["size"], p["label"], self._enc())
 
     def __repr__(self):
         p = self._p
-        return "<Partition type=%d, subtype=%d, address=%d, size=%d, label=%s, encrypted=0>" % (
-            p["type"], p["subtype"], p["offset"], p["size"], p["label"])
+        return "<Partition type=%d, subtype=%d, address=%d, size=%d, label=%s, encrypted=%d>" % (
+            p["type"], p["subtype"], p["offset"], p["size"], p["label"], self._enc())
 
     def __eq__(self, other):
         return isinstance(other, Partition) and other._p["label"] == self._p["label"]
@@ -89,10 +95,21 @@ class Partition:
         return self._p["offset"] + off
 
     def readblocks(self, block_num, buf, offset=0):
-        espsim.flash().read(self._range(block_num * self._bs + offset, len(buf)), buf)
+        a = self._range(block_num * self._bs + offset, len(buf))
+        espsim.flash().read(a, buf)
+        if self._enc() and espboard.FF16 in buf:
+            espboard.erased_reads_as_noise(a, buf)
 
     def writeblocks(self, block_num, buf, offset=None):
         fl = espsim.flash()
+        if self._enc():
+            # esp_partition_write -> esp_flash_write_encrypted: the address must
+            # be 16-byte aligned (ESP_ERR_INVALID_ARG) and the length a multiple
+            # of 16 (ESP_ERR_INVALID_SIZE), as XTS-AES works on 16-byte blocks.
+            if (block_num * self._bs + (offset or 0)) % 16:
+                raise OSError(_ERR_INVALID_ARG, "ESP_ERR_INVALID_ARG")
+            if len(buf) % 16:
+                raise OSError(-260, "ESP_ERR_INVALID_SIZE")
         if offset is None:
             # The 3-argument form erases the blocks it covers first, as the port does.
             off = block_num * self._bs
@@ -403,14 +420,36 @@ def _check_key(key):
         raise OSError(_ERR_KEY_TOO_LONG, "ESP_ERR_NVS_KEY_TOO_LONG")
 
 
+# Every esp32.NVS(ns) is an nvs_open() whose handle is never given back:
+# ports/esp32/esp32_nvs.c (v1.28.0) calls nvs_open in make_new and has no
+# nvs_close and no finaliser. Each handle holds an entry of the IDF's handle
+# list in the IDF heap (nvs::HandleEntry, ~32 bytes with malloc's overhead);
+# the stand-in counts them and refuses past _MAX_HANDLES, as nvs_open does
+# with ESP_ERR_NO_MEM once that heap is spent. 512 handles are 16 KiB: about
+# what an ESP32 without PSRAM has to spare once Wi-Fi and a TLS session are up
+# (a projection: only a board measures its IDF heap; ESPSIM_NVS_HANDLES sets it).
+_ERR_NO_MEM = const(0x101)  # ESP_ERR_NO_MEM
+_handles = 0
+_MAX_HANDLES = int(espsim.os.getenv("ESPSIM_NVS_HANDLES") or 512)
+
+
+def _nvs_handles():
+    """Unix port only: NVS handles opened since boot (none is ever closed)."""
+    return _handles
+
+
 class NVS:
     """esp32.NVS(namespace): changes are staged until commit(), as the docs require."""
 
     def __init__(self, namespace):
+        global _handles
         _check_key(namespace)
+        if _handles >= _MAX_HANDLES:
+            raise OSError(_ERR_NO_MEM, "ESP_ERR_NO_MEM")
+        _nvs_store()
+        _handles += 1
         self._ns = namespace
         self._pending = []
-        _nvs_store()
 
     def _lookup(self, key):
         """(kind, value) as this handle sees it, staged changes included, or None."""
@@ -457,9 +496,28 @@ class NVS:
             _nvs_store().commit(batch)
 
 
-def mcu_temperature():
-    """The chip's internal temperature in degrees C (ESP32-S2/S3/C3 have it);
-    simulated: a slow drift around 40."""
+def _celsius():
+    # Simulated die temperature: a slow drift around 40 C.
     import time
 
     return 40 + (time.time() % 60) // 6
+
+
+def mcu_temperature():
+    """The chip's internal temperature in degrees C, from the IDF's
+    temperature_sensor driver: the ESP32-S2/S3/C3 and later have it
+    (ports/esp32/modesp32.c, #if !CONFIG_IDF_TARGET_ESP32)."""
+    return _celsius()
+
+
+def raw_temperature():
+    """The original ESP32's only reading: the raw sensor value as an int,
+    which MicroPython's ESP32 quick reference gives in degrees Fahrenheit
+    (ports/esp32/modesp32.c, #if CONFIG_IDF_TARGET_ESP32). Simulated: the
+    same drift, in Fahrenheit."""
+    return int(_celsius() * 9 / 5 + 32)
+
+
+# What the chip lacks is not there (firmware/profile/<chip>.surface): on the
+# ESP32 mcu_temperature is absent, on the S3 raw_temperature.
+espboard.honour(globals(), "esp32")

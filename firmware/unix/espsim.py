@@ -66,6 +66,9 @@ class Flash:
             self.uid = binascii.unhexlify(cfg["unique_id"])
             # The simulated eFuse: keys the hardware keeps from software (esp32.NVS).
             self.efuse = cfg.get("efuse") or {}
+            # Flash encryption on (a production board): $ESPSIM_FLASH_ENCRYPTION=1
+            # or the simulated eFuse "flash_encryption". Off by default.
+            self.crypt = os.getenv("ESPSIM_FLASH_ENCRYPTION") == "1" or bool(self.efuse.get("flash_encryption"))
             self.f = open(path + "/flash.bin", "r+b")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
@@ -180,13 +183,16 @@ class Flash:
         e = bytearray(32)
         for i in range(_MAX_ENTRIES):
             self.read(self.table_at + 32 * i, e)
-            magic, typ, sub, off, size, label, _ = struct.unpack(_ENTRY, e)
+            magic, typ, sub, off, size, label, flags = struct.unpack(_ENTRY, e)
             if magic == _MAGIC and not md5_seen:
                 if off + size > self.size:
                     raise self._bad_table("partition %d exceeds the flash" % i)
                 md5.update(e)
+                # Encrypted under flash encryption: app partitions, otadata
+                # (data/ota) and nvs_keys always, others with flag bit 0.
+                enc = bool(flags & 1) or typ == 0 or (typ == 1 and sub in (0x00, 0x04))
                 parts.append({"label": label.split(b"\0")[0].decode(), "type": typ, "subtype": sub,
-                              "offset": off, "size": size})
+                              "offset": off, "size": size, "encrypted": enc})
             elif magic == _MAGIC_MD5 and not md5_seen:
                 if e[16:] != md5.digest():
                     raise self._bad_table("incorrect MD5 checksum")

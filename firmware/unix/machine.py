@@ -33,56 +33,42 @@ def idle():
     time.sleep_ms(1)
 
 
-# The RTC's offset from the host clock in microseconds; None until first use.
-_rtc_offset_us = None
 _UNIX_2000 = 946684800
 
 
-def _host_us():
-    return time.time_ns() // 1000
+_days = time._days  # days from 1970-01-01, as the port's timeutils computes them in C
 
 
-def _days(y, m, d):
-    # Days from 1970-01-01 (H. Hinnant's days_from_civil), as the port's
-    # timeutils computes them in C.
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + doe - 719468
+def _offset_s():
+    """Unix port only: seconds the board's clock runs ahead of the host's (Unix time)."""
+    return (time._wall_us() - time._t.time_ns() // 1000) / 1000000 + _UNIX_2000
 
 
 class RTC:
-    """The chip's wall clock. A board without a backup battery powers up at
-    2000-01-01 00:00:00 and counts on from there; datetime(8-tuple) sets it
-    (year, month, day, weekday, hours, minutes, seconds, microseconds; the
-    weekday is ignored), as on the ESP32.
+    """The chip's wall clock: the system clock time.time() reads (the stand-in
+    `time` keeps it; ports/esp32/machine_rtc.c sets it with settimeofday). A
+    board without a backup battery powers up at 2000-01-01 00:00:00 and counts
+    on from there; datetime(8-tuple) sets it (year, month, day, weekday, hours,
+    minutes, seconds, microseconds; the weekday is ignored), as on the ESP32.
 
     The unix port cannot set the host's clock: the time set is kept as an
-    offset from it (offset_s(), for tests), and time.time() and mbedTLS's
-    certificate checks keep the host clock. A reset ends the process, so
-    the next boot starts at 2000-01-01 again (a real ESP32 keeps its RTC
-    across a software reset; only a power cut clears it)."""
+    offset from it (machine._offset_s(), for tests), and mbedTLS's certificate
+    checks keep the host clock. A reset ends the process, so the next boot
+    starts at 2000-01-01 again (a real ESP32 keeps its RTC across a software
+    reset; only a power cut clears it)."""
 
     def __init__(self, id=0):
-        global _rtc_offset_us
-        if _rtc_offset_us is None:  # power-up
-            _rtc_offset_us = _UNIX_2000 * 1000000 - _host_us()
+        pass
 
     def datetime(self, dt=None):
-        global _rtc_offset_us
         if dt is None:
-            s, us = divmod(_host_us() + _rtc_offset_us, 1000000)
+            s, us = divmod(time._wall_us(), 1000000)
             y, mo, d, h, mi, sec, wd = time.gmtime(s)[:7]
             return (y, mo, d, wd, h, mi, sec, us)
         if len(dt) != 8:
             raise ValueError("datetime needs an 8-tuple")
         y, mo, d, _, h, mi, sec, us = dt
-        _rtc_offset_us = ((_days(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) * 1000000 + us) - _host_us()
-
-    def offset_s(self):
-        """Unix port only: seconds the RTC runs ahead of the host clock."""
-        return _rtc_offset_us / 1000000
+        time._set_wall_us((((_days(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) - _UNIX_2000) * 1000000) + us)
 
 
 class WDT:
@@ -100,3 +86,9 @@ class WDT:
         # missed feed take effect at the next check.
         if time.ticks_diff(time.ticks_ms(), self._due) > 0:
             espsim.reset("WDT")
+
+
+# What the board's machine lacks is not there (firmware/profile/<chip>.surface).
+import espboard  # noqa: E402
+
+espboard.honour(globals(), "machine")

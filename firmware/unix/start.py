@@ -17,6 +17,7 @@ import sys
 import vfs
 
 import espsim
+import espboard
 
 # The repo root: what an ESP32 build freezes (boot.py, main.py, lib/).
 _FW = os.getenv("ESPSIM_FIRMWARE") or sys.argv[0].rsplit("/firmware/", 1)[0]
@@ -47,6 +48,48 @@ def _mount():
     # Frozen code only: nothing on the writable filesystem is ever imported
     # (a dropped /ironclad/ directory or main.py must not shadow the firmware).
     sys.path[:] = [".frozen", "/.frozen/lib/ironclad", "/.frozen/firmware/unix"] + extra
+
+
+class _BoardModule:
+    """A built-in module as the board has it: the unix port's module, with only
+    the names firmware/profile/<chip>.surface lists for the chip. A name is
+    copied in at its first use (a string of the allowed names is all it holds
+    until then: the heap is the app's)."""
+
+    def __init__(self, name, real, allowed):
+        self.__name__ = name
+        self._real = real
+        self._names = " %s " % " ".join(allowed)
+
+    def __getattr__(self, k):
+        if (" %s " % k) not in self._names:
+            raise AttributeError("the board's %s has no %s (firmware/profile)" % (self.__name__, k))
+        v = getattr(self._real, k)
+        setattr(self, k, v)
+        return v
+
+
+def _board_surface():
+    # The unix port's built-in modules offer more than the ESP32 port's (os
+    # has getenv and system, vfs has VfsPosix, ...) and some less. What the
+    # device code imports from now on is the board's surface: an absent name
+    # raises AttributeError as it would on the chip. esp32 and machine are
+    # stand-ins that already drop what the chip lacks (espboard.honour), time is
+    # the board's by construction; sys stays whole (start.py and the REPL use
+    # it; the profile check, ictl.portprofile, covers the device code's uses).
+    for name in espboard.board_modules():
+        if name in ("esp32", "machine", "time", "sys"):
+            continue
+        try:
+            real = __import__(name)
+        except ImportError:
+            continue  # not on the unix port (esp, network): nothing to narrow
+        allowed = espboard.surface(name)
+        for k in dir(real):
+            if k[0] != "_" and k not in allowed:
+                # Something the board lacks (os.getenv, vfs.VfsPosix, ...): narrowed.
+                sys.modules[name] = _BoardModule(name, real, allowed)
+                break
 
 
 def _run(name):
@@ -118,6 +161,7 @@ except espsim.SimError as e:
 # land scattered through the heap and no large block is left for the app.
 gc.collect()
 _mount()
+_board_surface()
 gc.collect()
 _run("boot.py")
 if os.getenv("ESPSIM_DATA_HEAP_KIB"):

@@ -26,6 +26,14 @@ def _read(path):
 
 def main(cfg_path):
     cfg = json.loads(_read(cfg_path))
+    if cfg.get("now"):
+        # As the agent's clock.ensure()/provisioning set it: a board's RTC
+        # reads 2000-01-01 until then (the `time` stand-in is the board's).
+        import machine
+
+        t = cfg["now"] - 946684800
+        y, mo, dd, h, mi, s, wd = time.gmtime(t)[:7]
+        machine.RTC().datetime((y, mo, dd, wd, h, mi, s, 0))
     d = cfg["dir"] + "/"
     dev = cfg["device_id"]
     events.PATH = cfg["events"] + "/events.bin"

@@ -123,6 +123,11 @@ def test_both_sides_derive_the_same_keys():
 
 
 def _sealer(fields=telemetry.FIELDS):
+    # A board powers up at 2000-01-01; the agent sets the clock before it
+    # seals (clock.ensure): 2026-12-01, as the stand-in `time` is the board's.
+    import machine
+
+    machine.RTC().datetime((2026, 12, 1, 0, 0, 0, 0, 0))
     dd, dpub = _pair()
     fd, fpub = _pair()
     s = telemetry.Sealer(telemetry.shared_secret(dd, fpub), "dev-0007", nonce.Counter(), fields)
@@ -143,7 +148,7 @@ def test_sealed_reading_opens_at_the_fleet_with_allowlist_applied():
     assert body["id"] == "dev-0007" and body["seq"] == 1 and body["battery_mv"] == 3300
     assert "mac" not in body and "ssid" not in body and "note" not in body and "rssi_dbm" not in body
     assert s.dropped == 4
-    assert body.get("ts", 1) > 1735689600  # the unix port's clock is set
+    assert body.get("ts", 1) > 1735689600  # the clock is set (_sealer)
     # Bound to the topic: the same bytes under another topic do not open.
     _raises(cose.AuthError, fleet.decrypt_seq, msg, b"ironclad/dev-0008/telemetry")
     # Counters advance: no two messages share a nonce.

@@ -42,7 +42,7 @@ def go(port, rtc=%(power_up)d, timeout_ms=2000, fresh=True):
     ms = time.ticks_diff(time.ticks_ms(), t0)
     e = events.since(seq)
     e = e[-1] if e else {"seq": 0, "reason": "-", "outcome": "-", "detail": "-"}
-    print("R", src, t, clock.now(), machine.RTC().offset_s(), clock.stored(), e["seq"], e["reason"],
+    print("R", src, t, clock.now(), machine._offset_s(), clock.stored(), e["seq"], e["reason"],
           e["outcome"], e["detail"].replace(" ", "_") or "-", ms)
 """
 

@@ -86,8 +86,10 @@ def _sandbox(tmp, devdir, dev=False):
         "ironclad_main.py": os.path.join(ROOT, "firmware", "esp32", "modules", "ironclad_main.py"),
         "ironclad": os.path.join(fw, "lib", "ironclad", "ironclad"),
     }
-    for mod in ("esp32", "machine", "espsim"):  # built into the ESP32 firmware
+    for mod in ("esp32", "machine", "espsim", "espboard", "time"):  # built into the ESP32 firmware
         links[mod + ".mpy"] = os.path.join(fw, "firmware", "unix", mod + ".mpy")
+    # the port profile the stand-ins hold to (espboard reads ../profile/ from its own directory)
+    os.symlink(os.path.join(fw, "firmware", "profile"), os.path.join(tmp, "profile"))
     for trust in glob.glob(os.path.join(factory.board_dir(devdir), "ironclad_trust.*")):
         links[os.path.basename(trust)] = trust
     if dev:
@@ -121,7 +123,7 @@ def _install_app(tmp_path, devdir, key):
 def _keystore(devdir, *names):
     code = "from ironclad.keystore import KeyStore\nks = KeyStore()\n"
     code += "".join("ks.put(%r, b'x')\n" % n for n in names)
-    r = run_mp(code, devdir)
+    r = run_mp(code, devdir, heap_kib=128)  # keystore.py and the stand-ins compiled from source
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -130,7 +132,9 @@ def _boot(tmp_path, devdir, dev=False, planted=(), app_exit=None, timeout=60):
     code = HARNESS % {"sandbox": box, "planted": list(planted)}
     env = mp_env(devdir, extra={"IC_APP_EXIT": app_exit} if app_exit else None)
     env.pop("MICROPYPATH")  # only what the harness lays out is importable
-    return subprocess.run([MICROPYTHON, "-X", "heapsize=96K", "-c", code], env=env, capture_output=True,
+    # 112 KiB: the stand-ins for the port's C modules (esp32, machine, time,
+    # the profile they hold to) live in this heap on the unix port, not on a board.
+    return subprocess.run([MICROPYTHON, "-X", "heapsize=112K", "-c", code], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=str(tmp_path))
 
 

@@ -42,6 +42,10 @@ import json, sys
 from binascii import hexlify, unhexlify as u
 from ironclad import events, nonce, telemetry
 job = json.loads(open(sys.argv[1]).read())
+# A board's clock reads 2000-01-01 until the agent sets it (clock.ensure):
+# set it, so readings carry a wall time ("ts").
+import machine
+machine.RTC().datetime((2026, 12, 1, 0, 0, 0, 0, 0))
 events.PATH = job["evdir"] + "/events.bin"
 events.SENT_PATH = job["evdir"] + "/events.sent"
 z = telemetry.shared_secret(u(job["key"]), u(job["fleet"]))

@@ -174,6 +174,10 @@ def layout_problems(board):
     return probs
 
 
+# Data partitions that hold the app images, the boot state and the filesystem.
+ENCRYPTED = ("app_a", "app_b", "bootstate", "vfs")
+
+
 def partition_table(path=TABLE, board="IRONCLAD_ESP32"):
     """Parse and verify the table with ESP-IDF's own rules (esp-idf-defs packages
     gen_esp32part.py): alignment for Secure Boot V2, overlaps, no partition
@@ -200,6 +204,15 @@ def partition_table(path=TABLE, board="IRONCLAD_ESP32"):
         if p is None or p.type != typ or (sub is not None and p.subtype != sub):
             raise ToolError("%s: the firmware needs a partition %s (type %d, subtype %s)"
                             % (_show(path), name, typ, "any" if sub is None else hex(sub)))
+    # Flash encryption covers app partitions, otadata and nvs_keys by itself and
+    # any other partition only with the `encrypted` flag (ESP-IDF "Flash
+    # Encryption"): without it the app images, the boot state and the
+    # filesystem would sit on a production board's flash in plaintext.
+    for name in ENCRYPTED:
+        p = table.find_by_name(name)
+        if p is not None and not p.encrypted:
+            raise ToolError("%s: partition %s must carry the `encrypted` flag (flash encryption leaves a data "
+                            "partition without it in plaintext)" % (_show(path), name))
     return table
 
 

@@ -33,8 +33,9 @@ import struct
 import time
 from micropython import const
 
-import esp32
 import machine
+
+from ironclad import nvs as _nvs
 
 NTP_PORT = const(123)
 TIMEOUT_MS = const(2000)
@@ -82,13 +83,13 @@ def built():
 def stored():
     """The last known good time kept in NVS (0 if none)."""
     try:
-        return esp32.NVS(NVS_NS).get_i32(_KEY) & 0xFFFFFFFF
+        return _nvs.open(NVS_NS).get_i32(_KEY) & 0xFFFFFFFF
     except OSError:
         return 0
 
 
 def _store(t):
-    nvs = esp32.NVS(NVS_NS)
+    nvs = _nvs.open(NVS_NS)
     nvs.set_i32(_KEY, t - (1 << 32) if t >= 1 << 31 else t)
     nvs.commit()
 

@@ -25,9 +25,8 @@
 import struct
 from micropython import const
 
-import esp32
-
 from ironclad import cbor, cose, events, telemetry
+from ironclad import nvs as _nvs
 
 NAMESPACE = "ic_cmd"
 _REC = "<8sQ"  # epoch, last accepted counter
@@ -71,7 +70,7 @@ class Verifier:
         key, iv = telemetry.derive(z, epoch, telemetry.DOWN, device_id)
         self._enc = cose.Encrypt0(key, iv)
         self.topic = topic.encode() if isinstance(topic, str) else bytes(topic)
-        self._nvs = esp32.NVS(NAMESPACE) if nvs is None else nvs
+        self._nvs = _nvs.open(NAMESPACE) if nvs is None else nvs
         self._epoch = bytes(epoch)
         self.ops = ops
         buf = bytearray(_REC_LEN)

@@ -31,6 +31,7 @@ from micropython import const
 import os
 
 from ironclad import ccm
+from ironclad import nvs as _nvs
 
 NAMESPACE = "ic_ks"
 KEY_NAMESPACE = "ic_sk"
@@ -82,11 +83,10 @@ class KeyStore:
 
     def __init__(self, nvs=None, key_nvs=None, uid=None):
         if nvs is None or key_nvs is None or uid is None:
-            import esp32
             import machine
 
-            nvs = nvs or esp32.NVS(NAMESPACE)
-            key_nvs = key_nvs or esp32.NVS(KEY_NAMESPACE)
+            nvs = nvs or _nvs.open(NAMESPACE)
+            key_nvs = key_nvs or _nvs.open(KEY_NAMESPACE)
             uid = uid or machine.unique_id()
         self._nvs = nvs
         self._knvs = key_nvs
@@ -266,6 +266,26 @@ class KeyStore:
         self._erase(self._knvs, _SK)
         self._churn()
         return n
+
+    def decommission(self):
+        """Decommission the board for good: wipe(), then erase every sector of
+        the NVS partition, then reset; never returns. Real NVS reclaims page by
+        page and keeps marked-erased entries on flash until a page is reused,
+        so only erasing the sectors themselves leaves nothing behind (other
+        namespaces too: the clock floor, counters). The IDF keeps NVS page
+        state in RAM and MicroPython cannot re-initialise it
+        (nvs_flash_erase_partition wants nvs_flash_deinit first), so NVS is
+        not used again before the reset; at the next boot nvs_flash_init
+        finds a blank partition and formats it. A power cut part way leaves
+        the board unprovisioned (wipe() ran first): run it again."""
+        import esp32
+        import machine
+
+        self.wipe()
+        for p in esp32.Partition.find(esp32.Partition.TYPE_DATA, label="nvs"):
+            for i in range(p.ioctl(4, 0)):  # BP_IOCTL_SEC_COUNT
+                p.ioctl(6, i)  # BP_IOCTL_SEC_ERASE
+        machine.reset()
 
     def _churn(self):
         # NVS only marks entries erased; their bytes stay until the page (the

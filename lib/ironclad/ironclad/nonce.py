@@ -22,7 +22,7 @@ import os
 import struct
 from micropython import const
 
-import esp32
+from ironclad import nvs as _nvs
 
 NAMESPACE = "ic_nonce"
 BLOCK = 1024
@@ -47,7 +47,7 @@ class Counter:
     def __init__(self, name="up", block=BLOCK, nvs=None, limit=LIMIT):
         if block < 1:
             raise ValueError("nonce block")
-        self._nvs = esp32.NVS(NAMESPACE) if nvs is None else nvs
+        self._nvs = _nvs.open(NAMESPACE) if nvs is None else nvs
         self._name = name
         self._block = block
         self._limit_all = limit

@@ -13,6 +13,8 @@ def register(sub):
     c.add_argument("--hwid", default="esp32-sim", help="hardware id the images must name (default: esp32-sim)")
     c.add_argument("--table", default=device.DEFAULT_TABLE, help="partition table CSV")
     c.add_argument("--force", action="store_true", help="replace an existing device")
+    c.add_argument("--chip", default="esp32", choices=("esp32", "esp32s3"),
+                   help="the chip whose MicroPython surface the stand-ins offer (firmware/profile/; default esp32)")
     c.set_defaults(func=do_create)
     i = s.add_parser("info", help="print a device's identity and partition table")
     i.add_argument("dir", help="device state directory")
@@ -20,7 +22,7 @@ def register(sub):
 
 
 def do_create(args):
-    cfg = device.create(args.dir, hwid=args.hwid, table=args.table, force=args.force)
+    cfg = device.create(args.dir, hwid=args.hwid, table=args.table, force=args.force, chip=args.chip)
     print("created device %s (hwid %s, unique id %s)" % (args.dir, cfg["hwid"], cfg["unique_id"]))
 
 

@@ -1,7 +1,7 @@
 """ictl firmware: build, sign, flash and check the ESP32 firmware."""
 import os
 
-from ictl import firmware
+from ictl import ToolError, firmware, portprofile
 
 
 def register(sub):
@@ -34,6 +34,14 @@ def register(sub):
     g.add_argument("--key", required=True, metavar="PEM", help="RSA-3072 private key (PEM)")
     g.add_argument("-o", "--output", help="signed output (default: <input>-signed.bin)")
     g.set_defaults(func=do_sign)
+
+    r = s.add_parser("profile", help="regenerate the port profile (firmware/profile/<chip>.json) from "
+                                     "MicroPython's source and our board definitions")
+    r.add_argument("--micropython", default=os.environ.get("MICROPY_DIR"), metavar="DIR", required=False,
+                   help="MicroPython source: a checkout of %s, or a git repository holding that tag "
+                        "(default $MICROPY_DIR)" % portprofile.TAG)
+    r.add_argument("--chip", action="append", choices=sorted(portprofile.BOARDS), help="only this chip (repeatable)")
+    r.set_defaults(func=do_profile)
 
     f = s.add_parser("flash", help="write a new board with esptool: signed bootloader, table, firmware, app image")
     board_args(f)
@@ -68,3 +76,13 @@ def do_sign(args):
 
 def do_flash(args):
     firmware.flash(args.board, args.variant, args.port, args.app, args.baud, args.dry_run)
+
+
+def do_profile(args):
+    if not args.micropython:
+        raise ToolError("firmware profile needs the MicroPython source: --micropython DIR or $MICROPY_DIR")
+    try:
+        for p in portprofile.write(portprofile.Source(args.micropython), args.chip):
+            print("port profile: %s" % p)
+    except portprofile.ProfileError as e:
+        raise ToolError(str(e)) from None

@@ -41,6 +41,9 @@ GOALS = {
     "host_fuzz_failures": ("==", 0),
     # platform
     "nvs_cut_failures": ("==", 0),
+    # the board as upstream builds it (issue 13)
+    "port_profile_violations": ("==", 0),
+    "nvs_handles_leaked": ("==", 0),
 }
 
 _OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}

@@ -161,7 +161,7 @@ def cut_campaign(workdir, tear_bytes=(1, 5, 17)):
         ev = os.path.join(wd, "events.bin")
         # The setup installs v1 and boots it in a child process (formats
         # littlefs; v1 confirms itself: floor 1), then installs the rest.
-        child = "ESPSIM_FIRMWARE=%s MICROPYPATH=%s/lib/ironclad:%s/firmware/unix %s -X heapsize=96K %s >/dev/null" % (
+        child = "ESPSIM_FIRMWARE=%s MICROPYPATH=%s/lib/ironclad:%s/firmware/unix %s -X heapsize=112K %s >/dev/null" % (
             v["fw"], v["fw"], v["fw"], faults.MICROPYTHON, bootlab.start())
         setup_code = pre + INSTALL % (ev, imgs["v1"], "app_a") + "os.system(%r)\n" % child + \
             "".join(INSTALL % (ev, imgs[i], slot) for i, slot in setup) + after

@@ -71,14 +71,14 @@ def snippet(devdir, code):
     return PRELUDE % (d + "/events.bin", d + "/events.sent") + code
 
 
-def run(devdir, code, heap_kib=96, fault=None, timeout=120):
+def run(devdir, code, heap_kib=112, fault=None, timeout=120):
     """A MicroPython snippet on the device, with its board's trust module."""
     e = env(devdir, {"ESPSIM_FAULT": fault} if fault else None)
     return subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, "-c", snippet(devdir, code)],
                           env=e, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def boot(devdir, heap_kib=96, fault=None, raw_repl=False, timeout=120):
+def boot(devdir, heap_kib=112, fault=None, raw_repl=False, timeout=120):
     """Boot the board as the firmware does: bootloader, littlefs, boot.py, main.py."""
     extra = {"ESPSIM_FAULT": fault} if fault else {}
     if raw_repl:
@@ -305,7 +305,7 @@ class Boot:
             self.ran, self.trial, self.recovery, self.events, self.escaped)
 
 
-def fault_boot(devdir, faults=(), heap_kib=96, extra_env=None, timeout=60):
+def fault_boot(devdir, faults=(), heap_kib=112, extra_env=None, timeout=60):
     """Boot once with faults [(step, index, slot, kind)] injected; a Boot."""
     code = FAULT_BOOT % {"faults": json.dumps([list(f) for f in faults]), "start": start()}
     r = subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, "-c", code], env=env(devdir, extra_env),

@@ -20,7 +20,7 @@ def stub_firmware():
     return b"\xe9" + b"\x00" * 23 + b"IRONCLAD-SIM-FIRMWARE"
 
 
-def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False):
+def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32"):
     """Make a fresh device as `ictl firmware flash` leaves a board: the binary
     partition table at CONFIG_PARTITION_TABLE_OFFSET (where the simulated
     bootloader reads it), firmware in ota_0, the rest erased; a random unique id."""
@@ -33,6 +33,7 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False):
     cfg = {
         "format": 2,
         "hwid": hwid,
+        "chip": chip,  # the port profile the stand-ins hold to (firmware/profile/<chip>.surface)
         "unique_id": secrets.token_bytes(6).hex(),
         # The simulated eFuse (read-protected on a chip): the NVS encryption key.
         "efuse": {"nvs_key": secrets.token_bytes(32).hex()},

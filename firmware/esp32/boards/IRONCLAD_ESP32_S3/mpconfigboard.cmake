@@ -4,7 +4,6 @@ set(IDF_TARGET esp32s3)
 set(SDKCONFIG_DEFAULTS
     boards/sdkconfig.base
     ${SDKCONFIG_IDF_VERSION_SPECIFIC}
-    boards/sdkconfig.usb
 )
 include(${MICROPY_BOARD_DIR}/../../ironclad.cmake)
 list(APPEND MICROPY_DEF_BOARD MICROPY_HW_BOARD_NAME="Ironclad ESP32-S3")
