@@ -26,6 +26,10 @@ DEFAULT_INTERVAL_S = 2
 TICK_MS = 100
 
 
+def _tb(s):
+    return s.encode() if isinstance(s, str) else bytes(s)
+
+
 def _settings():
     nvs = esp32.NVS(NVS_NS)
     try:
@@ -51,6 +55,8 @@ class Agent:
         # with small long-lived objects and no large block is left.
         self.topics = {k: me.topic(k) for k in ("telemetry", "events", "state", "reply", "cmd", "update")}
         self.topics["report"] = me.topic("state/update")
+        self._cmd_b = _tb(self.topics["cmd"])
+        self._update_b = _tb(self.topics["update"])
         c = MQTTClient(me.device_id, me.host, me.port, me.tls_context(), server_hostname=me.hostname, keepalive=30,
                        max_packet=update.MAX_PACKET)
         c.set_last_will(self.topics["state"], b"offline", retain=True, qos=1)
@@ -72,15 +78,20 @@ class Agent:
 
     # --- messages from the broker ---------------------------------------------
     def _on_message(self, topic, msg):
-        t = topic.decode() if isinstance(topic, (bytes, bytearray, memoryview)) else topic
-        if t == self.topics["cmd"]:
+        # Topics are compared as bytes: whatever a broker sends (the client
+        # refuses ill-formed UTF-8, but this must not depend on it) is never
+        # decoded here, so it cannot raise.
+        t = bytes(topic) if isinstance(topic, (bytearray, memoryview)) else _tb(topic)
+        if t == self._cmd_b:
             try:
-                # (A copy: a reply published from here reuses the receive buffer.)
-                cmd = self.verifier.open(t, bytes(msg))
+                # (A copy: a reply published from here reuses the receive
+                # buffer. Only of what may be a command: a longer message is
+                # refused from the view, not copied onto the heap.)
+                cmd = self.verifier.open(t, bytes(msg) if len(msg) <= commands.MAX_MESSAGE else msg)
             except commands.Rejected:
                 return  # recorded as a security event; no answer to a forgery
             self._obey(cmd)
-        elif t == self.topics["update"]:
+        elif t == self._update_b:
             self.updater.on_message(msg)
 
     def _obey(self, cmd):

@@ -8,7 +8,7 @@ import os
 
 import esp32
 
-from ironclad import cbor, commands, cose, events, nonce, p256, telemetry
+from ironclad import cbor, clock, commands, cose, events, nonce, p256, telemetry
 
 # Library from source on the unix port: see tests/device/test_telemetry.py.
 HEAP_KIB = 160
@@ -164,10 +164,38 @@ def test_expired_and_future_rejected_when_the_clock_is_known():
     c = Console()
     v = c.verifier()
     now = _now()
-    assert now  # the unix port's clock is set
+    assert now  # the host's clock
+    clock.set_rtc(now)  # the board's, as a time server set it
+    clock.source = "ntp"
     _rejected(v, TOPIC, c.cmd("reboot", iat=now - commands.MAX_AGE_S - 5), "expired")
     _rejected(v, TOPIC, c.cmd("reboot", iat=now + commands.MAX_SKEW_S + 60), "future")
     assert v.open(TOPIC, c.cmd("reboot", iat=now - 30)).op == "reboot"
+
+
+def test_a_clock_no_time_server_set_takes_the_command_time():
+    # Booted with no time server: the clock sits at the stored floor, days
+    # behind. An authenticated command's time is taken (bounded), so a fresh
+    # command (a remote wipe) is not refused as from the future.
+    c = Console()
+    v = c.verifier()
+    now = _now()
+    behind = now - 5 * 86400
+    clock.set_rtc(behind)
+    clock.source = "floor"
+    assert v.open(TOPIC, c.cmd("read", iat=now)).op == "read"
+    assert abs(clock.now() - now) <= 2 and clock.stored() >= now  # clock and floor moved on
+    # Past what clock.advance takes (20 years above the floor): refused.
+    clock.set_rtc(behind)
+    _rejected(v, TOPIC, c.cmd("read", iat=clock.floor() + clock.MAX_AHEAD_S + 86400), "future")
+    assert clock.now() < now - 86400
+    # A forgery's time is never taken.
+    bad = bytearray(c.cmd("read", iat=now))
+    bad[-1] ^= 1
+    _rejected(v, TOPIC, bytes(bad), "forged")
+    assert clock.now() < now - 86400
+    # Once a time server set the clock, the skew limit holds again.
+    clock.source = "ntp"
+    _rejected(v, TOPIC, c.cmd("read", iat=now), "future")
 
 
 def test_malformed_rejected():

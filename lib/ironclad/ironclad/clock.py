@@ -53,6 +53,7 @@ _PACKET = const(48)
 _MAX_REPLY = const(68)  # 48 + key id + MD5/SHA-1 MAC: more is cut off by recv
 
 _due = None  # ticks_ms when remember() next writes
+source = None  # where the clock was last set from: "ntp", "floor", "rtc", "signed" (ensure, advance)
 _quiet = None  # ticks_ms until which a Kiss-o'-Death server is left alone
 
 
@@ -123,6 +124,28 @@ def provisioned(t):
                          "check the host's clock" % (t, b))
     set_rtc(t)
     _store(t)
+
+
+def synced():
+    """True once a time server answered this boot: only then is the clock
+    precise enough to judge a command's time to the minute."""
+    return source == "ntp"
+
+
+def advance(t):
+    """A later trusted time (the iat of verified update metadata, of an
+    authenticated command): the clock and the floor move up to it, never
+    down, and never more than MAX_AHEAD_S above the floor. Returns True if
+    the clock moved. The rule, and why a broker certificate's notBefore is
+    not one: docs/brokers.md, "Clock"."""
+    global source, _due
+    if synced() or not isinstance(t, int) or t <= now() or t > floor() + MAX_AHEAD_S:
+        return False  # (a time server's answer this boot is the better source)
+    set_rtc(t)
+    _store(t)
+    _due = time.ticks_add(time.ticks_ms(), SAVE_EVERY_S * 1000)
+    source = "signed"
+    return True
 
 
 # --- the RTC ------------------------------------------------------------------
@@ -227,7 +250,7 @@ def ensure(server=None, signed=0, timeout_ms=TIMEOUT_MS):
     Returns (source, Unix time): "ntp" (the server's checked time), "floor"
     (the clock read below the floor and was raised to it) or "rtc" (it
     already read at or above the floor and no server answered acceptably)."""
-    global _quiet, _due
+    global _quiet, _due, source
     from ironclad import events
 
     low = floor(signed)
@@ -247,9 +270,12 @@ def ensure(server=None, signed=0, timeout_ms=TIMEOUT_MS):
             set_rtc(t)
             _store(t)
             _due = time.ticks_add(time.ticks_ms(), SAVE_EVERY_S * 1000)
+            source = "ntp"
             return "ntp", t
     t = now()
     if t < low:
         set_rtc(low)
+        source = "floor"
         return "floor", low
+    source = "rtc"
     return "rtc", t

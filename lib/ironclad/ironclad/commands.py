@@ -27,7 +27,7 @@ from micropython import const
 
 import esp32
 
-from ironclad import cbor, cose, events, telemetry
+from ironclad import cbor, clock, cose, events, telemetry
 
 NAMESPACE = "ic_cmd"
 _REC = "<8sQ"  # epoch, last accepted counter
@@ -131,12 +131,27 @@ class Verifier:
         iat = body.get("iat")
         if not isinstance(iat, int):
             self._reject("bad_args", "iat")
-        now = events._wall()
+        # The board's clock. On an ESP32 time.time() and machine.RTC are one
+        # clock (MicroPython v1.28.0 ports/esp32/machine_rtc.c settimeofday,
+        # modtime.c gettimeofday); the unix stand-in leaves time.time() on
+        # the host's clock, so the RTC is read, as clock.ensure set it.
+        now = clock.now()
+        if now < clock.RELEASED:
+            now = 0  # never set: no judgement of time
+        ahead = False
         if now:
             if iat < now - MAX_AGE_S:
                 self._reject("expired", "%s %ds old" % (op, now - iat))
             if iat > now + MAX_SKEW_S:
-                self._reject("future", op)
+                # From the future by this device's clock. A clock that no
+                # time server set this boot may be days behind (set to the
+                # stored floor): the console's authenticated time is then
+                # the better one, taken once every check has passed
+                # (clock.advance; a replay is stopped by the counter). A
+                # clock a time server set keeps the skew limit.
+                if clock.synced():
+                    self._reject("future", op)
+                ahead = True
         if len(body) != 2 + len(spec):
             self._reject("bad_args", op)
         args = {}
@@ -145,6 +160,8 @@ class Verifier:
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 self._reject("bad_args", "%s %s" % (op, name))
             args[name] = v
+        if ahead and not clock.advance(iat):
+            self._reject("future", op)  # further ahead than clock.advance takes
         # Commit the counter before anything acts on the command.
         self._nvs.set_blob("floor", struct.pack(_REC, self._epoch, ctr))
         self._nvs.commit()
