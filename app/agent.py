@@ -67,7 +67,7 @@ class Agent:
         self.sealer = telemetry.Sealer(z, me.device_id, self.counter)
         self.verifier = commands.Verifier(z, me.device_id, self.counter.epoch, me.topic("cmd"))
         z = None
-        self.hello = telemetry.hello(ks.get("cert"), self.counter.epoch)
+        self.hello = telemetry.hello(ks.get("cert"), self.counter.epoch, self.counter.previous)
         self.spool = Spool()
         self.nvs, self.interval_s = _settings()
         self.seq = 0

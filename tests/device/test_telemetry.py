@@ -48,7 +48,13 @@ def test_counter_reserves_blocks_and_survives_reboot():
     assert got == [0, 1, 2, 3, 4, 5]
     _reboot_nvs()
     c2 = nonce.Counter(block=4)
-    assert c2.epoch == ep
+    assert c2.epoch != ep and c2.previous == [ep]  # a fresh epoch every boot; the hello names the last ones
+    eps = [ep, c2.epoch]
+    for _ in range(4):
+        _reboot_nvs()
+        eps.append(nonce.Counter(block=4).epoch)
+    _reboot_nvs()
+    assert nonce.Counter(block=4).previous == eps[::-1][:3]
     # 6 values used, 8 reserved: the next boot starts past the reservation.
     assert c2.next() == 8
     # A second counter name is independent, with its own epoch.
@@ -99,7 +105,63 @@ def test_lost_record_means_new_epoch():
     n.commit()
     _reboot_nvs()
     c2 = nonce.Counter(block=4)
-    assert c2.epoch != ep and c2.next() == 0
+    # A new epoch, and the counter goes on from its copy outside NVS
+    # (ironclad.mono): the console's high-water mark still holds.
+    assert c2.epoch != ep and c2.next() == 4
+
+
+def _nvs_image(restore=False):
+    # The nvs partition dumped to a file (physical access: esptool
+    # read_flash at its offset in the partition table), or written back
+    # from it, a sector at a time.
+    p = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="nvs")[0]
+    buf = bytearray(4096)
+    with open(D + "/nvs.dump", "rb" if restore else "wb") as f:
+        for i in range(p.info()[3] // 4096):
+            if restore:
+                f.readinto(buf)
+                p.ioctl(6, i)  # erase the sector
+                p.writeblocks(i, buf)
+            else:
+                p.readblocks(i, buf)
+                f.write(buf)
+    _reboot_nvs()
+
+
+def test_nvs_rolled_back_repeats_no_nonce_and_no_floor_goes_back():
+    # Issue 14 item 4: an earlier dump of the nvs partition written back.
+    from ironclad import clock
+
+    c = nonce.Counter(block=4)
+    clock._store(clock.RELEASED + 100)
+    _nvs_image()  # the attacker's dump
+    try:
+        mono_old = open(D + "/mono.nonce_up", "rb").read()
+    except OSError:
+        mono_old = b""  # none yet: nothing was reserved
+    used = set((c.epoch, c.next()) for _ in range(10))
+    clock._store(clock.RELEASED + 5000)
+    _reboot_nvs()
+    c = nonce.Counter(block=4)
+    used |= set((c.epoch, c.next()) for _ in range(3))
+    last = c.peek()
+    _nvs_image(restore=True)  # written back
+    assert esp32.NVS(clock.NVS_NS).get_i32("floor") == clock.RELEASED + 100  # NVS did go back
+    c = nonce.Counter(block=4)
+    again = [(c.epoch, c.next()) for _ in range(20)]
+    assert not used & set(again)  # no (epoch, counter) pair, so no (key, nonce), repeats
+    assert again[0][1] >= last  # and the counter did not go back either (its copy outside NVS)
+    assert clock.stored() >= clock.RELEASED + 5000  # the clock floor did not go back
+    # The whole flash written back (NVS and the copies on the filesystem):
+    # the counter does go back now, but under a fresh epoch, so still no
+    # (key, nonce) pair repeats.
+    used |= set(again)
+    with open(D + "/mono.nonce_up", "wb") as f:
+        f.write(mono_old)
+    _nvs_image(restore=True)
+    c = nonce.Counter(block=4)
+    again = [(c.epoch, c.next()) for _ in range(20)]
+    assert again[0][1] < last and not used & set(again)
 
 
 def test_private_scalar_from_sec1():
@@ -267,3 +329,19 @@ def test_sealing_steady_state_allocates_little():
     grown = gc.mem_alloc() - before
     print("REPORT: 200 sealed readings: heap %d B after vs before (collected)" % grown)
     assert grown < 512
+
+
+def test_a_sealed_message_owns_its_bytes():
+    # Issue 14 item 5: a reading waits for its PUBACK; a command comes in
+    # meanwhile and its reply is sealed from inside the MQTT callback; then
+    # the reading's publish fails and it goes to the spool. What is spooled
+    # must be the reading, not the reply (the console would see a reading
+    # that does not open: a false forgery alarm, and the reading lost).
+    s, fleet = _sealer()
+    reading = s.seal_reading(TOPIC, {"seq": 7, "temp_c": 21})
+    kept = bytes(reading)
+    s.seal_reply("ironclad/dev-0007/reply", 1234, True)
+    s.seal_events("ironclad/dev-0007/events", [])
+    assert reading == kept
+    ctr, pt = fleet.decrypt_seq(reading, TOPIC.encode())
+    assert cbor.decode(pt)["seq"] == 7

@@ -458,6 +458,14 @@ class Console:
         if len(st["epoch"]) != 8:
             return Message(dev, "alarm", "state: bad key epoch")
         d = self._device(dev, pub)
+        # The epochs of the device's last boots (a new one every boot), for
+        # readings it spooled before a reboot; oldest first, so the current
+        # epoch stays the newest.
+        prev = st.get("prev")
+        if isinstance(prev, list):
+            for e in reversed(prev[:MAX_EPOCHS - 1]):
+                if isinstance(e, bytes) and len(e) == 8:
+                    self._add_epoch(d, e)
         self._add_epoch(d, st["epoch"])
         self._save_state()
         return Message(dev, "state", "online: certificate ok, key epoch %s" % st["epoch"].hex(), st)

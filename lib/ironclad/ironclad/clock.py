@@ -36,6 +36,8 @@ from micropython import const
 import esp32
 import machine
 
+from ironclad import mono
+
 NTP_PORT = const(123)
 TIMEOUT_MS = const(2000)
 SAVE_EVERY_S = const(300)  # NVS writes of the floor: at most one per 5 minutes (flash wear)
@@ -81,17 +83,21 @@ def built():
 
 
 def stored():
-    """The last known good time kept in NVS (0 if none)."""
+    """The last known good time kept in NVS and in its copy outside NVS
+    (ironclad.mono: an NVS partition written back from an old dump does not
+    move it back); 0 if none."""
     try:
-        return esp32.NVS(NVS_NS).get_i32(_KEY) & 0xFFFFFFFF
+        t = esp32.NVS(NVS_NS).get_i32(_KEY) & 0xFFFFFFFF
     except OSError:
-        return 0
+        t = 0
+    return max(t, mono.get("clock"))
 
 
-def _store(t):
+def _store(t, force=False):
     nvs = esp32.NVS(NVS_NS)
     nvs.set_i32(_KEY, t - (1 << 32) if t >= 1 << 31 else t)
     nvs.commit()
+    mono.put("clock", t, force)
 
 
 def floor(signed=0):
@@ -123,7 +129,7 @@ def provisioned(t):
         raise ValueError("host time %r is not between this firmware's build time %d and 20 years later: "
                          "check the host's clock" % (t, b))
     set_rtc(t)
-    _store(t)
+    _store(t, force=True)
 
 
 def synced():

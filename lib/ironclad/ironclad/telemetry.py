@@ -90,23 +90,27 @@ def check_pseudonym(device_id):
 HELLO = "state/keys"
 
 
-def hello(cert_der, epoch):
+def hello(cert_der, epoch, previous=()):
     """The message the agent publishes (retained, QoS 1) on
     <prefix>/<id>/state/keys at every connect, before anything sealed: the
     device certificate, from which the console takes the public key (after
-    checking it against the fleet CA), and the key epoch. Plain CBOR: neither
-    is secret, and a forged one only makes the console derive keys that open
-    nothing."""
-    return cbor.encode({"v": 1, "cert": bytes(cert_der), "epoch": bytes(epoch)})
+    checking it against the fleet CA), and the key epoch, with the epochs
+    of the last boots ("prev", newest first: the epoch is new every boot,
+    ironclad.nonce, and readings spooled before a reboot are sealed under
+    an earlier one). Plain CBOR: none is secret, and a forged one only makes
+    the console derive keys that open nothing."""
+    m = {"v": 1, "cert": bytes(cert_der), "epoch": bytes(epoch)}
+    if previous:
+        m["prev"] = [bytes(e) for e in previous]
+    return cbor.encode(m)
 
 
 class Sealer:
     """Seals everything the device publishes, under its device-to-fleet key.
 
     Long-lived: keeps one Encrypt0 (key schedules, CCM work buffers) and one
-    output buffer, so sealing a reading allocates only its CBOR encoding. A
-    returned message is a view of that buffer: publish (or spool) it before
-    sealing the next."""
+    output buffer, so sealing a reading allocates only its CBOR encoding and
+    the message's own copy (seal)."""
 
     def __init__(self, z, device_id, counter, fields=FIELDS):
         self.device_id = check_pseudonym(device_id)
@@ -137,14 +141,17 @@ class Sealer:
         self._body = bytearray(self._at + sum(len(e) + 9 for _, e in keys))
 
     def seal(self, topic, plaintext):
-        """Any plaintext -> COSE_Encrypt0 bound to topic (a memoryview)."""
+        """Any plaintext -> COSE_Encrypt0 bound to topic, as bytes of its
+        own: a message may wait for its PUBACK (or be spooled when the
+        publish fails) while the next one is sealed, a command reply from
+        inside the MQTT callback for one, and must not change under it."""
         n = len(plaintext) + 32  # header (at most 21 bytes here) and tag
         if n > len(self._out):
             self._out = bytearray(n)
         if topic != self._topic:
             self._topic = topic
             self._topic_b = topic.encode() if isinstance(topic, str) else bytes(topic)
-        return self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=self._out)
+        return bytes(self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=self._out))
 
     def body(self, reading):
         """The reading as it will be sent: allowlisted numeric fields, the
