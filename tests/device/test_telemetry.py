@@ -132,9 +132,22 @@ def test_nvs_rolled_back_repeats_no_nonce_and_no_floor_goes_back():
     # Issue 14 item 4: an earlier dump of the nvs partition written back.
     from ironclad import clock
 
+    from ironclad import commands
+
+    dd, dpub = _pair()
+    fd, fpub = _pair()
+    z = telemetry.shared_secret(dd, fpub)
+    ctopic = "ironclad/dev-0007/cmd"
+
+    def command(epoch, ctr):  # the console's side (iat 0: this RTC was never set, time not judged)
+        key, iv = telemetry.derive(p256.ecdh(fd, dpub), epoch, telemetry.DOWN, "dev-0007")
+        return bytes(cose.Encrypt0(key, iv).encrypt_seq(ctr, cbor.encode({"op": "read", "iat": 0}), ctopic.encode()))
+
     c = nonce.Counter(block=4)
     clock._store(clock.RELEASED + 100)
     _nvs_image()  # the attacker's dump
+    cmd = command(c.epoch, 5)
+    assert commands.Verifier(z, "dev-0007", c.epoch, ctopic).open(ctopic, cmd).op == "read"
     try:
         mono_old = open(D + "/mono.nonce_up", "rb").read()
     except OSError:
@@ -152,6 +165,11 @@ def test_nvs_rolled_back_repeats_no_nonce_and_no_floor_goes_back():
     assert not used & set(again)  # no (epoch, counter) pair, so no (key, nonce), repeats
     assert again[0][1] >= last  # and the counter did not go back either (its copy outside NVS)
     assert clock.stored() >= clock.RELEASED + 5000  # the clock floor did not go back
+    try:  # the command accepted before is not accepted again: its keys died with that boot's epoch
+        commands.Verifier(z, "dev-0007", c.epoch, ctopic).open(ctopic, cmd)
+        raise AssertionError("replayed command accepted")
+    except commands.Rejected as e:
+        assert e.args[0] == "forged"
     # The whole flash written back (NVS and the copies on the filesystem):
     # the counter does go back now, but under a fresh epoch, so still no
     # (key, nonce) pair repeats.
