@@ -24,6 +24,7 @@ VERSION = "1"
 NVS_NS = "ic_agent"
 DEFAULT_INTERVAL_S = 2
 TICK_MS = 100
+MAX_REPORTS = 8  # update reports waiting to be published
 
 
 def _tb(s):
@@ -47,7 +48,7 @@ class Agent:
         self.reports = []
         # First, while the heap is fresh: an interrupted download resumes
         # with buffers from one unfragmented stretch.
-        self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self.reports.append)
+        self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self._queue_report)
         if resume:
             self.updater.prepare()
         # Next the other long-lived big blocks (the MQTT receive buffer, the
@@ -75,6 +76,21 @@ class Agent:
         self.healthy = False
         self.read_now = False
         gc.collect()
+
+    def _queue_report(self, rep):
+        # Bounded: a flood of junk on the update topic is one rejection
+        # report per message, all made inside the MQTT callback before the
+        # loop can publish any (the agent ran out of heap growing this list).
+        # The oldest rejection goes first; the fleet learns the newest state.
+        q = self.reports
+        if len(q) >= MAX_REPORTS:
+            for i in range(len(q)):
+                if q[i].get("state") == update.REJECTED:
+                    q.pop(i)
+                    break
+            else:
+                q.pop(0)
+        q.append(rep)
 
     # --- messages from the broker ---------------------------------------------
     def _on_message(self, topic, msg):

@@ -1,0 +1,399 @@
+"""The agent under hostile input (issue 14): a property test of the whole
+device. One virtual board runs the real agent (app v1, verified boot, the
+64 KiB app heap) against the real mosquitto; a second operator identity on
+the broker publishes random and mutated messages, QoS 0 and 1, on every
+topic the device subscribes to (cmd and update):
+
+  cmd     random bytes; random CBOR; COSE_Encrypt0-shaped junk; genuine
+          commands with bits flipped, cut short or extended; genuine
+          commands the device must refuse (an op not allowed, bad
+          arguments, a replay of one it accepted); oversized ones.
+  update  random bytes; b"M" + random CBOR; genuine signed metadata with
+          bits flipped or cut (the signature then fails); genuine metadata
+          for another device, or expired; chunks of unknown updates; an
+          empty message; a message over the device's max_packet (the
+          client drops the connection: it must come back).
+
+Every `--agent-batch` messages the fleet console sends a genuine "read"
+command and waits for its reply: that paces the fuzzer to the device (so
+the broker never drops queued messages) and proves the agent still obeys.
+
+Properties, each a failure when broken: the agent never resets (the
+process never ends), never records agent/crash, never spends a trial
+attempt (the boot state is unchanged); every "read" is answered; readings
+keep arriving; the event log the console receives has at most one event
+per (kind, reason) per window (cmd: until a command is accepted; update:
+until metadata is accepted, never here; mqtt: once per outage) and no
+chain gap or alarm.
+
+The malformed-bytes part (topics that are not UTF-8, bad lengths, truncated
+packets) cannot pass through mosquitto, which checks them: it is
+soak_mqtt's fuzz (in-process and a hostile TLS broker, ictl.hostile)
+against the same client, and tests/device/test_mqtt.py.
+
+`make test` runs a slice (tests/host/test_agent_fuzz.py); `ictl soak --only
+agent` runs the whole campaign."""
+import os
+import random
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+
+import cbor2
+import paho.mqtt.client as mqtt
+
+from ictl import broker as fleet_broker
+from ictl import console as fleet_console
+from ictl import device as sim_device
+from ictl import image as app_image
+from ictl import update as upd
+from ictl.cmd_run import Keys, build_app
+from ictl.fleet import Device, provision_all
+
+DEV = "fuzz-0001"
+MAX_PACKET = 4352  # the agent's max_packet (ironclad.update.MAX_PACKET)
+REPLY_WAIT_S = 20.0
+
+
+def add_args(p):
+    p.add_argument("--agent-fuzz", type=int, default=20000, metavar="N",
+                   help="hostile messages published to the agent through mosquitto (default 20000)")
+    p.add_argument("--agent-batch", type=int, default=100, metavar="N",
+                   help="messages between two genuine 'read' commands (default 100)")
+    p.add_argument("--agent-seed", type=int, default=1, help="fuzz seed (default 1)")
+
+
+# ------------------------------------------------------------------ messages
+
+
+def _rand_cbor(rnd, depth=0):
+    k = rnd.randrange(9 if depth < 3 else 6)
+    if k == 0:
+        return rnd.randrange(-(1 << 40), 1 << 40)
+    if k == 1:
+        return rnd.randbytes(rnd.randrange(40))
+    if k == 2:
+        return "".join(chr(rnd.randrange(32, 0x2FFF)) for _ in range(rnd.randrange(12)))
+    if k == 3:
+        return rnd.choice([True, False, None])
+    if k == 4:
+        return rnd.choice([0, 1, 4, 5, 6, 16, 18, -37, 0xFFFFFFFF, -(1 << 63)])
+    if k == 5:
+        return rnd.random() * 1e6  # the device refuses floats
+    if k == 6:
+        return [_rand_cbor(rnd, depth + 1) for _ in range(rnd.randrange(6))]
+    if k == 7:
+        return {_rand_cbor(rnd, 3) if rnd.random() < 0.5 else rnd.choice(["op", "iat", "v", "id", 1, 4]):
+                _rand_cbor(rnd, depth + 1) for _ in range(rnd.randrange(6))}
+    return cbor2.CBORTag(rnd.choice([16, 18, 96, 0, 55799]), _rand_cbor(rnd, depth + 1))
+
+
+def _cbor(rnd):
+    try:
+        return cbor2.dumps(_rand_cbor(rnd))
+    except (TypeError, ValueError):  # an unhashable key drawn: plain bytes instead
+        return rnd.randbytes(20)
+
+
+def _mutate(rnd, msg):
+    b = bytearray(msg)
+    for _ in range(rnd.randrange(1, 4)):
+        k = rnd.randrange(5)
+        if k == 0 and b:  # flip bits
+            i = rnd.randrange(len(b))
+            b[i] ^= 1 << rnd.randrange(8)
+        elif k == 1 and b:  # a random byte
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+        elif k == 2 and len(b) > 1:  # cut short
+            del b[rnd.randrange(1, len(b)):]
+        elif k == 3:  # extended
+            b += rnd.randbytes(rnd.randrange(1, 40))
+        elif b:  # a slice repeated
+            i = rnd.randrange(len(b))
+            b[i:i] = b[i:i + rnd.randrange(1, 16)]
+    return bytes(b) if bytes(b) != msg else bytes(b) + b"\x00"
+
+
+class Corpus:
+    """Genuine material to mutate: commands sealed by the fleet console,
+    update metadata signed with the image key."""
+
+    def __init__(self, con, keys, v1, v2, pub, rnd):
+        self.rnd = rnd
+        self.cmds = [con.command(DEV, "read")[1] for _ in range(4)]
+        self.refused = [con.command(DEV, "format")[1], con.command(DEV, "interval", s=0)[1],
+                        con.command(DEV, "interval")[1], con.command(DEV, "read", extra=1)[1]]
+        u = upd.Update.create(v2, base=v1)
+        self.metas = [u.metadata(DEV, pub, keys.signing, keys.key_id)]
+        other = upd.Update.create(v2, base=v1)
+        old = upd.Update.create(v2, base=v1, iat=int(time.time()) - 400 * 86400, ttl=86400)
+        # Genuine, but never for this device now: another device's; expired.
+        self.foreign = [other.metadata("fuzz-other", pub, keys.signing, keys.key_id),
+                        old.metadata(DEV, pub, keys.signing, keys.key_id)]
+        self.accepted = []  # markers the device accepted: replays of them are refused
+
+    def cmd(self):
+        r = self.rnd
+        k = r.random()
+        if k < 0.2:
+            return r.randbytes(r.randrange(0, 300))
+        if k < 0.4:
+            return _cbor(r)
+        if k < 0.55:  # COSE_Encrypt0-shaped, random inside
+            return cbor2.dumps(cbor2.CBORTag(16, [cbor2.dumps({1: 10}), {6: r.randbytes(r.randrange(9))},
+                                                  r.randbytes(r.randrange(60))]))
+        if k < 0.8:
+            return _mutate(r, r.choice(self.cmds))
+        if k < 0.97:
+            return r.choice(self.refused + self.accepted[-3:])
+        return r.randbytes(r.randrange(257, 4000))  # too long for a command
+
+    def update(self):
+        r = self.rnd
+        k = r.random()
+        if k < 0.15:
+            return r.randbytes(r.randrange(1, 400))
+        if k < 0.3:
+            return b"M" + _cbor(r)
+        if k < 0.5:
+            return _mutate(r, r.choice(self.metas))
+        if k < 0.55:
+            return r.choice(self.foreign)
+        if k < 0.75:
+            body = r.randbytes(16) + r.randrange(1 << 32).to_bytes(4, "big") + r.randbytes(r.randrange(0, 200))
+            return b"C" + body[:r.randrange(0, len(body) + 1)]
+        if k < 0.95:
+            return bytes([r.randrange(256)]) + r.randbytes(r.randrange(0, 100))
+        return b""
+
+
+# ------------------------------------------------------------------ the campaign
+
+
+class _Publisher:
+    """The hostile operator: paho with its own identity (the updater's)."""
+
+    def __init__(self, br):
+        kp, cp = upd.updater_credentials(br.pki_dir)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=upd.UPDATER_ID)
+        self.c.tls_set(ca_certs=br.ca_path, certfile=cp, keyfile=kp, cert_reqs=ssl.CERT_REQUIRED)
+        self.c.max_inflight_messages_set(50)
+        ok = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p: ok.set()
+        self.c.connect(br.host, br.port)
+        self.c.loop_start()
+        if not ok.wait(20):
+            raise RuntimeError("fuzz publisher: no CONNACK")
+        self.last = None
+
+    def publish(self, topic, msg, qos):
+        self.last = self.c.publish(topic, msg, qos=qos)
+
+    def drain(self, timeout=30):
+        if self.last is not None:
+            self.last.wait_for_publish(timeout)
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+class _Watch:
+    """What the console sees of the device, collected on a thread."""
+
+    def __init__(self, con):
+        self.con = con
+        self.lock = threading.Lock()
+        self.readings = 0
+        self.replies = {}
+        self.events = []
+        self.alarms = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=con.run, args=(self._on, self.stop), daemon=True)
+        self.t.start()
+
+    def _on(self, m):
+        if m.device != DEV:
+            return
+        with self.lock:
+            if m.alarm:
+                self.alarms.append(m.text)
+            elif m.kind == "telemetry":
+                self.readings += 1
+            elif m.kind == "reply" and isinstance(m.body, dict):
+                self.replies[m.body.get("cmd")] = m.body.get("ok")
+            elif m.kind == "events" and m.records:
+                self.events.extend(m.records)
+
+    def close(self):
+        self.stop.set()
+        self.t.join(5)
+
+
+def window_excess(records):
+    """Events beyond one per (kind, reason) per window (module doc)."""
+    seen = set()
+    excess = []
+    for r in sorted(records, key=lambda r: r["seq"]):
+        if r["kind"] == "cmd" and r["outcome"] == "ok":
+            seen = {k for k in seen if k[0] != "cmd"}  # a command accepted: cmd's window ends
+            continue
+        if r["outcome"] not in ("rejected", "failed") or r["kind"] == "mqtt":
+            continue
+        k = (r["kind"], r["reason"])
+        if k in seen:
+            excess.append("%s/%s #%d" % (k[0], k[1], r["seq"]))
+        seen.add(k)
+    return excess
+
+
+def campaign(root, messages, batch=100, seed=1, say=print):
+    """Run the campaign in root (removed first); returns a dict of results."""
+    rnd = random.Random(seed)
+    root = os.path.abspath(root)
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    operators = fleet_broker.DEFAULT_OPERATORS + (upd.UPDATER_ID,)
+    with fleet_broker.Broker(os.path.join(root, "broker"), operators=operators) as br:
+        keys = Keys(root)
+        devdir = os.path.join(root, "devices", DEV)
+        sim_device.create(devdir)
+        hwid = sim_device.load(devdir)["hwid"]
+        v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
+        v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid)
+        app_image.trust_device(devdir, [(keys.key_id, keys.signing.public_key())])
+        app_image.flash_image(devdir, v1)
+        provision_all([DEV], [devdir], br, keys, os.path.join(root, "provisioning.jsonl"), workers=1)
+        con = fleet_console.Console.for_broker(br, keys.fleet, os.path.join(root, "console-state.json"))
+        con.start()
+        dev = Device(DEV, devdir)
+        dev.power_on()
+        pub = None
+        watch = None
+        res = {"messages": 0, "by_topic": {"cmd": 0, "update": 0}, "oversized": 0, "markers": 0,
+               "unanswered": 0}
+        try:
+            if not con.wait_device(DEV, timeout=120):
+                raise RuntimeError("the device never came online: %s" % _tail(devdir))
+            boot0 = app_image.read_bootstate(devdir)
+            watch = _Watch(con)
+            corpus = Corpus(con, keys, v1, v2, con.devices[DEV]["pub"], rnd)
+            pub = _Publisher(br)
+            topics = {k: fleet_broker.device_topic(br.prefix, DEV, k) for k in ("cmd", "update")}
+            t0 = time.monotonic()
+            sent = 0
+            while sent < messages:
+                n = min(batch, messages - sent)
+                for i in range(n):
+                    kind = "cmd" if rnd.random() < 0.5 else "update"
+                    msg = corpus.cmd() if kind == "cmd" else corpus.update()
+                    if i == n - 1 and rnd.random() < 0.02:
+                        # Over the device's max_packet: the client drops the
+                        # connection (mqtt/too_big) and comes back. Last in a
+                        # batch, so the marker below waits for the reconnect.
+                        kind, msg = "update", b"C" + rnd.randbytes(MAX_PACKET)
+                        res["oversized"] += 1
+                    pub.publish(topics[kind], msg, qos=1 if rnd.random() < 0.7 else 0)
+                    res["by_topic"][kind] += 1
+                sent += n
+                pub.drain()
+                if not _marker(con, watch, corpus, res):
+                    say("agent fuzz: no answer to 'read' after %d messages: %s" % (sent, _tail(devdir)))
+                if dev.proc.poll() is not None:
+                    say("agent fuzz: the device process ended (rc %s) after %d messages" % (dev.proc.returncode, sent))
+                    break
+                if sent % (batch * 20) == 0:
+                    say("agent fuzz: %d messages, %d readings, %.0f s" % (sent, watch.readings, time.monotonic() - t0))
+            res["messages"] = sent
+            res["seconds"] = time.monotonic() - t0
+            time.sleep(3)  # the last events on their way
+            _marker(con, watch, corpus, res)
+            res["ended"] = dev.proc.poll() is not None
+            res["boot_changed"] = app_image.read_bootstate(devdir) != boot0
+        finally:
+            if pub:
+                pub.close()
+            if watch:
+                watch.close()
+            dev.stop()
+            con.stop()
+    log = _read_log(devdir)
+    with watch.lock:
+        ev = list(watch.events)
+        res["readings"] = watch.readings
+        res["alarms"] = list(watch.alarms)
+    res["events"] = len(ev)
+    res["crash_events"] = sum(1 for r in ev if r["kind"] == "agent")
+    res["resets"] = dev.boots - 1 + (1 if res["ended"] else 0)
+    res["excess"] = window_excess(ev)
+    res["mqtt_events"] = sum(1 for r in ev if r["kind"] == "mqtt")
+    res["tracebacks"] = log.count("Traceback")
+    res["crashes"] = res["resets"] + res["crash_events"] + (1 if res["boot_changed"] else 0) + res["tracebacks"]
+    # Readings: one every 2 s by default; at least one per 10 s of campaign.
+    res["readings_short"] = res["readings"] < max(1, int(res["seconds"] / 10))
+    res["reasons"] = sorted({"%s/%s" % (r["kind"], r["reason"]) for r in ev if r["outcome"] == "rejected"})
+    return res
+
+
+def _marker(con, watch, corpus, res):
+    """A genuine 'read' command; True once its reply arrived. Sent again
+    (a new counter) while the device is reconnecting."""
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        topic, msg, ctr = con.command(DEV, "read")
+        con._client.publish(topic, msg, qos=1)
+        res["markers"] += 1
+        t = time.monotonic() + REPLY_WAIT_S
+        while time.monotonic() < t:
+            with watch.lock:
+                if ctr in watch.replies:
+                    corpus.accepted.append(msg)
+                    return True
+            time.sleep(0.02)
+    res["unanswered"] += 1
+    return False
+
+
+def _read_log(devdir):
+    try:
+        with open(os.path.join(devdir, "console.log"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _tail(devdir, n=600):
+    return _read_log(devdir)[-n:]
+
+
+def failures(res):
+    """Broken properties, counted."""
+    return (res["crashes"] + res["unanswered"] + len(res["excess"]) + len(res["alarms"])
+            + (1 if res["readings_short"] else 0) + (1 if res["mqtt_events"] > 2 * res["oversized"] + 1 else 0))
+
+
+def run(fig, args):
+    with tempfile.TemporaryDirectory(prefix="soak-agent-") as tmp:
+        res = campaign(tmp, args.agent_fuzz, args.agent_batch, args.agent_seed)
+    for a in res["alarms"][:10]:
+        print("  agent fuzz alarm:", a)
+    for e in res["excess"][:10]:
+        print("  agent fuzz: event over one per reason per window:", e)
+    fig.add("agent_fuzz_messages", res["messages"], "messages",
+            "random and mutated PUBLISHes through mosquitto to one agent (virtual board, 64 KiB app heap), seed %d: "
+            "%d on cmd, %d on update (%d over max_packet, each a reconnect), QoS 0 and 1, a genuine 'read' every %d "
+            "(%d sent) in %.0f s; %d readings received; %d events, rejection reasons: %s" % (
+                args.agent_seed, res["by_topic"]["cmd"], res["by_topic"]["update"], res["oversized"],
+                args.agent_batch, res["markers"], res["seconds"], res["readings"], res["events"],
+                " ".join(res["reasons"])))
+    fig.add("agent_fuzz_crashes", res["crashes"], "count",
+            "resets %d, agent/crash events %d, tracebacks on the console %d, boot state changed (trial attempt) %s" % (
+                res["resets"], res["crash_events"], res["tracebacks"], res["boot_changed"]))
+    fig.add("agent_fuzz_violations", failures(res) - res["crashes"], "count",
+            "'read' commands never answered %d, events over one per reason per window %d, console alarms %d, "
+            "readings stopped %s, mqtt events %d for %d oversized" % (
+                res["unanswered"], len(res["excess"]), len(res["alarms"]), res["readings_short"],
+                res["mqtt_events"], res["oversized"]))
+    return failures(res)
