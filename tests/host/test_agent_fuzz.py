@@ -3,7 +3,9 @@ the slice of `ictl soak --only agent` that `make test` runs. A few hundred
 random and mutated messages on the device's cmd and update topics; the
 agent must not reset, crash or spend a trial attempt, must answer every
 genuine command, keep publishing readings and record at most one event per
-reason per window (tools/ictl/soak_agent.py)."""
+reason per window; and malformed MQTT bytes (topics that are not UTF-8,
+bad lengths, truncated packets) fed in-process to the real agent's client
+(tools/ictl/soak_agent.py)."""
 import os
 import sys
 
@@ -27,6 +29,14 @@ def test_hostile_messages_through_mosquitto_never_crash_the_agent(tmp_path):
     for want in ("cmd/malformed", "cmd/forged", "update/bad_message"):
         assert want in res["reasons"], res["reasons"]
     assert soak_agent.failures(res) == 0
+
+
+def test_malformed_mqtt_bytes_never_leave_the_agents_client(tmp_path):
+    raw = soak_agent.raw_inputs(str(tmp_path / "raw"), 2000, seed=14)
+    assert raw["inputs"] == 2000 and raw["rc"] == 0, raw["out"]
+    assert raw["crashes"] == 0 and not raw["excess"], raw["out"]
+    for want in (("mqtt", "bad_topic"), ("mqtt", "truncated"), ("mqtt", "too_big"), ("update", "bad_message")):
+        assert list(want) in raw["events"], raw["events"]
 
 
 def test_event_windows():

@@ -26,10 +26,19 @@ per (kind, reason) per window (cmd: until a command is accepted; update:
 until metadata is accepted, never here; mqtt: once per outage) and no
 chain gap or alarm.
 
-The malformed-bytes part (topics that are not UTF-8, bad lengths, truncated
-packets) cannot pass through mosquitto, which checks them: it is
-soak_mqtt's fuzz (in-process and a hostile TLS broker, ictl.hostile)
-against the same client, and tests/device/test_mqtt.py.
+The malformed-bytes part cannot pass through mosquitto, which checks what
+it forwards; a broker that sends it drops the connection at each one, and
+the backoff then spaces the reconnects by minutes. So it runs in-process
+(raw_inputs): the real Agent (app/agent.py, on a simulated device, with a
+stand-in identity and trust anchors) whose MQTT client reads each input
+from an in-memory stream, the seam soak_mqtt's client fuzz uses too: PUBLISH
+packets with random topic bytes (not UTF-8, overlong forms, surrogates,
+NUL, wildcards, too long), random flags and packet ids, random bodies on
+the agent's own topics (up to past max_packet), truncated packets, bad
+lengths, stray packet types. Property: nothing but MQTTError ever leaves
+the client (the agent's callback included), no reset, and at most one
+event per (kind, reason) in the whole run (no command or metadata is ever
+accepted there, and the client's once-per-outage filter never resets).
 
 `make test` runs a slice (tests/host/test_agent_fuzz.py); `ictl soak --only
 agent` runs the whole campaign."""
@@ -62,6 +71,8 @@ def add_args(p):
                    help="hostile messages published to the agent through mosquitto (default 20000)")
     p.add_argument("--agent-batch", type=int, default=100, metavar="N",
                    help="messages between two genuine 'read' commands (default 100)")
+    p.add_argument("--agent-raw", type=int, default=50000, metavar="N",
+                   help="malformed MQTT inputs (1-3 packets each) fed to the agent in-process (default 50000)")
     p.add_argument("--agent-seed", type=int, default=1, help="fuzz seed (default 1)")
 
 
@@ -368,15 +379,200 @@ def _tail(devdir, n=600):
     return _read_log(devdir)[-n:]
 
 
+# ------------------------------------------------------------------ raw bytes, in-process
+
+RAW = r"""
+import gc, io, json, os, struct, sys, vfs, esp32
+P = esp32.Partition
+bdev = P.find(P.TYPE_DATA, label="vfs")[0]
+vfs.VfsLfs2.mkfs(bdev)
+vfs.mount(vfs.VfsLfs2(bdev), "/flash")
+os.mkdir("/flash/ironclad")
+from ironclad import events, spool, update
+events.PATH = "/flash/ironclad/events.bin"
+events.SENT_PATH = "/flash/ironclad/events.sent"
+update.STORE = "/flash/ironclad/update"
+cfg = json.load(open(sys.argv[1]))
+
+
+class Trust:  # stand-in trust anchors (the frozen ironclad_trust)
+    KEYS = {}
+    RETIRED = ()
+    HWID = "esp32-sim"
+
+
+sys.modules["ironclad_trust"] = Trust
+import ssl
+import agent
+from ironclad.mqtt import MQTTError
+
+agent.Spool = lambda: spool.Spool("/flash/ironclad/spool")
+
+
+class Me:
+    device_id = cfg["dev"]
+    host, port, hostname, ntp = "127.0.0.1", 1, "localhost", None
+    fleet_data_pub = bytes.fromhex(cfg["fleet"])
+
+    class _ks:
+        def get(name):
+            return bytes.fromhex(cfg["key"]) if name == "device_key" else b"cert"
+
+    def topic(self, kind):
+        return "ironclad/%s/%s" % (self.device_id, kind)
+
+    def tls_context(self):
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.verify_mode = ssl.CERT_REQUIRED
+        return c
+
+
+class Stream:
+    def __init__(self, data):
+        self.inp = io.BytesIO(data)
+
+    def readinto(self, mv):
+        return self.inp.readinto(mv)  # at the end: the broker closed
+
+    def write(self, b):
+        return len(b)
+
+    def close(self):
+        pass
+
+
+a = agent.Agent(Me(), resume=False)
+c = a.client
+a.online = False  # no reply publishes: they would wait for a PUBACK nobody sends
+gc.collect()
+n = crashes = drops = 0
+f = open(cfg["inputs"], "rb")
+hdr = bytearray(4)
+while f.readinto(hdr) == 4:
+    data = f.read(struct.unpack("<I", hdr)[0])
+    n += 1
+    c._attach(Stream(data))
+    try:
+        for _ in range(8):
+            if c.check_msg() is None or not c.connected:
+                break
+    except MQTTError:
+        drops += 1
+    except Exception as e:  # the property under test: nothing else leaves the client
+        crashes += 1
+        print("CRASH", n, repr(e))
+        sys.print_exception(e)
+    c._close()
+    data = None
+    if n % 500 == 0:
+        gc.collect()
+gc.collect()
+ev = [(e["kind"], e["reason"]) for e in events.since(0)]
+print("RESULT", json.dumps({"inputs": n, "crashes": crashes, "drops": drops, "events": ev,
+                            "free": gc.mem_free()}))
+"""
+
+
+def _topic_bytes(rnd, own):
+    k = rnd.randrange(10)
+    if k == 0:
+        return rnd.randbytes(rnd.randrange(1, 300))  # any bytes: mostly not UTF-8
+    if k == 1:  # the agent's own topic with something ill-formed inside
+        bad = rnd.choice([b"\xff", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+                          b"\x00", b"+", b"#", b"\xc3", b"\xf8\x88\x80\x80\x80"])
+        i = rnd.randrange(len(own) + 1)
+        return own[:i] + bad + own[i:]
+    if k == 2:
+        return "".join(chr(rnd.randrange(1, 0x10FFFF)) for _ in range(rnd.randrange(1, 20))).encode("utf-8",
+                                                                                              "surrogatepass")
+    if k == 3:
+        return b"a" * rnd.choice([256, 257, 1000])
+    return own
+
+
+def _raw_packet(rnd, topics):
+    from ictl.hostile import packet, varint
+
+    k = rnd.random()
+    if k < 0.7:
+        topic = _topic_bytes(rnd, rnd.choice(topics))
+        qos = rnd.choice([0, 0, 1, 1, 1, 2, 3])
+        flags = (qos << 1) | rnd.choice([0, 0, 0, 8]) | rnd.choice([0, 0, 1])
+        pid = rnd.choice([0, 1, rnd.randrange(65536)])
+        n = rnd.choice([0, 1, 20, 100, rnd.randrange(600), rnd.randrange(4400)])
+        first = topic[:1]
+        body = rnd.choice([b"M", b"C", b"", first]) + rnd.randbytes(n)
+        pkt = packet(0x30 | flags, len(topic).to_bytes(2, "big") + topic + (pid.to_bytes(2, "big") if qos else b"") + body)
+    elif k < 0.8:
+        pkt = bytes([rnd.randrange(256)]) + varint(rnd.randrange(8)) + rnd.randbytes(rnd.randrange(8))
+    elif k < 0.9:
+        pkt = bytes([0x30 | rnd.randrange(16)]) + rnd.choice([b"\xff\xff\xff\xff\x7f", b"\x80\x00", b"\xff\x7f",
+                                                             varint(rnd.randrange(1 << 21))])
+    else:
+        pkt = rnd.choice([b"\xd0\x00", b"\x40\x02\x00\x01", b"\x90\x03\x00\x01\x00", b"\x20\x02\x00\x00"])
+    if rnd.random() < 0.1:
+        pkt = pkt[:rnd.randrange(1, len(pkt) + 1)]  # truncated
+    return pkt
+
+
+def raw_inputs(root, inputs, seed=1):
+    """The in-process part (module doc): -> dict (inputs, crashes, drops,
+    events, excess, rc, out)."""
+    import json
+    import struct
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ictl import ROOT, fleetkeys
+    from ictl.updatelab import device_path, run_mp
+
+    rnd = random.Random(seed)
+    os.makedirs(root, exist_ok=True)
+    devdir = os.path.join(root, "dev")
+    sim_device.create(devdir, force=True)
+    dkey = ec.generate_private_key(ec.SECP256R1())
+    fleet = fleetkeys.ensure(os.path.join(root, "fleet"))
+    topics = [("ironclad/%s/%s" % (DEV, k)).encode() for k in ("cmd", "update", "cmd", "update", "telemetry")]
+    path = os.path.join(root, "inputs.bin")
+    with open(path, "wb") as f:
+        for _ in range(inputs):
+            data = b"".join(_raw_packet(rnd, topics) for _ in range(rnd.randrange(1, 4)))
+            f.write(struct.pack("<I", len(data)) + data)
+    cfg = os.path.join(root, "raw.json")
+    with open(cfg, "w") as f:
+        json.dump({"dev": DEV, "key": dkey.private_numbers().private_value.to_bytes(32, "big").hex(),
+                   "fleet": fleetkeys.public_point(fleet).hex(), "inputs": path}, f)
+    r = run_mp(RAW, devdir, heap_kib=512, timeout=1800, args=(cfg,),
+               path=device_path(devdir) + ":" + os.path.join(ROOT, "app"))
+    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    res = json.loads(line[-1][7:]) if line else {"inputs": 0, "crashes": 0, "drops": 0, "events": []}
+    res["rc"] = r.returncode
+    res["out"] = (r.stdout + r.stderr)[-1500:]
+    seen = set()
+    res["excess"] = []
+    for k in map(tuple, res["events"]):
+        if k in seen:
+            res["excess"].append("/".join(k))
+        seen.add(k)
+    return res
+
+
 def failures(res):
     """Broken properties, counted."""
     return (res["crashes"] + res["unanswered"] + len(res["excess"]) + len(res["alarms"])
             + (1 if res["readings_short"] else 0) + (1 if res["mqtt_events"] > 2 * res["oversized"] + 1 else 0))
 
 
+def raw_failures(raw):
+    return raw["crashes"] + len(raw["excess"]) + (1 if raw["rc"] else 0)
+
+
 def run(fig, args):
     with tempfile.TemporaryDirectory(prefix="soak-agent-") as tmp:
-        res = campaign(tmp, args.agent_fuzz, args.agent_batch, args.agent_seed)
+        res = campaign(os.path.join(tmp, "broker"), args.agent_fuzz, args.agent_batch, args.agent_seed)
+        raw = raw_inputs(os.path.join(tmp, "raw"), args.agent_raw, args.agent_seed)
+    if raw_failures(raw):
+        print("  agent raw fuzz:", raw["out"])
     for a in res["alarms"][:10]:
         print("  agent fuzz alarm:", a)
     for e in res["excess"][:10]:
@@ -396,4 +592,12 @@ def run(fig, args):
             "readings stopped %s, mqtt events %d for %d oversized" % (
                 res["unanswered"], len(res["excess"]), len(res["alarms"]), res["readings_short"],
                 res["mqtt_events"], res["oversized"]))
-    return failures(res)
+    fig.add("agent_fuzz_raw_inputs", raw["inputs"], "inputs",
+            "malformed MQTT inputs (1-3 packets: topics not UTF-8 or too long, bad lengths, truncated, random flags "
+            "and bodies on the agent's topics) fed in-process to the real Agent's client, seed %d; %d ended the "
+            "connection with an MQTTError; events recorded: %s" % (
+                args.agent_seed, raw["drops"], " ".join("/".join(e) for e in raw["events"])))
+    fig.add("agent_fuzz_raw_failures", raw_failures(raw), "count",
+            "anything but MQTTError out of the client or the agent's callback: %d; a second event for one reason: "
+            "%d; process exit status %d" % (raw["crashes"], len(raw["excess"]), raw["rc"]))
+    return failures(res) + raw_failures(raw)
