@@ -230,13 +230,20 @@ def test_hostile_update_messages_never_raise_and_record_one_event_per_reason(tmp
     bad_kid = b"M" + cbor2.dumps(cbor2.CBORTag(18, [prot, {}, cbor2.dumps(payload), bytes(384)]))
     old = released - 20 * 86400
     expired = signed_meta(f, good, iat=old, exp=old + 10 * 86400)  # expired 10 days before this firmware
+    # Item 7: signed metadata is a later trusted time for a clock no time
+    # server set (this driver never sets it: the RTC says 2000): its iat is
+    # taken even when the update is then refused (here: not newer).
+    iat = int(time.time()) + 86400  # above the floor (this trust module's BUILT is the time it was made)
+    same = signed_meta(f, good, ver=app_image.parse_version("1.0.0"), iat=iat, exp=iat + 30 * 86400)
     send = [write(tmp_path, "kid.bin", bad_kid)] + [["raw", "5a%02x" % i] for i in range(80)] \
-        + [write(tmp_path, "exp.bin", expired)]
+        + [write(tmp_path, "exp.bin", expired), write(tmp_path, "same.bin", same)]
     rc, lines, reps = f.run(send=send)
     assert rc == 0, f.last.stdout + f.last.stderr
-    assert states(reps) == ["rejected/unknown_key"] + ["rejected/bad_message"] * 80 + ["rejected/expired"], \
-        states(reps)
-    assert_untouched(f, ["unknown_key", "bad_message", "expired"])
+    assert states(reps) == ["rejected/unknown_key"] + ["rejected/bad_message"] * 80 \
+        + ["rejected/expired", "rejected/not_newer"], states(reps)
+    assert_untouched(f, ["unknown_key", "bad_message", "expired", "not_newer"])
+    clock = [int(l.split()[1]) for l in lines if l.startswith("CLOCK ")]
+    assert clock and 0 <= clock[0] - iat <= 60, (clock, iat)
 
 
 def test_bad_content_rejected_running_slot_untouched(tmp_path, images):

@@ -145,8 +145,11 @@ def advance(t):
     the clock moved. The rule, and why a broker certificate's notBefore is
     not one: docs/brokers.md, "Clock"."""
     global source, _due
-    if synced() or not isinstance(t, int) or t <= now() or t > floor() + MAX_AHEAD_S:
+    if synced() or not isinstance(t, int):
         return False  # (a time server's answer this boot is the better source)
+    low = floor()
+    if t <= now() or t <= low or t > low + MAX_AHEAD_S:
+        return False  # (below the floor: ensure() raises the clock to the floor itself)
     set_rtc(t)
     _store(t)
     _due = time.ticks_add(time.ticks_ms(), SAVE_EVERY_S * 1000)
