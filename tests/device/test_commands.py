@@ -52,7 +52,7 @@ def _rejected(v, topic, msg, reason):
     # same reason was already recorded since the last accepted command.
     floor = v.floor
     n = events.head()[0]
-    first = reason not in v._logged
+    first = reason not in v.throttle.logged
     try:
         v.open(topic, msg)
     except commands.Rejected as e:
@@ -73,7 +73,7 @@ def test_a_flood_of_rejections_does_not_wipe_the_ring():
     events.record("boot", "bad_signature")  # the evidence a flood would push out
     for i in range(3 * events.SLOTS):
         _rejected(v, TOPIC, b"\xd0" + bytes(i % 50), "malformed")
-    assert v.suppressed == 3 * events.SLOTS - 1
+    assert v.throttle.suppressed == 3 * events.SLOTS - 1
     _rejected(v, TOPIC, c.cmd("exec"), "not_allowed")
     ev = events.since(0)
     assert [(e["kind"], e["reason"]) for e in ev] == [("boot", "bad_signature"), ("cmd", "malformed"), ("cmd", "not_allowed")]

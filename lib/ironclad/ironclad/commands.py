@@ -85,22 +85,11 @@ class Verifier:
         # A floor kept for another epoch belongs to other keys: commands
         # under those never open now, so counting restarts.
         self.floor = floor if ep == self._epoch else 0
-        self._logged = []  # reasons recorded since the last accepted command
-        self.suppressed = 0  # rejections not recorded since the last recorded event
+        self.throttle = events.Throttle("cmd")  # each reason once until a command is accepted
 
     def _reject(self, reason, detail=""):
-        # Each reason is recorded once until a command is accepted: anyone on
-        # the broker can send garbage, and a flood of one kind of rejection
-        # must not overwrite the rest of the event ring. The rejections left
-        # out are counted, and the count goes into the next recorded event.
-        if reason in self._logged:
-            self.suppressed += 1
-        else:
-            self._logged.append(reason)
-            if self.suppressed:
-                detail = ("+%d " % self.suppressed + detail)[:39]
-                self.suppressed = 0
-            events.record("cmd", reason, "rejected", detail)
+        # Recorded once per reason until a command is accepted (Throttle).
+        self.throttle.record(reason, detail)
         raise Rejected(reason)
 
     def open(self, topic, msg):
@@ -166,7 +155,6 @@ class Verifier:
         self._nvs.set_blob("floor", struct.pack(_REC, self._epoch, ctr))
         self._nvs.commit()
         self.floor = ctr
-        self._logged = []
-        events.record("cmd", op, "ok", ("ctr %d" % ctr) + (" +%d rejected" % self.suppressed if self.suppressed else ""))
-        self.suppressed = 0
+        n = self.throttle.reset()
+        events.record("cmd", op, "ok", ("ctr %d" % ctr) + (" +%d rejected" % n if n else ""))
         return Command(op, args, ctr)

@@ -305,8 +305,7 @@ class Updater:
         self._foreign = None  # id of the last stray chunk reported
         self.reboot_due = False
         self.restart_due = False  # restart to resume a download on a fresh heap
-        self._logged = []  # rejection reasons recorded since metadata was last accepted
-        self.suppressed = 0  # rejections not recorded since the last recorded one
+        self.throttle = events.Throttle("update")  # each rejection once until metadata is accepted
 
     # -- persistent state --------------------------------------------------
 
@@ -344,18 +343,10 @@ class Updater:
 
     def _reject(self, reason, uid=None, detail=""):
         # Each reason is recorded once until metadata is accepted (as
-        # ironclad.commands does): anyone on the broker can send junk to the
-        # update topic, and 80 junk messages must not push the real events
-        # out of the ring. The rejections left out are counted into the next
-        # recorded one. The fleet still gets every report.
-        if reason in self._logged:
-            self.suppressed += 1
-        else:
-            self._logged.append(reason)
-            if self.suppressed:
-                detail = ("+%d " % self.suppressed + detail)[:39]
-                self.suppressed = 0
-            events.record("update", reason, outcome="rejected", detail=detail)
+        # ironclad.commands does, events.Throttle): anyone on the broker can
+        # send junk to the update topic, and 80 junk messages must not push
+        # the real events out of the ring. The fleet still gets every report.
+        self.throttle.record(reason, detail)
         return self._report(REJECTED, uid, reason=reason)
 
     # -- start-up -------------------------------------------------------------
@@ -552,7 +543,7 @@ class Updater:
             self._abandon()
             events.record("update", "superseded", outcome="info", detail=bytes(job.man.id).hex()[:16])
         self._begin(b"M" + bytes(body), man=man)
-        self._logged = []  # signed metadata passed every check: rejections are news again
+        self.throttle.reset()  # signed metadata passed every check: rejections are news again
         self._ask()
 
     # -- checks ---------------------------------------------------------------
