@@ -333,6 +333,27 @@ def test_events_batched_and_marked_sent():
     assert events.sent() == 6
 
 
+def test_send_events_ends_while_a_flood_records_more():
+    # Each publish waits for its PUBACK and handles what arrives meanwhile:
+    # under a flood that records 5 events per publish, sending "until none
+    # is left" never ended (found by the agent fuzz campaign: readings
+    # starved, the ring overflowed). It sends what was there when called.
+    s, fleet = _sealer()
+    for i in range(6):
+        events.record("boot", "r%d" % i)
+    sent = []
+
+    def publish(m):
+        sent.append(m)
+        if len(sent) > 50:
+            raise AssertionError("send_events does not end")
+        for i in range(5):
+            events.record("cmd", "flood%d" % i)
+
+    assert telemetry.send_events(s, publish, "ironclad/dev-0007/events", batch=4) == 8
+    assert len(sent) == 2 and events.sent() == 8 and events.head()[0] == 16
+
+
 def test_sealing_steady_state_allocates_little():
     s, fleet = _sealer()
     r = {"seq": 1, "uptime_ms": 5000, "temp_c": 21.5, "battery_mv": 3712}

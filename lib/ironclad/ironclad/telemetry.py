@@ -214,14 +214,22 @@ def send_events(sealer, publish, topic, batch=4):
     oldest first, `batch` records per message: publish(msg) must return only
     after the PUBACK (QoS 1), and raise otherwise. The sent mark moves after
     each acknowledged message, so a reconnect resends from there (the console
-    drops duplicates by seq). Returns the number of records sent."""
+    drops duplicates by seq). Returns the number of records sent.
+
+    Sends what was recorded when it was called, and stops there: each
+    publish waits for its PUBACK and handles the messages that arrive
+    meanwhile, which may record more events; under a flood of hostile
+    messages "until none is left" never ended, and the agent's loop
+    (readings, everything else) starved while the ring overflowed."""
     from ironclad import events
 
     n = 0
-    while True:
+    end = events.head()[0]
+    while events.sent() < end:
         recs = events.raw_since(events.sent())[:batch]
         if not recs:
             return n
         publish(sealer.seal_events(topic, recs))
         events.mark_sent(events.decode(recs[-1])["seq"])
         n += len(recs)
+    return n
