@@ -214,6 +214,20 @@ def test_malformed_rejected():
     _rejected(v, TOPIC, bytes(enc.encrypt_seq(3001, b"\xff", TOPIC.encode())), "malformed")
 
 
+def test_byte_string_map_keys_are_malformed():
+    # {b"k": 1} and {"k": 1, b"k": 2}: comparing the two keys printed a
+    # "bytes and str" warning on the console port (the ESP32 port enables
+    # it) for every such map anyone on the broker sent.
+    for data in (b"\xa1\x41k\x01", b"\xa2\x61k\x01\x41k\x02"):
+        try:
+            cbor.decode(data)
+        except cbor.CBORError:
+            continue
+        raise AssertionError("decoded %r" % data)
+    v = Console().verifier()
+    _rejected(v, TOPIC, b"\xd0\x83\x43\xa1\x01\x0a\xa2\x61k\x01\x41k\x02\x40", "malformed")
+
+
 def test_new_epoch_restarts_the_floor():
     c = Console()
     v = c.verifier()
