@@ -18,7 +18,8 @@
 # pair of boots). The counter itself still rises across boots (hi, and its
 # copy outside NVS, ironclad.mono), so the console's per-topic high-water
 # mark keeps working and a rolled-back NVS alone does not move it back.
-# Losing the record (NVS erased) counts from 0 again, under a new epoch.
+# Losing the record (NVS erased) goes on from the copy, or from 0 without
+# one, under a new epoch either way.
 #
 # Reservation: before value v is handed out, hi > v is on flash. Each block
 # costs one NVS commit; values reserved but not used when power goes are
@@ -89,15 +90,12 @@ class Counter:
         # a board the draw must come after the radio is up (issue 13's rng
         # module is to enforce it; only hardware can confirm the entropy).
         self.epoch = os.urandom(8)
-        self._first = True
+        self._nvs.set_blob(name + "_prev", b"".join(self.previous))  # (committed by _store)
         self._store(hi)
         self._next = hi
         self._hi = hi  # reserved on flash: values in [_next, _hi) are ours
 
     def _store(self, hi):
-        if self._first:
-            self._first = False
-            self._nvs.set_blob(self._name + "_prev", b"".join(self.previous))
         self._nvs.set_blob(self._name, struct.pack(_REC, self.epoch, hi))
         self._nvs.commit()
         mono.put("nonce_" + self._name, hi)
