@@ -110,7 +110,7 @@ class Sealer:
 
     Long-lived: keeps one Encrypt0 (key schedules, CCM work buffers) and one
     output buffer, so sealing a reading allocates only its CBOR encoding and
-    the message's own copy (seal)."""
+    the message's own copy (seal_reading)."""
 
     def __init__(self, z, device_id, counter, fields=FIELDS):
         self.device_id = check_pseudonym(device_id)
@@ -141,17 +141,17 @@ class Sealer:
         self._body = bytearray(self._at + sum(len(e) + 9 for _, e in keys))
 
     def seal(self, topic, plaintext):
-        """Any plaintext -> COSE_Encrypt0 bound to topic, as bytes of its
-        own: a message may wait for its PUBACK (or be spooled when the
-        publish fails) while the next one is sealed, a command reply from
-        inside the MQTT callback for one, and must not change under it."""
+        """Any plaintext -> COSE_Encrypt0 bound to topic: a view of the
+        shared output buffer, valid until the next seal. Publish it at once
+        (the MQTT client copies what it keeps for a resend) or copy it:
+        seal_reading does, since a reading may go to the spool."""
         n = len(plaintext) + 32  # header (at most 21 bytes here) and tag
         if n > len(self._out):
             self._out = bytearray(n)
         if topic != self._topic:
             self._topic = topic
             self._topic_b = topic.encode() if isinstance(topic, str) else bytes(topic)
-        return bytes(self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=self._out))
+        return self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=self._out)
 
     def body(self, reading):
         """The reading as it will be sent: allowlisted numeric fields, the
@@ -194,7 +194,13 @@ class Sealer:
         return memoryview(b)[start:pos]
 
     def seal_reading(self, topic, reading):
-        return self.seal(topic, self.body(reading))
+        """The sealed reading as bytes of its own: it may wait for its PUBACK
+        while a command reply is sealed from inside the MQTT callback, and
+        go to the spool if the publish then fails; a view would by then
+        hold the reply (issue 14: the console saw a forgery, the reading
+        was lost). Replies and event batches are never spooled, and the
+        client copies them into its packet before publish returns."""
+        return bytes(self.seal(topic, self.body(reading)))
 
     def seal_events(self, topic, records):
         """Raw security-event records (ironclad.events.raw_since), oldest
