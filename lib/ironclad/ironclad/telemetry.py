@@ -109,8 +109,8 @@ class Sealer:
     """Seals everything the device publishes, under its device-to-fleet key.
 
     Long-lived: keeps one Encrypt0 (key schedules, CCM work buffers) and one
-    output buffer, so sealing a reading allocates only its CBOR encoding and
-    the message's own copy (seal_reading)."""
+    output buffer for readings and one for the rest, so sealing a reading
+    allocates only its CBOR encoding."""
 
     def __init__(self, z, device_id, counter, fields=FIELDS):
         self.device_id = check_pseudonym(device_id)
@@ -118,6 +118,7 @@ class Sealer:
         key, iv = derive(z, counter.epoch, UP, device_id)
         self._enc = cose.Encrypt0(key, iv)
         self._out = bytearray(_OUT0)
+        self._rout = bytearray(_OUT0)  # readings' own: see seal_reading
         self._topic = None  # the last topic and its bytes (the AAD)
         self._topic_b = b""
         self.fields = fields
@@ -140,18 +141,23 @@ class Sealer:
         self._at = 1 if len(order) < 24 else 2
         self._body = bytearray(self._at + sum(len(e) + 9 for _, e in keys))
 
-    def seal(self, topic, plaintext):
+    def seal(self, topic, plaintext, reading=False):
         """Any plaintext -> COSE_Encrypt0 bound to topic: a view of the
         shared output buffer, valid until the next seal. Publish it at once
-        (the MQTT client copies what it keeps for a resend) or copy it:
-        seal_reading does, since a reading may go to the spool."""
+        (the MQTT client copies what it keeps for a resend). reading=True
+        (seal_reading): a view of the readings' own buffer instead."""
         n = len(plaintext) + 32  # header (at most 21 bytes here) and tag
-        if n > len(self._out):
-            self._out = bytearray(n)
+        out = self._rout if reading else self._out
+        if n > len(out):
+            out = bytearray(n)
+            if reading:
+                self._rout = out
+            else:
+                self._out = out
         if topic != self._topic:
             self._topic = topic
             self._topic_b = topic.encode() if isinstance(topic, str) else bytes(topic)
-        return self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=self._out)
+        return self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=out)
 
     def body(self, reading):
         """The reading as it will be sent: allowlisted numeric fields, the
@@ -194,13 +200,14 @@ class Sealer:
         return memoryview(b)[start:pos]
 
     def seal_reading(self, topic, reading):
-        """The sealed reading as bytes of its own: it may wait for its PUBACK
-        while a command reply is sealed from inside the MQTT callback, and
-        go to the spool if the publish then fails; a view would by then
-        hold the reply (issue 14: the console saw a forgery, the reading
-        was lost). Replies and event batches are never spooled, and the
-        client copies them into its packet before publish returns."""
-        return bytes(self.seal(topic, self.body(reading)))
+        """The sealed reading, a view of a buffer only readings use (valid
+        until the next reading is sealed): it may wait for its PUBACK while
+        a command reply is sealed from inside the MQTT callback, and go to
+        the spool if the publish then fails; in the shared buffer it would
+        by then hold the reply (issue 14: the console saw a forgery, the
+        reading was lost). Replies and event batches are never spooled, and
+        the client copies them into its packet before publish returns."""
+        return self.seal(topic, self.body(reading), True)
 
     def seal_events(self, topic, records):
         """Raw security-event records (ironclad.events.raw_since), oldest
