@@ -15,7 +15,7 @@ sys.path.append(__file__.rsplit("/", 3)[0] + "/app")
 import agent  # noqa: E402
 
 # The agent's imports (update, telemetry, mqtt, ...) compiled from source.
-HEAP_KIB = 384
+HEAP_KIB = 640
 
 
 class Stub:

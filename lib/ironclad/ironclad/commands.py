@@ -28,6 +28,7 @@ from micropython import const
 import esp32
 
 from ironclad import cbor, clock, cose, events, telemetry
+from ironclad.throttle import Throttle
 
 NAMESPACE = "ic_cmd"
 _REC = "<8sQ"  # epoch, last accepted counter
@@ -85,10 +86,10 @@ class Verifier:
         # A floor kept for another epoch belongs to other keys: commands
         # under those never open now, so counting restarts.
         self.floor = floor if ep == self._epoch else 0
-        self.throttle = events.Throttle("cmd")  # each reason once until a command is accepted
+        self.throttle = Throttle("cmd")  # each reason once until a command is accepted
 
     def _reject(self, reason, detail=""):
-        # Recorded once per reason until a command is accepted (Throttle).
+        # Recorded once per reason until a command is accepted (ironclad.throttle).
         self.throttle.record(reason, detail)
         raise Rejected(reason)
 

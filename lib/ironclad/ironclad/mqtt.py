@@ -194,23 +194,13 @@ def utf8_ok(b):
                 return False
             i += 1
             continue
-        # (lead range, bytes after it, allowed range of the second byte)
-        if 0xC2 <= c <= 0xDF:
-            k, lo, hi = 1, 0x80, 0xBF
-        elif c == 0xE0:
-            k, lo, hi = 2, 0xA0, 0xBF  # below: overlong
-        elif c == 0xED:
-            k, lo, hi = 2, 0x80, 0x9F  # above: surrogates
-        elif 0xE1 <= c <= 0xEF:
-            k, lo, hi = 2, 0x80, 0xBF
-        elif c == 0xF0:
-            k, lo, hi = 3, 0x90, 0xBF  # below: overlong
-        elif 0xF1 <= c <= 0xF3:
-            k, lo, hi = 3, 0x80, 0xBF
-        elif c == 0xF4:
-            k, lo, hi = 3, 0x80, 0x8F  # above: past U+10FFFF
-        else:
+        if c < 0xC2 or c > 0xF4:
             return False  # a continuation byte, C0/C1 (overlong) or F5-FF
+        k = 1 if c < 0xE0 else 2 if c < 0xF0 else 3  # bytes after the lead
+        # The second byte's range: narrower after E0, F0 (overlong forms),
+        # ED (surrogates) and F4 (past U+10FFFF).
+        lo = 0xA0 if c == 0xE0 else 0x90 if c == 0xF0 else 0x80
+        hi = 0x9F if c == 0xED else 0x8F if c == 0xF4 else 0xBF
         if i + k >= n or not lo <= b[i + 1] <= hi:
             return False
         for j in range(i + 2, i + k + 1):

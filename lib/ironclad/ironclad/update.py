@@ -43,6 +43,7 @@ import esp32
 # code through the free heap just before the 4 KiB buffers are allocated.
 from ironclad import bootstate, cbor, clock, der, detools, events, image, kdf, keywrap, p256, rsapss
 from ironclad.ccm import CCM, AuthError
+from ironclad.throttle import Throttle
 
 STORE = "/ironclad/update"  # littlefs directory (tests point it elsewhere)
 
@@ -305,7 +306,7 @@ class Updater:
         self._foreign = None  # id of the last stray chunk reported
         self.reboot_due = False
         self.restart_due = False  # restart to resume a download on a fresh heap
-        self.throttle = events.Throttle("update")  # each rejection once until metadata is accepted
+        self.throttle = Throttle("update")  # each rejection once until metadata is accepted
 
     # -- persistent state --------------------------------------------------
 
@@ -343,7 +344,7 @@ class Updater:
 
     def _reject(self, reason, uid=None, detail=""):
         # Each reason is recorded once until metadata is accepted (as
-        # ironclad.commands does, events.Throttle): anyone on the broker can
+        # ironclad.commands does, ironclad.throttle): anyone on the broker can
         # send junk to the update topic, and 80 junk messages must not push
         # the real events out of the ring. The fleet still gets every report.
         self.throttle.record(reason, detail)
