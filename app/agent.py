@@ -244,14 +244,23 @@ class Agent:
 
     def _updates(self):
         self.updater.tick()
-        while self.reports and self.online:
-            rep = self.reports[0]
+        # The reports queued now, not "until none is left": each publish
+        # waits for its PUBACK and handles what arrives meanwhile, and under
+        # a flood of junk on the update topic every message queues another
+        # rejection, so that loop never ended (the agent's loop starved,
+        # events went unsent until the ring overflowed: found by the agent
+        # fuzz campaign). Taken off the queue before the publish: the bound
+        # in _queue_report may drop from the front meanwhile.
+        for _ in range(len(self.reports)):
+            if not (self.reports and self.online):
+                break
+            rep = self.reports.pop(0)
             try:
                 self.client.publish(self.topics["report"], update.report_bytes(rep), qos=1)
             except MQTTError:
+                self.reports.insert(0, rep)  # sent again once connected
                 self.online = False
                 return
-            self.reports.pop(0)
             print("agent: update", rep.get("state"), rep.get("reason") or rep.get("pct") or "")
         u = self.updater
         if (u.reboot_due or u.restart_due) and not self.reports:

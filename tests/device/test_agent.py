@@ -50,3 +50,32 @@ def test_update_reports_are_bounded_oldest_rejection_first():
     assert len(a.reports) == agent.MAX_REPORTS
     assert a.reports[0]["state"] == "downloading"  # not a rejection: kept
     assert [r["n"] for r in a.reports[1:]] == list(range(500 - agent.MAX_REPORTS + 1, 500))
+
+
+def test_update_reports_sent_are_those_queued_when_the_loop_came():
+    # Each report's publish waits for its PUBACK and handles what arrives
+    # meanwhile; under a flood every message queued another rejection and
+    # "until none is left" never ended: the agent's loop (readings, events)
+    # starved and the event ring overflowed (found by the agent fuzz
+    # campaign through mosquitto).
+    a = Stub()
+    a.reports = [{"state": "downloading", "next": 0}, {"state": "rejected", "reason": "a"}]
+    a.online = True
+    a.topics = {"report": "ironclad/dev-1/state/update"}
+    a.updater = Stub()
+    a.updater.tick = lambda: None
+    a.updater.reboot_due = a.updater.restart_due = False
+    sent = []
+
+    def publish(topic, msg, qos=0):
+        sent.append(msg)
+        if len(sent) > 20:
+            raise AssertionError("the report loop does not end")
+        for i in range(5):  # the flood, handled inside the PUBACK wait
+            agent.Agent._queue_report(a, {"state": "rejected", "reason": "bad_message", "n": len(sent) * 10 + i})
+
+    a.client = Stub()
+    a.client.publish = publish
+    agent.Agent._updates(a)
+    assert len(sent) == 2 and b"downloading" in sent[0]  # both sent, in order, then back to the loop
+    assert len(a.reports) == agent.MAX_REPORTS  # the newest, for the next round

@@ -288,8 +288,11 @@ def campaign(root, messages, batch=100, seed=1, say=print):
         try:
             if not con.wait_device(DEV, timeout=120):
                 raise RuntimeError("the device never came online: %s" % _tail(devdir))
-            boot0 = app_image.read_bootstate(devdir)
             watch = _Watch(con)
+            end = time.monotonic() + 60
+            while not watch.readings and time.monotonic() < end:
+                time.sleep(0.05)  # healthy: the first reading is out, the boot confirmed
+            boot0 = _boot(devdir)
             corpus = Corpus(con, keys, v1, v2, con.devices[DEV]["pub"], rnd)
             pub = _Publisher(br)
             topics = {k: fleet_broker.device_topic(br.prefix, DEV, k) for k in ("cmd", "update")}
@@ -322,7 +325,7 @@ def campaign(root, messages, batch=100, seed=1, say=print):
             time.sleep(3)  # the last events on their way
             _marker(con, watch, corpus, res)
             res["ended"] = dev.proc.poll() is not None
-            res["boot_changed"] = app_image.read_bootstate(devdir) != boot0
+            res["boot_changed"] = _boot(devdir) != boot0
         finally:
             if pub:
                 pub.close()
@@ -365,6 +368,13 @@ def _marker(con, watch, corpus, res):
             time.sleep(0.02)
     res["unanswered"] += 1
     return False
+
+
+def _boot(devdir):
+    # What a reset on trial, or a rollback, would change (not the record's
+    # sequence number or the floor, which a confirmation moves).
+    st = app_image.read_bootstate(devdir) or {}
+    return {k: st.get(k) for k in ("active", "trial", "attempts", "fallback")}
 
 
 def _read_log(devdir):
