@@ -4,7 +4,10 @@ SQL is written once with `?` placeholders and bound parameters only; for
 PostgreSQL the placeholders become `%s` (psycopg 3's paramstyle). Values are
 never formatted into SQL text. Migrations are the files
 migrations/NNNN_name.sql applied in order, each in its own transaction, and
-recorded in schema_migrations.
+recorded in schema_migrations. Migrations are portable SQL with two SQLite
+spellings mapped for PostgreSQL: `INTEGER PRIMARY KEY AUTOINCREMENT` (an
+auto-numbered key, BIGSERIAL) and `BLOB` (BYTEA). Times are unix seconds
+(DOUBLE PRECISION), booleans INTEGER 0/1.
 """
 import contextlib
 import os
@@ -47,6 +50,19 @@ def _split_statements(text):
     if ''.join(cur).strip():
         out.append('\n'.join(cur))
     return out
+
+
+# The one dialect difference migrations may use: an auto-numbered key and a
+# byte string are written the SQLite way and mapped for PostgreSQL here.
+_PG_DDL = ((re.compile(r'\bINTEGER PRIMARY KEY AUTOINCREMENT\b', re.I),
+            'BIGSERIAL PRIMARY KEY'),
+           (re.compile(r'\bBLOB\b', re.I), 'BYTEA'))
+
+
+def _pg_ddl(stmt):
+    for pattern, repl in _PG_DDL:
+        stmt = pattern.sub(repl, stmt)
+    return stmt
 
 
 def _pg_sql(sql):
@@ -257,6 +273,8 @@ class Database:
                                 'WHERE version = ?', (version,)):
                         continue
                     for stmt in _split_statements(text):
+                        if self.engine == 'postgresql':
+                            stmt = _pg_ddl(stmt)
                         self.execute(stmt)
                     self.execute('INSERT INTO schema_migrations '
                                  '(version, name, applied_at) VALUES (?, ?, ?)',
