@@ -291,3 +291,16 @@ class Database:
 def connect(url):
     """A Database for a file path, sqlite:///path or postgresql://..."""
     return Database(url)
+
+
+def connect_retrying(url, stop, interval=1.0):
+    """connect(url), retried every interval seconds while the server is
+    away (a restarting PostgreSQL); None once stop (an Event) is set."""
+    while not stop.is_set():
+        try:
+            return Database(url)
+        except DatabaseError:
+            raise
+        except Exception:   # noqa: BLE001 - psycopg.OperationalError, sqlite3.OperationalError
+            stop.wait(interval)
+    return None

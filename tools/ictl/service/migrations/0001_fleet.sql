@@ -23,16 +23,19 @@ CREATE TABLE devices (
 );
 
 -- Sealed telemetry, opened and checked. counter: the message's COSE
--- Partial IV (unique per device and topic: a redelivery is stored once).
+-- Partial IV, unique per device key and topic (a redelivery is stored
+-- once); key_id: the first 16 hex digits of SHA-256 of the device's public
+-- key (a re-provisioned device starts counting again under a new key).
 CREATE TABLE readings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
     counter BIGINT NOT NULL,
     seq BIGINT,
     device_ts DOUBLE PRECISION,
     received_at DOUBLE PRECISION NOT NULL,
     data TEXT NOT NULL,
-    UNIQUE (device_id, counter)
+    UNIQUE (device_id, key_id, counter)
 );
 CREATE INDEX readings_device_time ON readings (device_id, received_at);
 CREATE INDEX readings_time ON readings (received_at);
@@ -42,6 +45,7 @@ CREATE INDEX readings_time ON readings (received_at);
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
     seq BIGINT NOT NULL,
     kind TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -52,7 +56,7 @@ CREATE TABLE events (
     hash TEXT NOT NULL,
     counter BIGINT,
     received_at DOUBLE PRECISION NOT NULL,
-    UNIQUE (device_id, seq, hash)
+    UNIQUE (device_id, key_id, seq, hash)
 );
 CREATE INDEX events_time ON events (received_at);
 CREATE INDEX events_device ON events (device_id, seq);
@@ -71,12 +75,13 @@ CREATE TABLE commands (
 CREATE TABLE replies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
     cmd BIGINT,
     ok INTEGER NOT NULL,
     reason TEXT NOT NULL,
     counter BIGINT NOT NULL,
     received_at DOUBLE PRECISION NOT NULL,
-    UNIQUE (device_id, counter)
+    UNIQUE (device_id, key_id, counter)
 );
 
 -- The devices' update reports (<prefix>/<id>/state/update, JSON, not
@@ -97,7 +102,9 @@ CREATE TABLE update_reports (
 CREATE INDEX update_reports_device ON update_reports (device_id, received_at);
 
 -- Alarms: a check failed (kind: chain_gap, forgery, key_change, rollback,
--- replay, other). Webhook delivery state beside it.
+-- replay, other). Webhook delivery state beside it. source: a digest of
+-- the message that raised it (every worker sees the retained state topics:
+-- the same alarm is stored once); NULL when there is no such message.
 CREATE TABLE alarms (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
@@ -108,7 +115,9 @@ CREATE TABLE alarms (
     acked_by TEXT,
     webhook_state TEXT NOT NULL DEFAULT 'pending',
     webhook_tries INTEGER NOT NULL DEFAULT 0,
-    webhook_at DOUBLE PRECISION
+    webhook_at DOUBLE PRECISION,
+    source TEXT,
+    UNIQUE (device_id, source)
 );
 CREATE INDEX alarms_open ON alarms (acked_at, raised_at);
 CREATE INDEX alarms_webhook ON alarms (webhook_state);

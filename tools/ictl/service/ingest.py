@@ -1,0 +1,390 @@
+"""Ingest: the service's MQTT workers. Each subscribes with an operator
+identity (as `ictl console` does), opens and checks every message with the
+console's own checks (tools/ictl/console.py: COSE opening, certificate and
+key epochs, replays, the security-event hash chain) and stores devices,
+readings, events, replies, update reports and alarms.
+
+Nothing lost, nothing twice:
+  * QoS 1, clean_session=False (a persistent session: what the broker
+    queued while a worker was away is delivered when it returns), and
+    manual acknowledgement: a message's PUBACK goes out only after the
+    transaction that stored it committed. A worker killed in between gets
+    the message again, and the console state committed with it (the
+    highest Partial IV per topic, the event chain) recognises it; the
+    unique keys (readings: device + counter, events: device + seq + hash,
+    update reports: device + payload digest) make every insert idempotent
+    anyway.
+  * The console's per-device memory lives in devices.console_state and is
+    read and written in the same transaction as the rows it admits, the
+    device rows locked (SELECT ... FOR UPDATE on PostgreSQL; SQLite's write
+    lock), so N workers check against one history.
+
+Scale out: N workers share the subscription (`$share/<group>/...`, which
+mosquitto offers to MQTT 3.1.1 clients too): the broker hands each message
+to one of them. Retained messages are never sent on a shared subscription
+(MQTT 5.0 section 4.8.2), and a device's hello is retained: so every worker
+also subscribes to <prefix>/+/state/# unshared (hellos, online/offline,
+update reports: all idempotent to store). The broker names a client by its
+certificate's CN (use_username_as_clientid), so each worker needs its own
+operator identity (worker_id(n), in the broker's ACL).
+
+Known limit of sharing: the broker gives consecutive messages of one
+device to different workers, and the two may reach the database in the
+other order; the console then reports the later-committed one as
+"replayed or reordered" (an alarm, the reading not stored). One worker
+(the default) cannot reorder.
+"""
+import hashlib
+import json
+import queue
+import ssl
+import threading
+import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ictl import ToolError, pki
+from ictl import update as upd
+from ictl.console import HELLO, Console, device_state_from_json, device_state_json
+from ictl.service import alarms
+from ictl.service import db as service_db
+
+SHARE_GROUP = "ironclad-ingest"
+BATCH = 64                  # messages per transaction (mosquitto keeps 20 in flight per client)
+REPORT_MAX = 4096           # an update report is a small JSON object
+
+
+def worker_id(n):
+    """The operator identity (certificate CN, MQTT client id) of worker n (1-based)."""
+    return "fleet-ingest-%d" % n
+
+
+def worker_credentials(pki_dir, n):
+    """(key path, cert path) of worker n, issued by the fleet CA on first use."""
+    import os
+    name = worker_id(n)
+    kp, cp = os.path.join(pki_dir, name + ".key"), os.path.join(pki_dir, name + ".crt")
+    if not (os.path.exists(kp) and os.path.exists(cp)):
+        ca = pki.load_ca(pki_dir)
+        k = pki.new_key()
+        pki.write_key_pem(kp, k)
+        pki.write_cert_pem(cp, pki.issue_console_cert(ca, k.public_key(), name=name))
+    return kp, cp
+
+
+def _jsonable(v, depth=0):
+    # Device data is hostile: keep only what JSON can say, bytes as hex.
+    if depth > 8:
+        return None
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x, depth + 1) for x in v]
+    return repr(v)
+
+
+def _digest(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class Ingest:
+    """One worker. process_batch() works without a broker (tests feed it);
+    start() connects and runs until stop()."""
+
+    def __init__(self, db_url, fleet_key, ca_path, prefix="ironclad", host=None, port=None, cert_path=None,
+                 key_path=None, client_id=pki.CONSOLE_ID, shared=False, group=SHARE_GROUP, batch=BATCH):
+        self.db_url = db_url
+        self.db = service_db.connect(db_url)
+        self.prefix = prefix
+        self.host, self.port = host, port
+        self.client_id = client_id
+        self.shared = shared
+        self.group = group
+        self.batch = batch
+        self.console = Console(host, port, ca_path, cert_path, key_path, fleet_key, prefix, None, client_id)
+        self._keys = {}           # (device, public key) -> derived keys (ECDH once per device)
+        self._q = queue.Queue()
+        self._client = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._t = None
+        self.counts = {"messages": 0, "readings": 0, "events": 0, "replies": 0, "reports": 0, "alarms": 0,
+                       "dropped": 0, "batches": 0, "db_retries": 0}
+        self.errors = []
+
+    # ------------------------------------------------------------ storing
+    def _device_of(self, topic):
+        parts = topic.split("/")
+        pl = self.prefix.count("/") + 1
+        if len(parts) < pl + 2 or "/".join(parts[:pl]) != self.prefix:
+            return None, None
+        dev = parts[pl]
+        try:
+            pki.validate_device_id(dev)
+        except ToolError:
+            return None, None
+        return dev, "/".join(parts[pl + 1:])
+
+    def process_batch(self, items, now=None):
+        """Store [(topic, payload)] in one transaction. Returns the console
+        Messages, in order (alarms included)."""
+        now = now or time.time()
+        db = self.db
+        devs = sorted({d for d, _ in (self._device_of(t) for t, _ in items) if d})
+        for dev in devs:
+            db.execute("INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?) "
+                       "ON CONFLICT DO NOTHING", (dev, now, now))
+        lock = " FOR UPDATE" if db.engine == "postgresql" else ""
+        out = []
+        with db.transaction():
+            con = self.console
+            con.devices = {}
+            rows = {}
+            for dev in devs:        # sorted: workers lock rows in one order, no deadlock
+                r = db.one("SELECT device_id, pub, console_state, online FROM devices WHERE device_id = ?" + lock,
+                           (dev,))
+                rows[dev] = r
+                if r and r["console_state"]:
+                    try:
+                        d = device_state_from_json(json.loads(r["console_state"]))
+                    except (ValueError, KeyError, TypeError):
+                        self._alarm(dev, "other", "stored console state unreadable: device history restarts", now)
+                        continue
+                    d["keys"] = self._keys.setdefault((dev, d["pub"]), {})
+                    con.devices[dev] = d
+            touched = {}
+            for topic, payload in items:
+                out += self._one(topic, bytes(payload), now, touched)
+            for dev in devs:
+                d = con.devices.get(dev)
+                st = json.dumps(device_state_json(d), sort_keys=True) if d else None
+                if d:
+                    self._keys[(dev, d["pub"])] = d["keys"]
+                t = touched.get(dev, {})
+                sets = ["last_seen = ?", "console_state = ?"]
+                vals = [now, st]
+                for col in ("pub", "key_epoch", "cert_pem", "cert_serial", "cert_not_after", "online", "app_version",
+                            "last_event_seq", "chain_ok"):
+                    if col in t:
+                        sets.append(col + " = ?")
+                        vals.append(t[col])
+                db.execute("UPDATE devices SET " + ", ".join(sets) + " WHERE device_id = ?", vals + [dev])
+        self.counts["messages"] += len(items)
+        self.counts["batches"] += 1
+        return out
+
+    def _alarm(self, dev, kind, text, now, source=None):
+        if alarms.raise_alarm(self.db, dev, kind, text, source, now) is not None:
+            self.counts["alarms"] += 1
+
+    def _one(self, topic, payload, now, touched):
+        dev, kind = self._device_of(topic)
+        if dev and kind == upd.REPORT_KIND:
+            self._report(dev, payload, now, touched)
+            return []
+        con = self.console
+        before = con.devices.get(dev, {}).get("pub") if dev else None
+        msgs = con.handle(topic, payload)
+        t = touched.setdefault(dev, {}) if dev else {}
+        d = con.devices.get(dev) if dev else None
+        if before is not None and d is not None and d["pub"] != before:
+            self._alarm(dev, "key_change", "device presented a new key (certificate %s): its history starts again"
+                        % t.get("cert_serial", "?"), now, _digest("key", topic, payload))
+        for m in msgs:
+            self._store(m, dev or m.device, kind, topic, payload, now, t)
+        if d is not None and before != d["pub"]:
+            t["pub"] = d["pub"].hex()
+        return msgs
+
+    def _store(self, m, dev, kind, topic, payload, now, t):
+        db = self.db
+        if m.kind == "alarm":
+            self._alarm(dev, alarms.classify(m.text), m.text, now, _digest(topic, payload, m.text))
+            if "event" in m.text and dev in self.console.devices:
+                t["chain_ok"] = 0
+        elif m.kind in ("telemetry", "events", "reply") and m.body is None:
+            self.counts["dropped"] += 1     # a duplicate (QoS 1 redelivery) the console dropped
+        elif m.kind == "telemetry":
+            body = {k: v for k, v in m.body.items() if k != "id"}
+            seq = body.get("seq") if isinstance(body.get("seq"), int) else None
+            ts = body.get("ts") if isinstance(body.get("ts"), (int, float)) else None
+            n = db.execute("INSERT INTO readings (device_id, key_id, counter, seq, device_ts, received_at, data) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           (dev, self._key_id(dev), m.counter, seq, ts, now, json.dumps(_jsonable(body), sort_keys=True)))
+            self.counts["readings"] += n
+        elif m.kind == "events":
+            r = m.body
+            n = db.execute("INSERT INTO events (device_id, key_id, seq, kind, reason, outcome, detail, device_ms, "
+                           "device_wall, hash, counter, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                           "ON CONFLICT DO NOTHING",
+                           (dev, self._key_id(dev), r["seq"], r["kind"], r["reason"], r["outcome"], r["detail"], r["ms"], r["wall"],
+                            r["hash"].hex(), m.counter, now))
+            self.counts["events"] += n
+            t["last_event_seq"] = r["seq"]
+            a = alarms.event_alarm(r)
+            if a:
+                self._alarm(dev, a[0], a[1], now, _digest("event", dev, r["seq"], r["hash"]))
+        elif m.kind == "reply":
+            b = m.body
+            n = db.execute("INSERT INTO replies (device_id, key_id, cmd, ok, reason, counter, received_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           (dev, self._key_id(dev), b.get("cmd") if isinstance(b.get("cmd"), int) else None, 1 if b.get("ok") else 0,
+                            str(b.get("reason") or "")[:200], m.counter, now))
+            self.counts["replies"] += n
+        elif m.kind == "state":
+            if isinstance(m.body, dict) and "cert" in m.body:       # a hello that checked
+                t.update(self._cert_info(m.body))
+                t["online"] = 1
+            elif kind == "state" and payload in (b"online", b"offline"):
+                t["online"] = 1 if payload == b"online" else 0
+
+    def _key_id(self, dev):
+        return hashlib.sha256(self.console.devices[dev]["pub"]).hexdigest()[:16]
+
+    @staticmethod
+    def _cert_info(hello):
+        cert = x509.load_der_x509_certificate(hello["cert"])
+        return {"cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+                "cert_serial": "%x" % cert.serial_number,
+                "cert_not_after": cert.not_valid_after_utc.timestamp(),
+                "key_epoch": hello["epoch"].hex()}
+
+    def _report(self, dev, payload, now, t):
+        try:
+            rep = json.loads(payload[:REPORT_MAX]) if len(payload) <= REPORT_MAX else None
+        except ValueError:
+            rep = None
+        if not isinstance(rep, dict):
+            self._alarm(dev, "other", "update report is not a JSON object: ignored", now, _digest("rep", payload))
+            return
+        state = rep.get("state") if isinstance(rep.get("state"), str) else None
+        pct = rep.get("pct") if isinstance(rep.get("pct"), int) and not isinstance(rep.get("pct"), bool) else None
+        reason = str(rep.get("reason"))[:200] if rep.get("reason") is not None else None
+        uid = str(rep.get("id"))[:64] if rep.get("id") is not None else None
+        n = self.db.execute("INSERT INTO update_reports (device_id, update_id, state, pct, reason, body, digest, "
+                            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (dev, uid, state and state[:32], pct, reason,
+                             json.dumps(_jsonable(rep), sort_keys=True), _digest(payload), now))
+        self.counts["reports"] += n
+        if n and state in ("confirmed", "rolled_back") and isinstance(rep.get("ver"), int):
+            v = rep["ver"]
+            if state == "confirmed":
+                t["app_version"] = "%d.%d.%d" % (v >> 24 & 0xFF, v >> 16 & 0xFF, v & 0xFFFF)
+        if state == "rolled_back":
+            self._alarm(dev, "rollback", "device rolled update %s back" % uid, now, _digest("rep", payload))
+
+    # ------------------------------------------------------------ MQTT
+    def topics(self):
+        """(topic filter, qos) subscribed: sealed kinds shared when shared."""
+        share = ("$share/%s/" % self.group) if self.shared else ""
+        return [(share + "%s/+/%s" % (self.prefix, k), 1) for k in ("telemetry", "events", "reply")] + \
+               [("%s/+/state/#" % self.prefix, 1)]
+
+    def start(self, timeout=10):
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False,
+                        manual_ack=True)
+        con = self.console
+        c.tls_set(ca_certs=con.ca_path, certfile=con.cert_path, keyfile=con.key_path, cert_reqs=ssl.CERT_REQUIRED)
+
+        def on_connect(cl, ud, flags, rc, props):
+            if not rc.is_failure:
+                cl.subscribe(self.topics())
+
+        def on_subscribe(cl, ud, mid, codes, props):
+            if any(x.is_failure for x in codes):
+                self.errors.append("broker refused a subscription: %s" % codes)
+            else:
+                self._ready.set()
+
+        c.on_connect = on_connect
+        c.on_subscribe = on_subscribe
+        c.on_message = lambda cl, ud, msg: self._q.put((msg.topic, msg.payload, msg.mid, msg.qos))
+        c.on_disconnect = lambda cl, ud, fl, rc, props: self._ready.clear()
+        c.reconnect_delay_set(0.2, 5)
+        self._client = c
+        try:
+            c.connect(self.host, self.port, keepalive=30)
+        except (OSError, ssl.SSLError) as e:
+            raise ToolError("ingest cannot reach the broker at %s:%d: %s" % (self.host, self.port, e)) from None
+        self._t = threading.Thread(target=self._run, name="ingest-" + self.client_id, daemon=True)
+        self._t.start()
+        c.loop_start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise ToolError("ingest %s: no subscription at %s:%d within %ds (%s; is %s an operator in the broker "
+                            "ACL?)" % (self.client_id, self.host, self.port, timeout,
+                                       "; ".join(self.errors) or "no answer", self.client_id))
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                first = self._q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            items = [first]
+            while len(items) < self.batch:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            if not self._store_items(items):
+                return      # stopping: not acknowledged, the broker sends them again
+            for _, _, mid, qos in items:
+                if qos and self._client is not None:
+                    self._client.ack(mid, qos)
+
+    def _store_items(self, items, tries=3):
+        """True once items are committed (retrying while the database is
+        away); False when stopped first. A single message that fails with
+        the database reachable, tries times, is recorded as an alarm and
+        acknowledged (one bad message must not stop the fleet's ingest)."""
+        while not self._stop.is_set():
+            try:
+                self.process_batch([(t, p) for t, p, _, _ in items])
+                return True
+            except Exception as e:  # noqa: BLE001 - the database away, or a bug on one message
+                self.errors.append("%s: %s" % (type(e).__name__, e))
+                del self.errors[:-20]
+                self.counts["db_retries"] += 1
+                self.db.close()
+                self.db = service_db.connect_retrying(self.db_url, self._stop)
+                if self.db is None:
+                    return False
+                if len(items) > 1:      # find the one that fails, store the rest
+                    return all(self._store_items([it]) for it in items)
+                tries -= 1
+                if tries <= 0:
+                    try:
+                        self._alarm("-", "other", "ingest could not store a message on %s: %s"
+                                    % (items[0][0][:120], type(e).__name__), time.time(),
+                                    _digest("poison", items[0][0], items[0][1]))
+                        return True
+                    except Exception:   # noqa: BLE001 - the database went away again: keep trying
+                        tries = 1
+                self._stop.wait(0.5)
+        return False
+
+    def wait_ready(self, timeout=10):
+        return self._ready.wait(timeout)
+
+    def stop(self):
+        self._stop.set()
+        c, self._client = self._client, None
+        if self._t is not None:
+            self._t.join(10)
+        if c is not None:
+            c.disconnect()
+            c.loop_stop()
+        self.db.close()
