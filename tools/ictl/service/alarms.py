@@ -69,6 +69,9 @@ def ack(db, alarm_id, by):
         {"ok": False, "id": int(alarm_id), "reason": "no such open alarm"}
 
 
+acknowledge = ack     # the name the pages use
+
+
 def check_webhook_url(url):
     """The webhook URL, or ToolError: http(s) with a host, no credentials in it."""
     p = urllib.parse.urlsplit(url or "")
