@@ -186,7 +186,7 @@ def rollout(db, rollout_id):
     r = db.one("SELECT * FROM rollouts WHERE id = ?", (rollout_id,))
     if r is None:
         return None
-    r.pop("update_dir", None)
+    r.pop("update_archive", None)
     r["params"] = _loads(r["params"], {})
     r["update_summary"] = _loads(r["update_summary"], {})
     r["groups"] = db.query("SELECT idx, size, state, started_at, finished_at FROM rollout_groups "

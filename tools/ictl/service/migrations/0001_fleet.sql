@@ -124,13 +124,14 @@ CREATE INDEX alarms_webhook ON alarms (webhook_state);
 
 -- Staged rollouts (rollout.py). state: awaiting_approval, ready, running,
 -- paused, stopped (auto-stop), cancelled, done. params: JSON (groups, rate,
--- thresholds); update_dir: where the uploaded update was unpacked.
+-- thresholds); update_archive: the uploaded update (a tar of what `ictl
+-- update create` wrote), kept in the database so any instance can run it.
 CREATE TABLE rollouts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
     update_id TEXT NOT NULL,
     update_summary TEXT NOT NULL,
-    update_dir TEXT NOT NULL,
+    update_archive BLOB NOT NULL,
     params TEXT NOT NULL,
     state TEXT NOT NULL,
     stop_reason TEXT,
