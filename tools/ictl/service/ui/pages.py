@@ -1,0 +1,457 @@
+"""The console's pages (issue 16): fleet overview, device page with its
+readings chart, security events and alarms, rollouts, provisioning records,
+certificates, the operator audit trail and users.
+
+Each handler is registered on the web framework's route table
+(ictl.service.web.app.route) with the one permission it needs
+(ictl/service/web/permissions.py) and, for wipe, revoke, rollout start and
+user changes, re-authentication. The framework checks the session, the role,
+the CSRF token and the re-authentication before a handler runs, and audits
+every state change with the result the handler leaves in
+request.audit_result; the handlers only read (ictl.service.store) or call
+one action (rollout, fleetops, alarms, web.accounts) with the operator as
+`by`.
+
+Templates (templates/*.html) are Jinja2 with autoescaping on: everything a
+device sent (field names, values, event kinds, reasons, details, reply
+reasons) is shown through {{ }} and nothing is marked safe. No inline
+script or style: the live rollout progress is static/ui/poll.js, the chart
+an SVG served as an image."""
+import json
+import re
+import time
+
+from flask import Response
+
+from ictl.service import alarms as fleet_alarms
+from ictl.service import audit, store
+from ictl.service.ui import chart, forms
+from ictl.service.web import accounts, permissions
+from ictl.service.web.app import render, route
+
+MAX_UPDATE_BYTES = 4 * 1024 * 1024
+CHART_POINTS = 100000  # readings fetched for one chart (reduced to one mean per pixel column)
+CHART_SLICES = 40  # about 19 pixel columns each
+NOT_PLOTTED = ("ts", "seq")  # the wall time and the reading counter: not measurements
+WIPE_CONFIRM = 0x57495045  # "WIPE": the agent's wipe op refuses any other argument (ironclad.commands.OPS)
+COMMANDS = {"read": (), "reboot": (), "interval": ("s",)}  # what the command form offers (wipe has its own)
+ROLLOUT_ACTIONS = ("pause", "resume", "cancel")
+
+
+# ------------------------------------------------------------------ helpers
+def _rollout():
+    from ictl.service import rollout  # CORE's; imported on use (lands after the pages)
+    return rollout
+
+
+def _fleetops():
+    from ictl.service import fleetops  # CORE's; imported on use (lands after the pages)
+    return fleetops
+
+
+def when(ts):
+    """A stored unix time as the pages show it (UTC)."""
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(ts)))
+
+
+def ago(ts, now=None):
+    if ts is None:
+        return "never"
+    s = max(0, int((now or time.time()) - float(ts)))
+    for unit, n in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= n:
+            return "%d %s ago" % (s // n, unit)
+    return "%d s ago" % s
+
+
+def _page(request, template, code=200, **ctx):
+    ctx.setdefault("when", when)
+    ctx.setdefault("ago", ago)
+    body = render(request, template, **ctx)
+    return body if code == 200 else (body, code)
+
+
+def _bad(request, err, status=400):
+    """A refused request: the reason on a page, nothing changed."""
+    request.audit_result = {"ok": False, "error": str(err)}
+    return _page(request, "error.html", code=status, status=status, message=str(err), reauth=False, next="/")
+
+
+def _by(request):
+    return request.user["username"]
+
+
+def _done(request, result, back):
+    """After an action: record its result for the audit layer, then show
+    where it went (a redirect would lose the message)."""
+    request.audit_result = result
+    ok = bool(result.get("ok", True)) if isinstance(result, dict) else True
+    return _page(request, "ui_done.html", code=200 if ok else 409, result=result, ok=ok, back=back)
+
+
+def banner(db):
+    """What the base template shows on every page: the open alarms."""
+    rows = store.alarms(db, open_only=True)
+    return {"open_alarms": len(rows), "latest": rows[:3]}
+
+
+# ----------------------------------------------------------------- overview
+@route("/", methods=("GET",), permission="fleet.view", nav="Fleet")
+def overview(request):
+    try:
+        q = forms.text(request.args.get("q"), "search")
+        status = forms.choice(request.args.get("status"), "status", forms.STATUSES, "")
+        limit, offset = forms.page(request.args)
+    except forms.FormError as e:
+        return _bad(request, e)
+    res = store.overview(request.db, q=q or None, status=status or None, limit=limit, offset=offset)
+    return _page(request, "overview.html", q=q, status=status, statuses=forms.STATUSES, limit=limit,
+                 offset=offset, total=res["total"], devices=res["devices"])
+
+
+# ------------------------------------------------------------------ devices
+def _device_or_404(request, device_id):
+    try:
+        device_id = forms.device_id(device_id)
+    except forms.FormError as e:
+        return None, _bad(request, e, 404)
+    dev = store.device(request.db, device_id)
+    if dev is None:
+        return None, _bad(request, "no device %s" % device_id, 404)
+    return dev, None
+
+
+@route("/devices/<device_id>", methods=("GET",), permission="fleet.view")
+def device(request, device_id):
+    dev, err = _device_or_404(request, device_id)
+    if err:
+        return err
+    try:
+        since, until, rng = forms.chart_range(request.args, time.time())
+    except forms.FormError as e:
+        return _bad(request, e)
+    db, did = request.db, dev["device_id"]
+    return _page(request, "device.html", dev=dev, since=since, until=until, range=rng, ranges=forms.RANGES,
+                 chart_query=_chart_query(request.args, rng),
+                 events=store.events(db, device_id=did, limit=50, offset=0),
+                 alarms=store.alarms(db, open_only=False, device_id=did, limit=20),
+                 commands=store.commands(db, did), updates=store.update_reports(db, did),
+                 cert=dev.get("cert"), commands_offered=COMMANDS)
+
+
+def _chart_query(args, rng):
+    if rng:
+        return {"range": rng}
+    return {"from": args.get("from", "")[:32], "to": args.get("to", "")[:32]}
+
+
+def _chart_readings(db, device_id, since, until):
+    """The range's readings in CHART_SLICES time slices: store.readings
+    returns the newest `limit` of a range, so one call over 30 days would
+    show only its last days; per slice, at most CHART_POINTS / CHART_SLICES
+    (a slice fuller than that is drawn from its newest readings)."""
+    step = (until - since) / CHART_SLICES
+    per = CHART_POINTS // CHART_SLICES
+    for i in range(CHART_SLICES):
+        lo = since + i * step
+        hi = until if i == CHART_SLICES - 1 else lo + step
+        # readings() includes both ends: a reading exactly on a boundary
+        # belongs to the later slice only.
+        yield from (r for r in store.readings(db, device_id, lo, hi, per) if r["ts"] < hi or hi == until)
+
+
+@route("/devices/<device_id>/chart.svg", methods=("GET",), permission="fleet.view")
+def device_chart(request, device_id):
+    dev, err = _device_or_404(request, device_id)
+    if err:
+        return err
+    try:
+        since, until, _ = forms.chart_range(request.args, time.time())
+    except forms.FormError as e:
+        return _bad(request, e)
+    series = {}
+    for r in _chart_readings(request.db, dev["device_id"], since, until):
+        for field, value in r["body"].items():
+            if field not in NOT_PLOTTED:
+                series.setdefault(field, []).append((r["ts"], value))
+    svg = chart.render(series, since, until, title="readings of %s" % dev["device_id"])
+    return Response(svg, mimetype="image/svg+xml")
+
+
+@route("/devices/<device_id>/command", methods=("POST",), permission="device.command")
+def device_command(request, device_id):
+    dev, err = _device_or_404(request, device_id)
+    if err:
+        return err
+    try:
+        op = forms.choice(request.form.get("op"), "command", tuple(COMMANDS))
+        args = {}
+        if "s" in COMMANDS[op]:
+            args["s"] = forms.integer(request.form.get("s"), "seconds", 1, 86400)
+    except forms.FormError as e:
+        return _bad(request, e)
+    res = _fleetops().send_command(request.db, dev["device_id"], op, args, _by(request))
+    return _done(request, res, "/devices/%s" % dev["device_id"])
+
+
+@route("/devices/<device_id>/wipe", methods=("POST",), permission="device.wipe", reauth=True)
+def device_wipe(request, device_id):
+    dev, err = _device_or_404(request, device_id)
+    if err:
+        return err
+    # The device's id typed again: a wipe cannot be undone.
+    if (request.form.get("confirm_id") or "").strip() != dev["device_id"]:
+        return _bad(request, "type the device id %s to confirm the wipe" % dev["device_id"])
+    res = _fleetops().send_command(request.db, dev["device_id"], "wipe", {"confirm": WIPE_CONFIRM}, _by(request))
+    return _done(request, res, "/devices/%s" % dev["device_id"])
+
+
+# ------------------------------------------------------- events and alarms
+@route("/events", methods=("GET",), permission="fleet.view", nav="Events")
+def events(request):
+    try:
+        did = request.args.get("device", "").strip()
+        did = forms.device_id(did) if did else None
+        limit, offset = forms.page(request.args)
+    except forms.FormError as e:
+        return _bad(request, e)
+    db = request.db
+    return _page(request, "events.html", device=did or "", limit=limit, offset=offset,
+                 alarms=store.alarms(db, open_only=True),
+                 events=store.events(db, device_id=did, limit=limit, offset=offset))
+
+
+@route("/alarms/<int:alarm_id>/ack", methods=("POST",), permission="alarms.ack")
+def alarm_ack(request, alarm_id):
+    res = fleet_alarms.acknowledge(request.db, alarm_id, _by(request))
+    return _done(request, res, "/events")
+
+
+# ----------------------------------------------------------------- rollouts
+@route("/rollouts", methods=("GET",), permission="fleet.view", nav="Rollouts")
+def rollouts(request):
+    return _page(request, "rollouts.html", rollouts=store.rollouts(request.db))
+
+
+@route("/rollouts/new", methods=("GET",), permission="rollout.create")
+def rollout_new(request):
+    return _page(request, "rollout_new.html", statuses=forms.STATUSES, defaults=_rollout().DEFAULTS)
+
+
+def _targets(form):
+    """The target pick: by filter, by list, or a percentage of a filter."""
+    mode = forms.choice(form.get("mode"), "targets", ("filter", "list", "percentage"))
+    if mode == "list":
+        ids = forms.device_list(form.get("devices"))
+        if not ids:
+            raise forms.FormError("devices: name at least one device")
+        return {"mode": "list", "devices": ids}
+    t = {"mode": mode, "q": forms.text(form.get("q"), "search"),
+         "status": forms.choice(form.get("status"), "status", forms.STATUSES, ""),
+         "app_version": forms.version(form.get("app_version"))}
+    if mode == "percentage":
+        t["percent"] = forms.number(form.get("percent"), "percentage", 0.1, 100)
+    return t
+
+
+def _params(form):
+    d = _rollout().DEFAULTS
+    return {
+        "canary": forms.integer(form.get("canary"), "canary group size", 1, 10000, d["canary"]),
+        "growth": forms.choice(form.get("growth"), "growth", ("constant", "exponential"), d["growth"]),
+        "step": forms.number(form.get("step"), "growth step", 1, 10000, d["step"]),
+        "success_threshold": forms.number(form.get("success_threshold"), "success threshold", 1, 100,
+                                          d["success_threshold"]),
+        "failure_threshold": forms.number(form.get("failure_threshold"), "failure threshold", 0, 100,
+                                          d["failure_threshold"]),
+        "min_devices": forms.integer(form.get("min_devices"), "minimum devices", 1, 10000, d["min_devices"]),
+        "timeout_s": forms.integer(form.get("timeout_s"), "device timeout", 10, 7 * 86400, d["timeout_s"]),
+        "two_person": form.get("two_person") == "on",
+    }
+
+
+@route("/rollouts/new", methods=("POST",), permission="rollout.create")
+def rollout_create(request):
+    f = request.files.get("update")
+    if f is None or not f.filename:
+        return _bad(request, "choose the update file made by `ictl update create`")
+    data = f.stream.read(MAX_UPDATE_BYTES + 1)
+    if len(data) > MAX_UPDATE_BYTES:
+        return _bad(request, "the update is larger than %d bytes" % MAX_UPDATE_BYTES, 413)
+    try:
+        targets, params = _targets(request.form), _params(request.form)
+    except forms.FormError as e:
+        return _bad(request, e)
+    res = _rollout().create(request.db, data, targets, params, _by(request))
+    if not res.get("ok", True) or "id" not in res:
+        return _done(request, res, "/rollouts/new")
+    request.audit_result = res
+    return _page(request, "ui_done.html", result=res, ok=True, back="/rollouts/%d" % res["id"])
+
+
+def _rollout_or_404(request, rollout_id):
+    r = store.rollout(request.db, rollout_id)
+    if r is None:
+        return None, _bad(request, "no rollout %d" % rollout_id, 404)
+    return r, None
+
+
+@route("/rollouts/<int:rollout_id>", methods=("GET",), permission="fleet.view")
+def rollout_page(request, rollout_id):
+    r, err = _rollout_or_404(request, rollout_id)
+    if err:
+        return err
+    return _page(request, "rollout.html", r=r, status=_rollout().status(request.db, rollout_id))
+
+
+@route("/rollouts/<int:rollout_id>/status.json", methods=("GET",), permission="fleet.view")
+def rollout_status(request, rollout_id):
+    """What static/ui/poll.js reads every few seconds (the live progress)."""
+    r, err = _rollout_or_404(request, rollout_id)
+    if err:
+        return err
+    return Response(json.dumps(_rollout().status(request.db, rollout_id), default=str),
+                    mimetype="application/json")
+
+
+@route("/rollouts/<int:rollout_id>/timeline.svg", methods=("GET",), permission="fleet.view")
+def rollout_timeline(request, rollout_id):
+    r, err = _rollout_or_404(request, rollout_id)
+    if err:
+        return err
+    return Response(_rollout().timeline_svg(request.db, rollout_id), mimetype="image/svg+xml")
+
+
+@route("/rollouts/<int:rollout_id>/approve", methods=("POST",), permission="rollout.approve")
+def rollout_approve(request, rollout_id):
+    r, err = _rollout_or_404(request, rollout_id)
+    if err:
+        return err
+    return _done(request, _rollout().approve(request.db, rollout_id, _by(request)), "/rollouts/%d" % rollout_id)
+
+
+@route("/rollouts/<int:rollout_id>/start", methods=("POST",), permission="rollout.start", reauth=True)
+def rollout_start(request, rollout_id):
+    r, err = _rollout_or_404(request, rollout_id)
+    if err:
+        return err
+    return _done(request, _rollout().start(request.db, rollout_id, _by(request)), "/rollouts/%d" % rollout_id)
+
+
+@route("/rollouts/<int:rollout_id>/control", methods=("POST",), permission="rollout.control")
+def rollout_control(request, rollout_id):
+    r, err = _rollout_or_404(request, rollout_id)
+    if err:
+        return err
+    try:
+        action = forms.choice(request.form.get("action"), "action", ROLLOUT_ACTIONS)
+    except forms.FormError as e:
+        return _bad(request, e)
+    res = getattr(_rollout(), action)(request.db, rollout_id, _by(request))
+    return _done(request, res, "/rollouts/%d" % rollout_id)
+
+
+# ------------------------------------------------ provisioning, certificates
+@route("/provisioning", methods=("GET",), permission="fleet.view", nav="Provisioning")
+def provisioning(request):
+    return _page(request, "provisioning.html", records=store.provisioning_records(request.db))
+
+
+@route("/certificates", methods=("GET",), permission="fleet.view", nav="Certificates")
+def certificates(request):
+    return _page(request, "certificates.html", certs=store.certificates(request.db))
+
+
+@route("/certificates/<device_id>/revoke", methods=("POST",), permission="cert.revoke", reauth=True)
+def certificate_revoke(request, device_id):
+    try:
+        device_id = forms.device_id(device_id)
+    except forms.FormError as e:
+        return _bad(request, e, 404)
+    if (request.form.get("confirm_id") or "").strip() != device_id:
+        return _bad(request, "type the device id %s to confirm the revocation" % device_id)
+    return _done(request, _fleetops().revoke(request.db, device_id, _by(request)), "/certificates")
+
+
+# -------------------------------------------------------------- audit trail
+@route("/audit", methods=("GET",), permission="audit.view", nav="Audit")
+def audit_trail(request):
+    try:
+        who = forms.text(request.args.get("who"), "who")
+        action = forms.text(request.args.get("action"), "action")
+        limit, offset = forms.page(request.args)
+    except forms.FormError as e:
+        return _bad(request, e)
+    rows = audit.entries(request.db, limit, offset, who=who or None, action=action or None)
+    return _page(request, "audit.html", rows=rows, who=who, action=action, limit=limit, offset=offset,
+                 check=audit.verify(request.db), pretty=_pretty)
+
+
+def _pretty(value):
+    """Parameters and results of an audit record as one line of JSON text
+    (escaped by the template like everything else)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# -------------------------------------------------------------------- users
+@route("/users", methods=("GET",), permission="users.manage", nav="Users")
+def users(request):
+    return _page(request, "users.html", users=accounts.list_users(request.db), roles=permissions.ROLES)
+
+
+@route("/users/new", methods=("POST",), permission="users.manage", reauth=True)
+def user_create(request):
+    try:
+        name = forms.text(request.form.get("username"), "username", 64, required=True)
+        role = forms.choice(request.form.get("role"), "role", permissions.ROLES)
+    except forms.FormError as e:
+        return _bad(request, e)
+    try:
+        _, token = accounts.create_user(request.db, name, role)
+    except accounts.AccountError as e:
+        return _bad(request, e)
+    # The enrolment link is shown once, to this administrator, and not
+    # audited (the audit layer records that a user was created, not the token).
+    request.audit_result = {"ok": True, "username": name, "role": role}
+    return _page(request, "user_link.html", username=name, kind="enrolment",
+                 link=request.host_url.rstrip("/") + "/enrol/" + token)
+
+
+USER_ACTIONS = ("role", "disable", "enable", "unlock", "reset")
+_USER_ID = re.compile(r"^u_[0-9a-f]{16}$")  # accounts._user_id()
+
+
+@route("/users/<user_id>", methods=("POST",), permission="users.manage", reauth=True)
+def user_change(request, user_id):
+    db = request.db
+    try:
+        action = forms.choice(request.form.get("action"), "action", USER_ACTIONS)
+        role = forms.choice(request.form.get("role"), "role", permissions.ROLES) if action == "role" else None
+    except forms.FormError as e:
+        return _bad(request, e)
+    target = accounts.get_user(db, user_id) if _USER_ID.match(user_id) else None
+    if target is None:
+        return _bad(request, "no such user", 404)
+    try:
+        if action == "role":
+            accounts.set_role(db, user_id, role)
+        elif action in ("disable", "enable"):
+            accounts.set_disabled(db, user_id, action == "disable")
+        elif action == "unlock":
+            accounts.unlock(db, user_id)
+        else:
+            token = accounts.issue_reset_token(db, user_id)
+    except accounts.AccountError as e:
+        return _bad(request, e, 409)
+    if action == "reset":
+        request.audit_result = {"ok": True, "user": target["username"], "action": "reset link issued"}
+        return _page(request, "user_link.html", username=target["username"], kind="password reset",
+                     link=request.host_url.rstrip("/") + "/reset/" + token)
+    return _done(request, {"ok": True, "user": target["username"], "action": action}, "/users")
