@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "provision",
     "update",
     "console",
+    "audit",
     "fleet",
     "firmware",
     "run",

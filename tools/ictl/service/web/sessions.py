@@ -72,7 +72,7 @@ def load(db, sid, config, now=None):
     if now - row["last_seen"] > idle or (row["user_id"] and now - row["created_at"] > config["session_absolute"]):
         db.execute("DELETE FROM web_sessions WHERE id_hash = ?", (row["id_hash"],))
         return None
-    if now - row["last_seen"] > 5:      # don't write on every request of a page's burst
+    if now - row["last_seen"] > min(5.0, idle / 8):   # not a write per request of a page's burst
         db.execute("UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?", (now, row["id_hash"]))
         row["last_seen"] = now
     return Session(sid, row)
