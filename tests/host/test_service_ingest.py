@@ -76,3 +76,29 @@ def test_checks_and_stores_once(tmp_path, fleet):
     assert d.one("SELECT count(*) AS n FROM update_reports")["n"] == 1
     assert d.one("SELECT count(*) AS n FROM alarms WHERE kind = 'rollback'")["n"] == 1
     d.close()
+
+
+def test_shared_workers_take_reordered_messages_once(tmp_path, fleet):
+    """Two workers sharing a subscription may commit a device's messages in
+    the other order: the shared check takes each unseen one once; the
+    single-worker check (the console's own) refuses the late one."""
+    ca, key, _ = fleet
+    d = _db(tmp_path)
+    dev = simdev.SimDevice(ca, fleetkeys.public_point(key), "dev-0002")
+    msgs = [dev.reading() for _ in range(4)]
+    shared = _worker(str(tmp_path / "svc.db"), fleet, shared=True)
+    shared.process_batch([dev.hello(), msgs[0], msgs[2], msgs[1], msgs[1], msgs[3]])
+    assert [r["seq"] for r in d.query("SELECT seq FROM readings ORDER BY seq")] == [0, 1, 2, 3]
+    assert d.query("SELECT * FROM alarms") == []
+    # older than every remembered counter: a replay even for the window
+    d.execute("UPDATE devices SET console_state = replace(console_state, '\"telemetry\": [1, 2, 3, 4]', "
+              "'\"telemetry\": [2, 3, 4]')")
+    d.execute("DELETE FROM readings")
+    shared.process_batch([msgs[0]])
+    assert d.one("SELECT kind FROM alarms")["kind"] == "replay"
+    single = _worker(str(tmp_path / "one.db"), fleet)
+    single.db.migrate()
+    single.process_batch([dev.hello(), msgs[0], msgs[2], msgs[1]])
+    assert single.db.one("SELECT count(*) AS n FROM readings")["n"] == 2
+    assert single.db.one("SELECT kind FROM alarms")["kind"] == "replay"
+    d.close()

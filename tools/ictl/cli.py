@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "update",
     "console",
     "audit",
+    "serve",
     "fleet",
     "firmware",
     "run",

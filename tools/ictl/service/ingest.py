@@ -28,12 +28,18 @@ update reports: all idempotent to store). The broker names a client by its
 certificate's CN (use_username_as_clientid), so each worker needs its own
 operator identity (worker_id(n), in the broker's ACL).
 
-Known limit of sharing: the broker gives consecutive messages of one
-device to different workers, and the two may reach the database in the
-other order; the console then reports the later-committed one as
-"replayed or reordered" (an alarm, the reading not stored). One worker
-(the default) cannot reorder.
+Sharing reorders: the broker gives consecutive messages of one device to
+different workers, and the two may reach the database in the other order.
+The console's own replay check refuses any counter below the highest seen
+(right for one subscriber: the broker keeps a device's order). Shared
+workers use SharedConsole instead: an anti-replay window as IPsec and DTLS
+keep (RFC 4303 section 3.4.3, RFC 6347 section 4.1.2.6): a counter below
+the highest is accepted once if it lies inside the window of remembered
+counters and was not seen; a counter seen before is a duplicate; one below
+the window is refused as a replay (an alarm). Sealed messages cannot be
+forged, so what the window admits late is only ever the device's own.
 """
+import bisect
 import hashlib
 import json
 import queue
@@ -46,7 +52,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ictl import ToolError, pki
 from ictl import update as upd
-from ictl.console import HELLO, Console, device_state_from_json, device_state_json
+from ictl.console import DUP_WINDOW, Console, device_state_from_json, device_state_json
 from ictl.service import alarms
 from ictl.service import db as service_db
 
@@ -96,6 +102,25 @@ def _digest(*parts):
     return h.hexdigest()
 
 
+class SharedConsole(Console):
+    """The console's checks with a sliding anti-replay window (see the module
+    docstring): recent is kept sorted, the smallest dropped first, so every
+    counter at or above recent[0] that was accepted is in it."""
+
+    def _replay_check(self, d, kind, ctr):
+        high = d["high"].get(kind, -1)
+        recent = d["recent"].setdefault(kind, [])
+        if ctr > high:
+            d["high"][kind] = ctr
+        elif ctr in recent:
+            return "duplicate of #%d (QoS 1 redelivery): dropped" % ctr
+        elif not recent or ctr < recent[0]:
+            return "replayed or reordered: #%d after #%d: dropped" % (ctr, high)
+        bisect.insort(recent, ctr)
+        del recent[:-DUP_WINDOW]
+        return None
+
+
 class Ingest:
     """One worker. process_batch() works without a broker (tests feed it);
     start() connects and runs until stop()."""
@@ -110,7 +135,8 @@ class Ingest:
         self.shared = shared
         self.group = group
         self.batch = batch
-        self.console = Console(host, port, ca_path, cert_path, key_path, fleet_key, prefix, None, client_id)
+        cls = SharedConsole if shared else Console
+        self.console = cls(host, port, ca_path, cert_path, key_path, fleet_key, prefix, None, client_id)
         self._keys = {}           # (device, public key) -> derived keys (ECDH once per device)
         self._q = queue.Queue()
         self._client = None
