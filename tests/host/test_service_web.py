@@ -161,7 +161,7 @@ def test_login_totp_headers_cookie_rotation(rig):
     assert r.headers["Content-Security-Policy"] == CSP
     assert r.headers["Strict-Transport-Security"].startswith("max-age=")
     assert r.headers["X-Content-Type-Options"] == "nosniff"
-    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Referrer-Policy"] == "same-origin"
     assert "<script" not in r.text and " style=" not in r.text
     cookie = r.headers["Set-Cookie"]
     assert cookie.startswith(sessions.COOKIE + "=")
