@@ -326,3 +326,14 @@ def test_audit_cli_verify(tmp_path):
     db.execute("UPDATE audit_log SET action = 'z' WHERE seq = 1")
     assert cli.main(["audit", "verify", "--db", url]) == 1
     db.close()
+
+
+def test_soak_slice_attacks_refused_and_tampering_detected(tmp_path):
+    """A slice of `ictl soak --only web` (tools/ictl/soak_web.py)."""
+    from ictl import soak_web
+    t = soak_web.attack(tmp_path / "a", scale=0.2, fast_hash=True)
+    assert t.accepted == []
+    assert t.cases >= 300 and all(t.by_kind.get(k) for k in ("xss_device", "xss_form", "sqli", "csrf", "fixation",
+                                                               "escalation", "brute_force", "enumeration"))
+    frac, by_kind = soak_web.tamper_trials(tmp_path, 30)
+    assert frac == 1.0 and len(by_kind) == len(soak_web.TAMPERS)

@@ -36,6 +36,11 @@ GOALS = {
     "fleet_bricked": ("==", 0),
     # platform
     "nvs_cut_failures": ("==", 0),
+    # fleet service web console (issue 16)
+    "web_attack_cases": (">=", 500),
+    "web_attack_accepted": ("==", 0),
+    "audit_tamper_detected": ("==", 1.0),
+    "overview_p95_ratio": ("<=", 5),
 }
 
 _OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}
