@@ -53,8 +53,12 @@ class Totp:
 
     def code(self):
         while True:
-            now = int(time.time() // accounts.TOTP_PERIOD)
-            for step in range(now - accounts.TOTP_WINDOW + 1, now + accounts.TOTP_WINDOW + 1):
+            t = time.time()
+            now = int(t // accounts.TOTP_PERIOD)
+            # The step before now only while it stays accepted for 5 s more
+            # (the server checks a moment later).
+            early = now - accounts.TOTP_WINDOW if t % accounts.TOTP_PERIOD < accounts.TOTP_PERIOD - 5 else now
+            for step in range(early, now + accounts.TOTP_WINDOW + 1):
                 if step > self.last:
                     self.last = step
                     return self.totp.at(step * accounts.TOTP_PERIOD)
@@ -62,10 +66,10 @@ class Totp:
 
 
 class Console:
-    def __init__(self, tmp, pki_dir=None, config=None):
+    def __init__(self, tmp, pki_dir=None, config=None, db_url=None):
         self.tmp = os.path.abspath(str(tmp))
         self.pki_dir = pki_dir or os.path.join(self.tmp, "pki")
-        self.db_url = os.path.join(self.tmp, "service.db")
+        self.db_url = db_url or os.path.join(self.tmp, "service.db")
         self.config = dict(FAST_HASH, **(config or {}))
         self.srv = None
         self.totp = None

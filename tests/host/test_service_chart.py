@@ -52,3 +52,14 @@ def test_range_filters_and_empty_range():
     assert "no readings in this range" in chart.render({"x": []}, 0, 10)
     with pytest.raises(ValueError):
         chart.render({"x": []}, 10, 10)
+
+
+def test_each_field_its_own_axis():
+    # An uptime in ms beside a temperature: the temperature keeps its scale.
+    pts = [(i, 18 + (i % 5)) for i in range(100)]
+    svg = chart.render({"temp_c": pts, "uptime_ms": [(t, t * 1000) for t, _ in pts]}, 0, 100)
+    root = _parse(svg)
+    labels = [el.text for el in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "temp_c (100 points)" in labels and "uptime_ms (100 points)" in labels
+    assert {"18", "20", "22"} <= set(labels), labels  # temperature ticks
+    assert any(l and l.isdigit() and int(l) >= 50000 for l in labels), labels  # uptime ticks

@@ -8,7 +8,7 @@ only as numbers (a non-finite or non-numeric value is skipped, never
 printed), and the picture is served as image/svg+xml and shown through
 <img>, where a browser runs no script even if escaping were ever missed.
 
-    svg = chart.render({"temp_c": [(t, v), ...]}, since, until)
+    svg = chart.render({"temp_c": [(t, v), ...]}, since, until)   # a panel per field
 
 Many points per field are reduced to at most `width` buckets (the mean
 of each), so a year of readings costs the same picture as an hour."""
@@ -17,9 +17,10 @@ import time
 from xml.sax.saxutils import escape as _xml_escape
 
 WIDTH = 800
-HEIGHT = 300
-_PAD_L, _PAD_R, _PAD_T, _PAD_B = 64, 16, 16, 40
-_LEGEND_ROW = 16
+PANEL_HEIGHT = 120  # one field's panel, its label included
+MAX_PANELS = 16  # a device chooses its field names: a bound on the picture's size
+_PAD_L, _PAD_R, _PAD_T, _PAD_B = 64, 16, 8, 40
+_LABEL_H, _PANEL_GAP = 18, 8
 # Colour-blind-safe palette (Okabe and Ito); fields beyond it cycle.
 COLOURS = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#f0e442")
 MAX_FIELD_NAME = 40  # longer names are cut in the legend (a device chooses them)
@@ -84,61 +85,70 @@ def _fmt_time(t, span):
     return time.strftime(fmt, time.gmtime(t))
 
 
-def render(series, since, until, width=WIDTH, height=HEIGHT, title=""):
+def render(series, since, until, width=WIDTH, panel_height=PANEL_HEIGHT, title=""):
     """SVG text of the fields in `series` ({name: [(unix time, value)]})
-    between since and until (unix seconds, UTC on the axis)."""
+    between since and until (unix seconds, UTC on the axis): one panel per
+    field, each with its own value axis (an uptime in milliseconds beside a
+    temperature would flatten the temperature), sharing the time axis."""
     if until <= since:
         raise ValueError("chart range is empty: until must be after since")
-    names = sorted(series, key=str)
-    legend_h = _LEGEND_ROW * len(names)
-    h_total = height + legend_h
     plot_w = width - _PAD_L - _PAD_R
-    plot_h = height - _PAD_T - _PAD_B
-    lines = {str(n): reduce(series[n], since, until, max(1, plot_w)) for n in names}
-    values = [v for pts in lines.values() for _, v in pts]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    if hi == lo:
-        lo, hi = lo - 1, hi + 1
-    pad = (hi - lo) * 0.05
-    lo, hi = lo - pad, hi + pad
-
-    def x(t):
-        return _PAD_L + (t - since) / (until - since) * plot_w
-
-    def y(v):
-        return _PAD_T + (1 - (v - lo) / (hi - lo)) * plot_h
-
+    # Fields with nothing to draw in the range get no panel.
+    lines = {}
+    for n in sorted(series, key=str):
+        pts = reduce(series[n], since, until, max(1, plot_w))
+        if pts and len(lines) < MAX_PANELS:
+            lines[str(n)] = pts
+    names = list(lines)
+    n_panels = max(1, len(names))
+    h_total = _PAD_T + n_panels * panel_height + _PAD_B
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
            'role="img" font-family="sans-serif" font-size="11">' % (width, h_total, width, h_total)]
     out.append('<title>%s</title>' % escape(title or "readings"))
     out.append('<rect x="0" y="0" width="%d" height="%d" fill="#ffffff"/>' % (width, h_total))
-    out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#888888"/>'
-               % (_PAD_L, _PAD_T, plot_w, plot_h))
-    for v in _ticks(lo, hi):
-        yy = y(v)
-        out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#e0e0e0"/>' % (_PAD_L, yy, _PAD_L + plot_w, yy))
-        out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (_PAD_L - 4, yy + 4, escape(_fmt_value(v))))
     span = until - since
+
+    def x(t):
+        return _PAD_L + (t - since) / span * plot_w
+
+    bottom = _PAD_T + n_panels * panel_height
     for t in _ticks(since, until, 6):
         xx = x(t)
-        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#e0e0e0"/>' % (xx, _PAD_T, xx, _PAD_T + plot_h))
-        out.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
-                   % (xx, _PAD_T + plot_h + 14, escape(_fmt_time(t, span))))
-    out.append('<text x="%d" y="%d" text-anchor="end">UTC</text>' % (_PAD_L + plot_w, _PAD_T + plot_h + 30))
-    if not values:
+        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#e0e0e0"/>' % (xx, _PAD_T, xx, bottom))
+        out.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (xx, bottom + 14, escape(_fmt_time(t, span))))
+    out.append('<text x="%d" y="%d" text-anchor="end">UTC</text>' % (_PAD_L + plot_w, bottom + 30))
+    if not names:
+        out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#888888"/>'
+                   % (_PAD_L, _PAD_T, plot_w, panel_height - _PANEL_GAP))
         out.append('<text x="%.1f" y="%.1f" text-anchor="middle" fill="#666666">no readings in this range</text>'
-                   % (_PAD_L + plot_w / 2, _PAD_T + plot_h / 2))
-    for i, name in enumerate(str(n) for n in names):
+                   % (_PAD_L + plot_w / 2, _PAD_T + panel_height / 2))
+    for i, name in enumerate(names):
         colour = COLOURS[i % len(COLOURS)]
         pts = lines[name]
+        top = _PAD_T + i * panel_height + _LABEL_H
+        ph = panel_height - _LABEL_H - _PANEL_GAP
+        values = [v for _, v in pts]
+        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+        if hi == lo:
+            lo, hi = lo - 1, hi + 1
+        pad = (hi - lo) * 0.05
+        lo, hi = lo - pad, hi + pad
+
+        def y(v):
+            return top + (1 - (v - lo) / (hi - lo)) * ph
+
+        label = name if len(name) <= MAX_FIELD_NAME else name[:MAX_FIELD_NAME - 1] + "\u2026"
+        out.append('<text x="%d" y="%d" font-weight="bold" fill="%s">%s (%d points)</text>'
+                   % (_PAD_L, top - 4, colour, escape(label), len(pts)))
+        out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#888888"/>' % (_PAD_L, top, plot_w, ph))
+        for v in _ticks(lo, hi, 3):
+            yy = y(v)
+            out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#eeeeee"/>' % (_PAD_L, yy, _PAD_L + plot_w, yy))
+            out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (_PAD_L - 4, yy + 4, escape(_fmt_value(v))))
         if len(pts) == 1:
             out.append('<circle cx="%.1f" cy="%.1f" r="2" fill="%s"/>' % (x(pts[0][0]), y(pts[0][1]), colour))
-        elif pts:
+        else:
             out.append('<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>'
                        % (colour, " ".join("%.1f,%.1f" % (x(t), y(v)) for t, v in pts)))
-        ly = height + i * _LEGEND_ROW + 4
-        label = name if len(name) <= MAX_FIELD_NAME else name[:MAX_FIELD_NAME - 1] + "\u2026"
-        out.append('<rect x="%d" y="%d" width="12" height="4" fill="%s"/>' % (_PAD_L, ly + 4, colour))
-        out.append('<text x="%d" y="%d">%s (%d points)</text>' % (_PAD_L + 18, ly + 10, escape(label), len(pts)))
     out.append("</svg>")
     return "\n".join(out)

@@ -18,6 +18,7 @@ reasons) is shown through {{ }} and nothing is marked safe. No inline
 script or style: the live rollout progress is static/ui/poll.js, the chart
 an SVG served as an image."""
 import json
+import os
 import re
 import time
 
@@ -27,7 +28,7 @@ from ictl.service import alarms as fleet_alarms
 from ictl.service import audit, store
 from ictl.service.ui import chart, forms
 from ictl.service.web import accounts, permissions
-from ictl.service.web.app import render, route
+from ictl.service.web.app import STATIC, render, route
 
 MAX_UPDATE_BYTES = 4 * 1024 * 1024
 CHART_POINTS = 100000  # readings fetched for one chart (reduced to one mean per pixel column)
@@ -95,6 +96,16 @@ def banner(db):
     """What the base template shows on every page: the open alarms."""
     rows = store.alarms(db, open_only=True)
     return {"open_alarms": len(rows), "latest": rows[:3]}
+
+
+@route("/favicon.ico", methods=("GET",), permission=permissions.PUBLIC, session=False)
+def favicon(request):
+    """Browsers ask for /favicon.ico where a page names no icon (the chart
+    or a timeline opened on its own): the same icon as base.html's link,
+    not a 404 in the console."""
+    path = os.path.join(STATIC, "ui", "favicon.svg")
+    with open(path, "rb") as f:
+        return Response(f.read(), mimetype="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
 # ----------------------------------------------------------------- overview
@@ -241,35 +252,39 @@ def rollout_new(request):
 
 
 def _targets(form):
-    """The target pick: by filter, by list, or a percentage of a filter."""
-    mode = forms.choice(form.get("mode"), "targets", ("filter", "list", "percentage"))
+    """The target pick (rollout.create's three kinds): devices whose id
+    contains a text, a percentage of the fleet, or a list."""
+    mode = forms.choice(form.get("mode"), "targets", ("filter", "percentage", "list"))
     if mode == "list":
         ids = forms.device_list(form.get("devices"))
         if not ids:
             raise forms.FormError("devices: name at least one device")
-        return {"mode": "list", "devices": ids}
-    t = {"mode": mode, "q": forms.text(form.get("q"), "search"),
-         "status": forms.choice(form.get("status"), "status", forms.STATUSES, ""),
-         "app_version": forms.version(form.get("app_version"))}
+        return {"devices": ids}
     if mode == "percentage":
-        t["percent"] = forms.number(form.get("percent"), "percentage", 0.1, 100)
-    return t
+        return {"percentage": forms.number(form.get("percent"), "percentage", 1, 100)}
+    return {"filter": forms.text(form.get("q"), "filter")}
 
 
 def _params(form):
+    """rollout.create's parameters from the form (thresholds entered in %)."""
     d = _rollout().DEFAULTS
-    return {
+    p = {
+        "name": forms.text(form.get("name"), "name", 100) or None,
         "canary": forms.integer(form.get("canary"), "canary group size", 1, 10000, d["canary"]),
-        "growth": forms.choice(form.get("growth"), "growth", ("constant", "exponential"), d["growth"]),
-        "step": forms.number(form.get("step"), "growth step", 1, 10000, d["step"]),
+        "rate": forms.choice(form.get("rate"), "rate", ("constant", "exponential"), d["rate"]),
+        "factor": forms.number(form.get("factor"), "growth factor", 1.1, 10, d["factor"]),
+        "group_size": forms.integer(form.get("group_size"), "group size", 1, 10000, d["group_size"]),
         "success_threshold": forms.number(form.get("success_threshold"), "success threshold", 1, 100,
-                                          d["success_threshold"]),
-        "failure_threshold": forms.number(form.get("failure_threshold"), "failure threshold", 0, 100,
-                                          d["failure_threshold"]),
+                                          100 * d["success_threshold"]) / 100,
+        "failure_threshold": forms.number(form.get("failure_threshold"), "failure threshold", 0, 99,
+                                          100 * d["failure_threshold"]) / 100,
         "min_devices": forms.integer(form.get("min_devices"), "minimum devices", 1, 10000, d["min_devices"]),
-        "timeout_s": forms.integer(form.get("timeout_s"), "device timeout", 10, 7 * 86400, d["timeout_s"]),
-        "two_person": form.get("two_person") == "on",
+        "group_timeout_s": forms.integer(form.get("group_timeout_s"), "group timeout", 5, 7 * 86400,
+                                         int(d["group_timeout_s"])),
+        "until": forms.choice(form.get("until"), "success means", tuple(_rollout().UNTIL), d["until"]),
+        "approvals": 1 if form.get("two_person") == "on" else 0,
     }
+    return p
 
 
 @route("/rollouts/new", methods=("POST",), permission="rollout.create")
@@ -284,9 +299,10 @@ def rollout_create(request):
         targets, params = _targets(request.form), _params(request.form)
     except forms.FormError as e:
         return _bad(request, e)
-    res = _rollout().create(request.db, data, targets, params, _by(request))
-    if not res.get("ok", True) or "id" not in res:
-        return _done(request, res, "/rollouts/new")
+    try:
+        res = _rollout().create(request.db, data, targets, params, _by(request))
+    except _rollout().RolloutError as e:  # a malformed update or targets that match nothing
+        return _bad(request, e)
     request.audit_result = res
     return _page(request, "ui_done.html", result=res, ok=True, back="/rollouts/%d" % res["id"])
 
@@ -298,12 +314,37 @@ def _rollout_or_404(request, rollout_id):
     return r, None
 
 
+def progress(db, r):
+    """A rollout's progress for its page and static/ui/poll.js: totals and
+    per group succeeded / failed / pending (success as the rollout's
+    params["until"] defines it; failed: rejected, rolled back, timed out)."""
+    rm = _rollout()
+    ok_states = rm.UNTIL[r["params"].get("until", "confirmed")]
+    groups = {g["idx"]: {"index": g["idx"], "size": g["size"], "state": g["state"], "ok": 0, "failed": 0}
+              for g in r["groups"]}
+    for d in r["devices"]:
+        g = groups.get(d["group_idx"])
+        if g is not None and d["state"] in ok_states:
+            g["ok"] += 1
+        elif g is not None and d["state"] in rm.FAILED:
+            g["failed"] += 1
+    for g in groups.values():
+        g["pending"] = g["size"] - g["ok"] - g["failed"]
+    gl = [groups[i] for i in sorted(groups)]
+    devices = [{"device_id": d["device_id"], "group": d["group_idx"], "state": d["state"], "pct": d["pct"],
+                "reason": d["reason"] or "", "updated": when(d["updated_at"]) if d["updated_at"] else ""}
+               for d in r["devices"]]
+    return {"id": r["id"], "state": r["state"], "stop_reason": r["stop_reason"], "total": len(r["devices"]),
+            "done": sum(g["ok"] for g in gl), "failed": sum(g["failed"] for g in gl), "groups": gl,
+            "devices": devices}
+
+
 @route("/rollouts/<int:rollout_id>", methods=("GET",), permission="fleet.view")
 def rollout_page(request, rollout_id):
     r, err = _rollout_or_404(request, rollout_id)
     if err:
         return err
-    return _page(request, "rollout.html", r=r, status=_rollout().status(request.db, rollout_id))
+    return _page(request, "rollout.html", r=r, progress=progress(request.db, r))
 
 
 @route("/rollouts/<int:rollout_id>/status.json", methods=("GET",), permission="fleet.view")
@@ -312,8 +353,7 @@ def rollout_status(request, rollout_id):
     r, err = _rollout_or_404(request, rollout_id)
     if err:
         return err
-    return Response(json.dumps(_rollout().status(request.db, rollout_id), default=str),
-                    mimetype="application/json")
+    return Response(json.dumps(progress(request.db, r)), mimetype="application/json")
 
 
 @route("/rollouts/<int:rollout_id>/timeline.svg", methods=("GET",), permission="fleet.view")
@@ -324,12 +364,22 @@ def rollout_timeline(request, rollout_id):
     return Response(_rollout().timeline_svg(request.db, rollout_id), mimetype="image/svg+xml")
 
 
+def _act(request, action, rollout_id):
+    """One rollout action; a refusal (wrong state, two-person rule) is a
+    page saying why, audited as not done."""
+    try:
+        res = action(request.db, rollout_id, _by(request))
+    except _rollout().RolloutError as e:
+        return _bad(request, e, 409)
+    return _done(request, res, "/rollouts/%d" % rollout_id)
+
+
 @route("/rollouts/<int:rollout_id>/approve", methods=("POST",), permission="rollout.approve")
 def rollout_approve(request, rollout_id):
     r, err = _rollout_or_404(request, rollout_id)
     if err:
         return err
-    return _done(request, _rollout().approve(request.db, rollout_id, _by(request)), "/rollouts/%d" % rollout_id)
+    return _act(request, _rollout().approve, rollout_id)
 
 
 @route("/rollouts/<int:rollout_id>/start", methods=("POST",), permission="rollout.start", reauth=True)
@@ -337,7 +387,7 @@ def rollout_start(request, rollout_id):
     r, err = _rollout_or_404(request, rollout_id)
     if err:
         return err
-    return _done(request, _rollout().start(request.db, rollout_id, _by(request)), "/rollouts/%d" % rollout_id)
+    return _act(request, _rollout().start, rollout_id)
 
 
 @route("/rollouts/<int:rollout_id>/control", methods=("POST",), permission="rollout.control")
@@ -349,8 +399,7 @@ def rollout_control(request, rollout_id):
         action = forms.choice(request.form.get("action"), "action", ROLLOUT_ACTIONS)
     except forms.FormError as e:
         return _bad(request, e)
-    res = getattr(_rollout(), action)(request.db, rollout_id, _by(request))
-    return _done(request, res, "/rollouts/%d" % rollout_id)
+    return _act(request, getattr(_rollout(), action), rollout_id)
 
 
 # ------------------------------------------------ provisioning, certificates
