@@ -337,3 +337,15 @@ def test_soak_slice_attacks_refused_and_tampering_detected(tmp_path):
                                                                "escalation", "brute_force", "enumeration"))
     frac, by_kind = soak_web.tamper_trials(tmp_path, 30)
     assert frac == 1.0 and len(by_kind) == len(soak_web.TAMPERS)
+
+
+def test_bench_slice_overview_figure(tmp_path):
+    """`ictl bench --only web` end to end on a small store (the figure is
+    measured with 1,000,000 readings by `make bench`)."""
+    import argparse
+    from ictl import bench_web
+    from ictl.figures import Figures
+    fig = Figures(str(tmp_path / "bench.json"))
+    assert bench_web.run(fig, argparse.Namespace(web_readings=5000)) == 0
+    v = fig.data["overview_p95_ratio"]
+    assert v["value"] > 0 and "5000 readings" in v["detail"]
