@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ictl import pki
-from ictl.service import ingest
+from ictl.service import fleetops, ingest
 from ictl.telemetry_rig import PEER_HEAP_KIB, PEER_PATH, Peer, Rig
 from ictl.faults import MICROPYTHON
 from service_ui_rig import Console, assert_escaped, escaped
@@ -66,7 +66,11 @@ def hostile(tmp_path_factory):
             finally:
                 w.stop()
             con.s = con.login()
-            yield con
+            old = fleetops.configure(fleetops.Ops(br.pki_dir, rig.fleet_key, br.host, br.port, br.prefix, br.state_dir))
+            try:
+                yield con
+            finally:
+                fleetops.configure(old).close()
 
 
 def test_device_data_shown_as_text_everywhere(hostile):
@@ -97,3 +101,67 @@ def test_bad_query_values_refused(hostile):
         assert "<script>" not in page and "<svg>" not in page
     con.get(s, "/devices/no-such-device", status=404)
     con.get(s, "/devices/%3Csvg%3E", status=404)
+
+
+def _count(con, sql, params=()):
+    return con.db.one(sql, params)["n"]
+
+
+def test_actions_refused_without_change_then_done(hostile):
+    """Wipe: refused without re-authentication (401) and with the wrong
+    confirmation (400): no command stored or sent; then done with both. A
+    command with a bad argument is refused; a malformed update upload is
+    refused with the reason and stores no rollout; an alarm is acknowledged.
+    Each is in the audit trail with who and what came back."""
+    con, s = hostile, hostile.s
+    page = "/devices/" + DEVICE
+    wipes = "SELECT count(*) AS n FROM commands WHERE op = 'wipe'"
+    con.post(s, page + "/wipe", {"confirm_id": DEVICE}, status=401, page_path=page)
+    assert _count(con, wipes) == 0
+    out = con.post(s, page + "/wipe", dict(con.reauth(), confirm_id="dev-0043"), status=400, page_path=page)
+    assert "type the device id" in out and _count(con, wipes) == 0
+    # re-authenticated just now: the session is fresh for the next few minutes
+    out = con.post(s, page + "/wipe", {"confirm_id": DEVICE}, page_path=page)
+    assert "Done" in out and _count(con, wipes) == 1
+    row = con.db.one("SELECT args, sent_by FROM commands WHERE op = 'wipe'")
+    assert json.loads(row["args"]) == {"confirm": 0x57495045} and row["sent_by"] == "ada"
+
+    con.post(s, page + "/command", {"op": "interval", "s": "ten"}, status=400, page_path=page)
+    con.post(s, page + "/command", {"op": "format", "s": ""}, status=400, page_path=page)
+    assert _count(con, "SELECT count(*) AS n FROM commands WHERE op <> 'wipe'") == 0
+    assert "Done" in con.post(s, page + "/command", {"op": "interval", "s": "60"}, page_path=page)
+    assert "60" in con.get(s, page).split('id="device-commands"')[1]
+
+    bad = {"update": ("update.tgz", b"<script>not a tar</script>", "application/gzip")}
+    out = con.post(s, "/rollouts/new", {"mode": "filter", "q": ""}, status=400, files=bad)
+    assert "update: not a tar archive of `ictl update create` output" in out.replace("&#96;", "`")
+    assert _count(con, "SELECT count(*) AS n FROM rollouts") == 0
+    out = con.post(s, "/rollouts/new", {"mode": "percentage", "percent": "500"}, status=400, files=bad)
+    assert "percentage must be between 1 and 100" in out
+
+    alarm = con.db.one("SELECT id FROM alarms WHERE acked_at IS NULL")["id"]
+    assert "Done" in con.post(s, "/alarms/%d/ack" % alarm, {}, page_path="/events")
+    assert con.db.one("SELECT acked_by FROM alarms WHERE id = ?", (alarm,))["acked_by"] == "ada"
+    assert 'id="alarm-banner"' not in con.get(s, "/events")
+
+    trail = con.get(s, "/audit?n=200")
+    for action in ("refused:pages.device_wipe", "pages.device_wipe", "pages.device_command", "pages.rollout_create",
+                   "pages.alarm_ack"):
+        assert ">%s<" % action in trail, action
+    assert "Chain verified" in trail
+
+
+def test_users_page(hostile):
+    con, s = hostile, hostile.s
+    out = con.post(s, "/users/new", {"username": "bob", "role": "operator"}, page_path="/users")
+    link = re.search(r'id="one-time-link">([^<]+)<', out).group(1)
+    assert "/enrol/" in link and con.get(con.session(), link[len(con.url):])  # the link opens the enrolment page
+    bob = con.db.one("SELECT id, role FROM web_users WHERE username = 'bob'")
+    assert bob["role"] == "operator"
+    con.post(s, "/users/%s" % bob["id"], {"action": "role", "role": "root"}, status=400, page_path="/users")
+    con.post(s, "/users/u_0000000000000000", {"action": "unlock"}, status=404, page_path="/users")
+    assert "Done" in con.post(s, "/users/%s" % bob["id"], {"action": "role", "role": "viewer"}, page_path="/users")
+    assert con.db.one("SELECT role FROM web_users WHERE username = 'bob'")["role"] == "viewer"
+    me = con.db.one("SELECT id FROM web_users WHERE username = 'ada'")["id"]
+    out = con.post(s, "/users/%s" % me, {"action": "disable"}, status=409, page_path="/users")
+    assert "last administrator" in out

@@ -25,12 +25,11 @@ import time
 from flask import Response
 
 from ictl.service import alarms as fleet_alarms
-from ictl.service import audit, store
+from ictl.service import audit, fleetops, rollout, store
 from ictl.service.ui import chart, forms
 from ictl.service.web import accounts, permissions
 from ictl.service.web.app import STATIC, render, route
 
-MAX_UPDATE_BYTES = 4 * 1024 * 1024
 CHART_POINTS = 100000  # readings fetched for one chart (reduced to one mean per pixel column)
 CHART_SLICES = 40  # about 19 pixel columns each
 NOT_PLOTTED = ("ts", "seq")  # the wall time and the reading counter: not measurements
@@ -40,16 +39,6 @@ ROLLOUT_ACTIONS = ("pause", "resume", "cancel")
 
 
 # ------------------------------------------------------------------ helpers
-def _rollout():
-    from ictl.service import rollout  # CORE's; imported on use (lands after the pages)
-    return rollout
-
-
-def _fleetops():
-    from ictl.service import fleetops  # CORE's; imported on use (lands after the pages)
-    return fleetops
-
-
 def when(ts):
     """A stored unix time as the pages show it (UTC)."""
     if ts is None:
@@ -203,7 +192,7 @@ def device_command(request, device_id):
             args["s"] = forms.integer(request.form.get("s"), "seconds", 1, 86400)
     except forms.FormError as e:
         return _bad(request, e)
-    res = _fleetops().send_command(request.db, dev["device_id"], op, args, _by(request))
+    res = fleetops.send_command(request.db, dev["device_id"], op, args, _by(request))
     return _done(request, res, "/devices/%s" % dev["device_id"])
 
 
@@ -215,7 +204,7 @@ def device_wipe(request, device_id):
     # The device's id typed again: a wipe cannot be undone.
     if (request.form.get("confirm_id") or "").strip() != dev["device_id"]:
         return _bad(request, "type the device id %s to confirm the wipe" % dev["device_id"])
-    res = _fleetops().send_command(request.db, dev["device_id"], "wipe", {"confirm": WIPE_CONFIRM}, _by(request))
+    res = fleetops.send_command(request.db, dev["device_id"], "wipe", {"confirm": WIPE_CONFIRM}, _by(request))
     return _done(request, res, "/devices/%s" % dev["device_id"])
 
 
@@ -248,7 +237,7 @@ def rollouts(request):
 
 @route("/rollouts/new", methods=("GET",), permission="rollout.create")
 def rollout_new(request):
-    return _page(request, "rollout_new.html", statuses=forms.STATUSES, defaults=_rollout().DEFAULTS)
+    return _page(request, "rollout_new.html", statuses=forms.STATUSES, defaults=rollout.DEFAULTS)
 
 
 def _targets(form):
@@ -267,7 +256,7 @@ def _targets(form):
 
 def _params(form):
     """rollout.create's parameters from the form (thresholds entered in %)."""
-    d = _rollout().DEFAULTS
+    d = rollout.DEFAULTS
     p = {
         "name": forms.text(form.get("name"), "name", 100) or None,
         "canary": forms.integer(form.get("canary"), "canary group size", 1, 10000, d["canary"]),
@@ -281,7 +270,7 @@ def _params(form):
         "min_devices": forms.integer(form.get("min_devices"), "minimum devices", 1, 10000, d["min_devices"]),
         "group_timeout_s": forms.integer(form.get("group_timeout_s"), "group timeout", 5, 7 * 86400,
                                          int(d["group_timeout_s"])),
-        "until": forms.choice(form.get("until"), "success means", tuple(_rollout().UNTIL), d["until"]),
+        "until": forms.choice(form.get("until"), "success means", tuple(rollout.UNTIL), d["until"]),
         "approvals": 1 if form.get("two_person") == "on" else 0,
     }
     return p
@@ -292,16 +281,14 @@ def rollout_create(request):
     f = request.files.get("update")
     if f is None or not f.filename:
         return _bad(request, "choose the update file made by `ictl update create`")
-    data = f.stream.read(MAX_UPDATE_BYTES + 1)
-    if len(data) > MAX_UPDATE_BYTES:
-        return _bad(request, "the update is larger than %d bytes" % MAX_UPDATE_BYTES, 413)
+    data = f.stream.read(rollout.MAX_UPLOAD + 1)  # rollout.unpack refuses more, with the reason
     try:
         targets, params = _targets(request.form), _params(request.form)
     except forms.FormError as e:
         return _bad(request, e)
     try:
-        res = _rollout().create(request.db, data, targets, params, _by(request))
-    except _rollout().RolloutError as e:  # a malformed update or targets that match nothing
+        res = rollout.create(request.db, data, targets, params, _by(request))
+    except rollout.RolloutError as e:  # a malformed update or targets that match nothing
         return _bad(request, e)
     request.audit_result = res
     return _page(request, "ui_done.html", result=res, ok=True, back="/rollouts/%d" % res["id"])
@@ -318,15 +305,14 @@ def progress(db, r):
     """A rollout's progress for its page and static/ui/poll.js: totals and
     per group succeeded / failed / pending (success as the rollout's
     params["until"] defines it; failed: rejected, rolled back, timed out)."""
-    rm = _rollout()
-    ok_states = rm.UNTIL[r["params"].get("until", "confirmed")]
+    ok_states = rollout.UNTIL[r["params"].get("until", "confirmed")]
     groups = {g["idx"]: {"index": g["idx"], "size": g["size"], "state": g["state"], "ok": 0, "failed": 0}
               for g in r["groups"]}
     for d in r["devices"]:
         g = groups.get(d["group_idx"])
         if g is not None and d["state"] in ok_states:
             g["ok"] += 1
-        elif g is not None and d["state"] in rm.FAILED:
+        elif g is not None and d["state"] in rollout.FAILED:
             g["failed"] += 1
     for g in groups.values():
         g["pending"] = g["size"] - g["ok"] - g["failed"]
@@ -361,7 +347,7 @@ def rollout_timeline(request, rollout_id):
     r, err = _rollout_or_404(request, rollout_id)
     if err:
         return err
-    return Response(_rollout().timeline_svg(request.db, rollout_id), mimetype="image/svg+xml")
+    return Response(rollout.timeline_svg(request.db, rollout_id), mimetype="image/svg+xml")
 
 
 def _act(request, action, rollout_id):
@@ -369,7 +355,7 @@ def _act(request, action, rollout_id):
     page saying why, audited as not done."""
     try:
         res = action(request.db, rollout_id, _by(request))
-    except _rollout().RolloutError as e:
+    except rollout.RolloutError as e:
         return _bad(request, e, 409)
     return _done(request, res, "/rollouts/%d" % rollout_id)
 
@@ -379,7 +365,7 @@ def rollout_approve(request, rollout_id):
     r, err = _rollout_or_404(request, rollout_id)
     if err:
         return err
-    return _act(request, _rollout().approve, rollout_id)
+    return _act(request, rollout.approve, rollout_id)
 
 
 @route("/rollouts/<int:rollout_id>/start", methods=("POST",), permission="rollout.start", reauth=True)
@@ -387,7 +373,7 @@ def rollout_start(request, rollout_id):
     r, err = _rollout_or_404(request, rollout_id)
     if err:
         return err
-    return _act(request, _rollout().start, rollout_id)
+    return _act(request, rollout.start, rollout_id)
 
 
 @route("/rollouts/<int:rollout_id>/control", methods=("POST",), permission="rollout.control")
@@ -399,7 +385,7 @@ def rollout_control(request, rollout_id):
         action = forms.choice(request.form.get("action"), "action", ROLLOUT_ACTIONS)
     except forms.FormError as e:
         return _bad(request, e)
-    return _act(request, getattr(_rollout(), action), rollout_id)
+    return _act(request, getattr(rollout, action), rollout_id)
 
 
 # ------------------------------------------------ provisioning, certificates
@@ -421,7 +407,7 @@ def certificate_revoke(request, device_id):
         return _bad(request, e, 404)
     if (request.form.get("confirm_id") or "").strip() != device_id:
         return _bad(request, "type the device id %s to confirm the revocation" % device_id)
-    return _done(request, _fleetops().revoke(request.db, device_id, _by(request)), "/certificates")
+    return _done(request, fleetops.revoke(request.db, device_id, _by(request)), "/certificates")
 
 
 # -------------------------------------------------------------- audit trail
