@@ -349,3 +349,10 @@ def test_bench_slice_overview_figure(tmp_path):
     assert bench_web.run(fig, argparse.Namespace(web_readings=5000)) == 0
     v = fig.data["overview_p95_ratio"]
     assert v["value"] > 0 and "5000 readings" in v["detail"]
+
+
+def test_docs_carry_the_matrix():
+    import os
+    from ictl import ROOT
+    with open(os.path.join(ROOT, "docs", "console.md"), encoding="utf-8") as f:
+        assert permissions.markdown_table() in f.read()
