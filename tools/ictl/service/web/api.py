@@ -65,10 +65,9 @@ def _page(request):
 def devices(request):
     forms = _forms()
     q = _checked(forms.text, request.args.get("q"), "q")
-    status = _checked(forms.choice, request.args.get("status") or None, "status",
-                      (None, "online", "offline", "alarm"))
+    status = _checked(forms.choice, request.args.get("status"), "status", forms.STATUSES, "")
     limit, offset = _page(request)
-    return _store().overview(request.db, q=q or None, status=status, limit=limit, offset=offset)
+    return _store().overview(request.db, q=q or None, status=status or None, limit=limit, offset=offset)
 
 
 def _device(request, device_id):
@@ -88,8 +87,8 @@ def device(request, device_id):
 def readings(request, device_id):
     forms = _forms()
     dev = _device(request, device_id)
-    since = _checked(forms.number, request.args.get("since"), "since", 0, 1e10, None)
-    until = _checked(forms.number, request.args.get("until"), "until", 0, 1e10, None)
+    since, until = (_checked(forms.number, request.args[k], k, 0, 1e10) if request.args.get(k) else None
+                    for k in ("since", "until"))
     limit = _checked(forms.integer, request.args.get("limit"), "limit", 1, 10000, 1000)
     return {"device_id": dev["device_id"],
             "readings": _store().readings(request.db, dev["device_id"], since, until, limit)}

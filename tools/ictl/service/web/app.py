@@ -295,6 +295,8 @@ def _lockout(req, username):
 
 def _form_params(req, kw):
     params = dict(kw)
+    for k in req.args:
+        params.setdefault(k, req.args.get(k))
     for k in req.form:
         if k in _FORM_SECRETS:
             continue
@@ -308,6 +310,8 @@ def _form_params(req, kw):
         body = req.get_json(silent=True)
         if body is not None:
             params["json"] = body
+    elif req.mimetype == "application/octet-stream":
+        params["body"] = req.get_data(cache=True)      # audit.redact keeps its size and SHA-256
     return params
 
 
