@@ -116,3 +116,9 @@ def test_upload_checks_two_person_rule_and_rollouts(tmp_path):
             assert rollout.timeline_png(db, r["id"]).startswith(b"\x89PNG")
         finally:
             eng.stop()
+
+
+def test_soak_slice_failing_canary_stops_the_rollout(tmp_path):
+    from ictl import soak_rollout
+    res = soak_rollout.trials(3, devices=6, seed=3, tmp=str(tmp_path))
+    assert all(ok for ok, _, _ in res), [d for _, d, _ in res]

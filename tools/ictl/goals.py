@@ -41,6 +41,9 @@ GOALS = {
     "web_attack_accepted": ("==", 0),
     "audit_tamper_detected": ("==", 1.0),
     "overview_p95_ratio": ("<=", 5),
+    # fleet service ingest and rollouts (issue 16)
+    "ingest_rate_ratio": (">=", 0.5),
+    "rollout_auto_stops": ("==", 1.0),
 }
 
 _OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}

@@ -35,7 +35,9 @@ def tar_dir(path):
 
 class Responder:
     """One stand-in device answering update metadata: fail=None -> asks for
-    the chunks, then reports confirmed; fail="reason" -> rejected."""
+    the chunks, then reports confirmed; fail="rolled_back" -> downloads,
+    then reports rolled_back; fail="silent" -> never answers (times out);
+    any other fail -> rejected with that reason."""
 
     def __init__(self, dev, broker, fail=None):
         self.dev = dev
@@ -59,14 +61,17 @@ class Responder:
                 self.metadata += 1
                 m = cbor2.loads(cbor2.loads(p[1:]).value[2])
                 self.uid, self.n = m["id"].hex(), m["n"]
-                if self.fail:
+                self.chunks = set()
+                if self.fail == "silent":
+                    return
+                if self.fail and self.fail != "rolled_back":
                     self._report("rejected", reason=self.fail)
                 else:
                     self._report("downloading", next=0, want=self.n, pct=0)
-            elif p[:1] == b"C" and not self.fail:
+            elif p[:1] == b"C" and self.fail in (None, "rolled_back"):
                 self.chunks.add(int.from_bytes(p[17:21], "big"))
                 if len(self.chunks) == self.n:
-                    self._report("confirmed", ver=2 << 24)
+                    self._report("rolled_back" if self.fail else "confirmed", ver=2 << 24)
 
 
 class RolloutRig:
