@@ -421,3 +421,16 @@ def test_api_reads_device_data_and_refuses_bad_input(rig):
     last = audit.entries(rig.db, 1)[0]
     assert last["action"] == "api.rollout_create" and last["who"] == "u-operator (token %s)" % tid
     assert last["result"]["status"] == 400 and last["params"]["targets"]
+
+
+def test_request_size_bounds(rig):
+    s = rig.session()
+    r = s.get(rig.url + "/login", headers={"X-Big": "a" * (80 * 1024)})
+    assert r.status_code in (400, 413, 431)
+    try:    # cheroot answers 413 and closes while the client is still sending
+        r = s.post(rig.url + "/api/v1/rollouts", data=b"x" * (webapp.DEFAULTS["max_upload"] + 128 * 1024),
+                   headers={"Content-Type": "application/octet-stream", "Authorization": "Bearer ictl_x"})
+        assert r.status_code == 413
+    except requests.exceptions.ConnectionError:
+        pass
+    assert rig.session().get(rig.url + "/healthz").status_code == 200

@@ -18,6 +18,7 @@ seconds; a locked account's correct credentials fail too.
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 
 import argon2
@@ -43,6 +44,7 @@ DEFAULTS = {
     "argon2_time_cost": 3,
     "argon2_memory_kib": 65536,
     "argon2_parallelism": 4,
+    "argon2_concurrency": 2,      # hashes computed at once (memory bound)
 }
 
 
@@ -112,15 +114,20 @@ class Hasher:
                                         parallelism=int(config["argon2_parallelism"]),
                                         type=argon2.Type.ID)
         self.dummy = self.ph.hash(secrets.token_urlsafe(24))
+        # At most this many hashes at once: each holds argon2_memory_kib, and
+        # sign-in is open to anyone (8 server threads x 64 MiB otherwise).
+        self.slots = threading.BoundedSemaphore(int(config.get("argon2_concurrency", 2)))
 
     def hash(self, password):
-        return self.ph.hash(password)
+        with self.slots:
+            return self.ph.hash(password)
 
     def verify(self, stored, password):
-        try:
-            return self.ph.verify(stored or self.dummy, password) and stored is not None
-        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return False
+        with self.slots:
+            try:
+                return self.ph.verify(stored or self.dummy, password) and stored is not None
+            except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+                return False
 
 
 # ---------------------------------------------------------------- TOTP (RFC 6238)

@@ -89,6 +89,11 @@ def start(db_url, host="127.0.0.1", port=0, certfile=None, keyfile=None, config=
     app = webapp.create_app(db, config)
     httpd = wsgi.Server((host, int(port)), app, numthreads=int(config.get("threads", 8)),
                         server_name="ironclad-console")
+    # Bounds on what a client can make the server hold (STYLE 1): headers
+    # (cookies included) 64 KiB, a body the largest update upload plus 64 KiB
+    # of form overhead; cheroot answers 413/431 past them.
+    httpd.max_request_header_size = 64 * 1024
+    httpd.max_request_body_size = int(app.config["ICTL"].config["max_upload"]) + 64 * 1024
     httpd.ssl_adapter = _Adapter(certfile, keyfile)
     httpd.prepare()                         # binds: bind_addr now has the real port
     t = threading.Thread(target=httpd.serve, name="ictl-web", daemon=True)
