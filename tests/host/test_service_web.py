@@ -347,7 +347,7 @@ def test_bench_slice_overview_figure(tmp_path):
     from ictl import bench_web
     from ictl.figures import Figures
     fig = Figures(str(tmp_path / "bench.json"))
-    assert bench_web.run(fig, argparse.Namespace(web_readings=5000)) == 0
+    assert bench_web.run(fig, str(tmp_path), argparse.Namespace(web_readings=5000)) == 0
     v = fig.data["overview_p95_ratio"]
     assert v["value"] > 0 and "5000 readings" in v["detail"]
 

@@ -20,11 +20,6 @@ READINGS = 1000000
 REQUESTS = 300
 
 
-def add_args(p):
-    p.add_argument("--web-readings", type=int, default=READINGS,
-                   help="web bench: readings stored before measuring (default 1,000,000)")
-
-
 def seed(db, devices=DEVICES, readings=READINGS, now=None):
     """devices + readings (+ an open alarm on every 20th device)."""
     from ictl.service import alarms
@@ -84,11 +79,11 @@ def measure(rig, session, n=REQUESTS):
     return p95(page), p95(health), sorted(page)[len(page) // 2], sorted(health)[len(health) // 2]
 
 
-def run(fig, args):
+def run(fig, tmp, args):
     from ictl.service.web import accounts
     from ictl.service.web.testrig import Rig
     readings = getattr(args, "web_readings", READINGS) or READINGS
-    tmp = tempfile.mkdtemp(prefix="ictl-bench-web-")
+    tmp = tempfile.mkdtemp(prefix="web-", dir=tmp)
     rig = Rig(tmp)
     try:
         t0 = time.time()
