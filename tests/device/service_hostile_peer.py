@@ -14,24 +14,30 @@
 # port, prefix, events (a directory), fields, events_spec ([kind, reason,
 # outcome, detail] lists), text_value, update_id, update_reason. Prints SENT <what> lines, then DONE.
 import json
-import ssl
 
-from ironclad import cbor, events, nonce, telemetry
+from ironclad import cbor, events, identity, nonce, telemetry
 from ironclad.mqtt import MQTTClient
+from telemetry_peer import _read
 
 
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
+class _Credentials:
+    """The keystore's three entries, from the test's files."""
+
+    FILES = {"ca": "ca.der", "cert": "cert.der", "device_key": "key.der"}
+
+    def __init__(self, d):
+        self.d = d
+
+    def get(self, name):
+        return _read(self.d + self.FILES[name])
 
 
 def main(cfg_path):
     cfg = json.loads(_read(cfg_path))
-    d = cfg["dir"] + "/"
-    dev = cfg["device_id"]
-    events.PATH = cfg["events"] + "/events.bin"
-    events.SENT_PATH = cfg["events"] + "/events.sent"
+    d, dev = cfg["dir"] + "/", cfg["device_id"]
     base = "%s/%s/" % (cfg["prefix"], dev)
+    # The security-event log in the test's directory (not the board's flash).
+    events.PATH, events.SENT_PATH = cfg["events"] + "/events.bin", cfg["events"] + "/events.sent"
     for kind, reason, outcome, detail in cfg["events_spec"]:
         events.record(kind, reason, outcome, detail)
 
@@ -40,10 +46,7 @@ def main(cfg_path):
     fields = tuple(cfg["fields"])
     sealer = telemetry.Sealer(z, dev, ctr, fields=fields)
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=_read(d + "ca.der"))
-    ctx.load_cert_chain(_read(d + "cert.der"), _read(d + "key.der"))
+    ctx = identity.tls_context(_Credentials(d))  # the agent's own mutual-TLS set-up
     c = MQTTClient(dev, cfg["host"], cfg["port"], ctx, server_hostname="localhost", keepalive=30, timeout_s=5)
     c.backoff.base_ms = 200
     c.reconnect(attempts=5)

@@ -22,10 +22,11 @@ import requests
 from ictl import pki
 from ictl.service import db as dbmod
 from ictl.service.web import accounts, server
+from ictl.service.web.testrig import FAST as FAST_HASH
+from ictl.service.web.testrig import csrf_of
 
 PASSWORD = "violet-anchor-drift-47"  # made up for the test, not a common one
 ADMIN = "ada"
-FAST_HASH = {"argon2_time_cost": 1, "argon2_memory_kib": 8192, "argon2_parallelism": 1}
 # Hostile text a device may send (issue 16: script, HTML, SVG and template
 # payloads); each must reach the browser as text, never as markup.
 HOSTILE = ('<script>alert("x1")</script>', '"><img src=x onerror=alert(2)>', "<svg onload=alert(3)>",
@@ -33,13 +34,6 @@ HOSTILE = ('<script>alert("x1")</script>', '"><img src=x onerror=alert(2)>', "<s
 # The same payloads as they would look had they been left unescaped (never
 # in a page) and the escaped form that must be there instead.
 RAW_MARKERS = ("<script>alert(", "<img src=x", "<svg onload")
-
-
-def csrf(page):
-    m = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    if not m:
-        raise AssertionError("no CSRF token in the page")
-    return m.group(1)
 
 
 class Totp:
@@ -55,9 +49,9 @@ class Totp:
         while True:
             t = time.time()
             now = int(t // accounts.TOTP_PERIOD)
-            # The step before now only while it stays accepted for 5 s more
-            # (the server checks a moment later).
-            early = now - accounts.TOTP_WINDOW if t % accounts.TOTP_PERIOD < accounts.TOTP_PERIOD - 5 else now
+            # The step before now only while it stays accepted for 15 s more
+            # (the server checks a moment later, maybe on a loaded machine).
+            early = now - accounts.TOTP_WINDOW if t % accounts.TOTP_PERIOD < accounts.TOTP_PERIOD - 15 else now
             for step in range(early, now + accounts.TOTP_WINDOW + 1):
                 if step > self.last:
                     self.last = step
@@ -103,7 +97,7 @@ class Console:
 
     def post(self, s, path, data, status=200, page_path=None, **kw):
         """A form submission with the CSRF token of the page it is on."""
-        token = csrf(self.get(s, page_path or path))
+        token = csrf_of(self.get(s, page_path or path))
         r = s.post(self.url + path, data=dict(data, csrf_token=token), timeout=60, **kw)
         assert r.status_code == status, (path, r.status_code, r.text[:2000])
         return r.text

@@ -186,24 +186,24 @@ def test_operator_walkthrough(fleet, browser):
     p.open("/login", "03-login")
     p.fill(username=ADMIN, password=PASSWORD, code=totp.code())
     p.submit("form.narrow button[type=submit]")
-    p.wait(lambda: browser.current_url.rstrip("/") == con.url, 10, "the overview after sign-in")
+    p.wait(lambda: browser.current_url.rstrip("/") == con.url, 30, "the overview after sign-in")
     p.check("04-overview")
     rows = browser.find_elements("css selector", "#devices tbody tr")
     assert len(rows) == 6, [r.text for r in rows]
     p.fill(q="sim-0001")
     p.submit("form.filters button")
-    p.wait(lambda: "q=sim-0001" in browser.current_url, 10, "the search")
+    p.wait(lambda: "q=sim-0001" in browser.current_url, 30, "the search")
     assert [r.text.split()[0] for r in browser.find_elements("css selector", "#devices tbody tr")] == ["sim-0001"]
     p.check("05-overview-search")
 
     # A device's readings chart, and another range.
     p.open("/devices/sim-0000", "06-device")
     loaded = "return document.getElementById('chart').complete && document.getElementById('chart').naturalWidth;"
-    p.wait(lambda: browser.execute_script(loaded), 10, "the chart")
+    p.wait(lambda: browser.execute_script(loaded), 30, "the chart")
     from selenium.webdriver.support.ui import Select
     Select(p.css('#range-form select[name="range"]')).select_by_value("7d")
     p.submit("#range-form button")
-    p.wait(lambda: "range=7d" in browser.current_url and browser.execute_script(loaded), 10, "the 7-day chart")
+    p.wait(lambda: "range=7d" in browser.current_url and browser.execute_script(loaded), 30, "the 7-day chart")
     assert "range=7d" in p.css("#chart").get_attribute("src")
     p.check("07-device-chart-7d")
 
@@ -239,8 +239,8 @@ def test_operator_walkthrough(fleet, browser):
     p.submit("#back")
     p.check("15-rollout-started")
     # Watched, not reloaded: poll.js brings the progress to the page.
-    p.wait(lambda: p.css("#progress-text").text.startswith("6 of 6 done"), 90, "the rollout to finish")
-    p.wait(lambda: p.css("#progress-live").text == "(finished)" and p.css("#rollout-state").text == "done", 10,
+    p.wait(lambda: p.css("#progress-text").text.startswith("6 of 6 done"), 120, "the rollout to finish")
+    p.wait(lambda: p.css("#progress-live").text == "(finished)" and p.css("#rollout-state").text == "done", 30,
            "the final state")
     assert p.css("#progress-bar").get_attribute("value") == "6"
     states = [r.find_elements("css selector", "td")[2].text for r in

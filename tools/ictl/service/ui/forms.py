@@ -45,28 +45,24 @@ def choice(value, field, allowed, default=None):
     return value
 
 
-def integer(value, field, lo, hi, default=None):
+def _numeric(value, field, lo, hi, default, pattern, convert, what):
     value = (value or "").strip()
     if not value and default is not None:
         return default
-    if not re.fullmatch(r"-?[0-9]{1,12}", value):
-        raise FormError("%s must be a whole number" % field)
-    n = int(value)
-    if not lo <= n <= hi:
-        raise FormError("%s must be between %d and %d" % (field, lo, hi))
-    return n
-
-
-def number(value, field, lo, hi, default=None):
-    value = (value or "").strip()
-    if not value and default is not None:
-        return default
-    if not re.fullmatch(r"-?[0-9]{1,9}(\.[0-9]{1,6})?", value):
-        raise FormError("%s must be a number" % field)
-    n = float(value)
+    if not re.fullmatch(pattern, value):
+        raise FormError("%s must be %s" % (field, what))
+    n = convert(value)
     if not lo <= n <= hi:
         raise FormError("%s must be between %g and %g" % (field, lo, hi))
     return n
+
+
+def integer(value, field, lo, hi, default=None):
+    return _numeric(value, field, lo, hi, default, r"-?[0-9]{1,12}", int, "a whole number")
+
+
+def number(value, field, lo, hi, default=None):
+    return _numeric(value, field, lo, hi, default, r"-?[0-9]{1,9}(\.[0-9]{1,6})?", float, "a number")
 
 
 def device_id(value, field="device"):

@@ -123,15 +123,22 @@ def _device_or_404(request, device_id):
     return dev, None
 
 
-@route("/devices/<device_id>", methods=("GET",), permission="fleet.view")
-def device(request, device_id):
+def _device_and_range(request, device_id):
+    """(refusal or None, device, since, until, range name)."""
     dev, err = _device_or_404(request, device_id)
     if err:
-        return err
+        return err, None, 0, 0, ""
     try:
-        since, until, rng = forms.chart_range(request.args, time.time())
+        return (None, dev) + forms.chart_range(request.args, time.time())
     except forms.FormError as e:
-        return _bad(request, e)
+        return _bad(request, e), None, 0, 0, ""
+
+
+@route("/devices/<device_id>", methods=("GET",), permission="fleet.view")
+def device(request, device_id):
+    err, dev, since, until, rng = _device_and_range(request, device_id)
+    if err:
+        return err
     db, did = request.db, dev["device_id"]
     return _page(request, "device.html", dev=dev, since=since, until=until, range=rng, ranges=forms.RANGES,
                  chart_query=_chart_query(request.args, rng),
@@ -164,13 +171,9 @@ def _chart_readings(db, device_id, since, until):
 
 @route("/devices/<device_id>/chart.svg", methods=("GET",), permission="fleet.view")
 def device_chart(request, device_id):
-    dev, err = _device_or_404(request, device_id)
+    err, dev, since, until, _ = _device_and_range(request, device_id)
     if err:
         return err
-    try:
-        since, until, _ = forms.chart_range(request.args, time.time())
-    except forms.FormError as e:
-        return _bad(request, e)
     series = {}
     for r in _chart_readings(request.db, dev["device_id"], since, until):
         for field, value in r["body"].items():
@@ -353,6 +356,9 @@ def rollout_timeline(request, rollout_id):
 def _act(request, action, rollout_id):
     """One rollout action; a refusal (wrong state, two-person rule) is a
     page saying why, audited as not done."""
+    _, err = _rollout_or_404(request, rollout_id)
+    if err:
+        return err
     try:
         res = action(request.db, rollout_id, _by(request))
     except rollout.RolloutError as e:
@@ -362,25 +368,16 @@ def _act(request, action, rollout_id):
 
 @route("/rollouts/<int:rollout_id>/approve", methods=("POST",), permission="rollout.approve")
 def rollout_approve(request, rollout_id):
-    r, err = _rollout_or_404(request, rollout_id)
-    if err:
-        return err
     return _act(request, rollout.approve, rollout_id)
 
 
 @route("/rollouts/<int:rollout_id>/start", methods=("POST",), permission="rollout.start", reauth=True)
 def rollout_start(request, rollout_id):
-    r, err = _rollout_or_404(request, rollout_id)
-    if err:
-        return err
     return _act(request, rollout.start, rollout_id)
 
 
 @route("/rollouts/<int:rollout_id>/control", methods=("POST",), permission="rollout.control")
 def rollout_control(request, rollout_id):
-    r, err = _rollout_or_404(request, rollout_id)
-    if err:
-        return err
     try:
         action = forms.choice(request.form.get("action"), "action", ROLLOUT_ACTIONS)
     except forms.FormError as e:
