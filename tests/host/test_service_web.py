@@ -165,8 +165,14 @@ def test_csrf_and_cross_origin_refused_and_audited(rig):
     assert rig.db.one("SELECT revoked_at FROM api_tokens WHERE id = ?", (tid,))["revoked_at"] is None
     new = audit.entries(rig.db, limit=len(_actions(rig)) - n)
     assert [e["action"] for e in new] == ["refused:token.revoke"] * 3
+    n = len(_actions(rig))
     assert all("csrf_token" not in e["params"] for e in new)
-    r = s.post(rig.url + "/account/tokens/%s/revoke" % tid, data={"csrf_token": token}, allow_redirects=False)
+    r = s.post(rig.url + "/account/tokens/%s/revoke" % tid, data={"csrf_token": token},
+               headers={"Origin": "null", "Referer": "https://evil.example/x"}, allow_redirects=False)
+    assert r.status_code == 403          # an opaque Origin is judged by its Referer
+    # what Chromium sends under Referrer-Policy no-referrer: Origin null, no Referer
+    r = s.post(rig.url + "/account/tokens/%s/revoke" % tid, data={"csrf_token": token},
+               headers={"Origin": "null"}, allow_redirects=False)
     assert r.status_code == 302
     assert rig.db.one("SELECT revoked_at FROM api_tokens WHERE id = ?", (tid,))["revoked_at"] is not None
 

@@ -271,7 +271,7 @@ def _reauth(req, rt, kw, st):
         out = accounts.verify_reauth(st.db, st.hasher, st.config, req.user, password, req.form.get("reauth_code", ""))
         if out.user is None:
             if out.locked_now:
-                _lockout(req, req.user["username"])
+                lockout(req, req.user["username"])
             return _refuse(req, rt, kw, 401, "re-authentication failed",
                            "Re-authentication failed: check the password and the code.")
         sessions.mark_reauth(st.db, req.session)
@@ -285,7 +285,8 @@ def _reauth(req, rt, kw, st):
     return _finish(req, flask.redirect("/reauth?next=" + urllib.parse.quote(_local_path(req), safe="/")))
 
 
-def _lockout(req, username):
+def lockout(req, username):
+    """Audit a lock and end the locked user's sessions."""
     audit.record(req.db, "-", _source(req), "auth.lockout", {"username": username},
                  {"locked_for_s": req.ictl.config["lockout_duration"]})
     user = req.db.one("SELECT id FROM web_users WHERE username = ?", (username,))

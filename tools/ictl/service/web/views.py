@@ -31,7 +31,7 @@ def login(request):
     if out.user is None:
         request.audit_result = {"outcome": "failure", "reason": out.reason}
         if out.locked_now:
-            app._lockout(request, username)
+            app.lockout(request, username)
         # One answer for every failure: same page, same status, same length.
         return render(request, "login.html", error=FAILED, next=nxt), 401
     app.login_session(request, out.user)
@@ -103,7 +103,7 @@ def reauth(request):
     if out.user is None:
         request.audit_result = {"outcome": "failure", "reason": out.reason}
         if out.locked_now:
-            app._lockout(request, request.user["username"])
+            app.lockout(request, request.user["username"])
         return render(request, "reauth.html", error="Re-authentication failed.", next=nxt), 401
     from ictl.service.web import sessions
     sessions.mark_reauth(request.db, request.session)
