@@ -440,3 +440,24 @@ def test_request_size_bounds(rig):
     except requests.exceptions.ConnectionError:
         pass
     assert rig.session().get(rig.url + "/healthz").status_code == 200
+
+
+def test_password_change_needs_a_fresh_code_and_ends_other_sessions(rig):
+    rig.user("pat", "viewer")
+    s, other = rig.signed_in("pat"), rig.signed_in("pat")
+    new = "amber-glacier-orchid-58"
+    r = rig.form(s, "/account/password", {"password": PASSWORD, "code": "000000", "new_password": new,
+                                           "new_password2": new})
+    assert r.status_code == 400
+    r = rig.form(s, "/account/password", {"password": PASSWORD, "code": rig.code("pat"), "new_password": "password1234",
+                                           "new_password2": "password1234"})
+    assert r.status_code == 400 and "common" in r.text
+    code = rig.code("pat")
+    r = rig.form(s, "/account/password", {"password": PASSWORD, "code": code, "new_password": new, "new_password2": new})
+    assert r.status_code == 200 and "Password changed" in r.text
+    r = rig.form(s, "/account/password", {"password": new, "code": code, "new_password": PASSWORD,
+                                           "new_password2": PASSWORD})
+    assert r.status_code == 400                        # the same code again: used up
+    assert other.get(rig.url + "/account", allow_redirects=False).status_code == 302
+    assert rig.login("pat", password=PASSWORD)[1].status_code == 401
+    assert rig.login("pat", password=new)[1].status_code == 302

@@ -338,14 +338,14 @@ def drop_sessions(db, user_id, keep=None):
     db.execute("DELETE FROM web_sessions WHERE user_id = ? AND id_hash <> ?", (user_id, keep or ""))
 
 
-def change_password(db, hasher, user, current, code, new):
-    """Own password change: current password and a fresh TOTP code."""
-    if not hasher.verify(user["password_hash"], current) or \
-            totp_step(user["totp_secret"], code, user["totp_last_step"]) is None:
-        raise AccountError("the current password or the code is wrong")
+def change_password(db, hasher, config, user, current, code, new):
+    """Own password change: current password and a fresh TOTP code, checked
+    as a sign-in is (the code is used up, failures count toward the lock)."""
     problem = password_problem(new, user["username"])
     if problem:
         raise AccountError(problem)
+    if authenticate(db, hasher, config, user["username"], current, code).user is None:
+        raise AccountError("the current password or the code is wrong")
     db.execute("UPDATE web_users SET password_hash = ?, updated_at = ? WHERE id = ?",
                (hasher.hash(new), _now(), user["id"]))
 

@@ -127,7 +127,8 @@ def password(request):
         request.audit_result = {"outcome": "failure", "reason": "passwords differ"}
         return account(request, error="The two new passwords differ."), 400
     try:
-        accounts.change_password(request.db, request.ictl.hasher, request.user, f.get("password", ""),
+        accounts.change_password(request.db, request.ictl.hasher, request.ictl.config, request.user,
+                                 f.get("password", ""),
                                  f.get("code", ""), f.get("new_password", ""))
     except accounts.AccountError as e:
         request.audit_result = {"outcome": "failure", "reason": str(e)}
