@@ -66,7 +66,8 @@ class Console:
         self.db_url = db_url or os.path.join(self.tmp, "service.db")
         self.config = dict(FAST_HASH, **(config or {}))
         self.srv = None
-        self.totp = None
+        self.totp = None  # the first administrator's authenticator
+        self.totps = {}
 
     def __enter__(self):
         os.makedirs(self.tmp, exist_ok=True)
@@ -102,31 +103,38 @@ class Console:
         assert r.status_code == status, (path, r.status_code, r.text[:2000])
         return r.text
 
-    def setup_admin(self, username=ADMIN, password=PASSWORD):
+    def _onetime(self, path, data):
+        """Complete a setup or enrolment link with the TOTP secret its page
+        shows; returns that user's authenticator."""
+        s = self.session()
+        page = self.get(s, path)
+        secret = html.unescape(re.search(r'<code class="secret">([^<]+)</code>', page).group(1))
+        totp = Totp(secret)
+        self.post(s, path, dict(data, password=PASSWORD, password2=PASSWORD, code=totp.code()))
+        return totp
+
+    def setup_admin(self, username=ADMIN):
         """The one-time setup link `ictl serve --init` prints -> the first
         administrator, enrolled in TOTP from the secret the page shows."""
-        token = accounts.init_setup_token(self.db)
-        s = self.session()
-        page = self.get(s, "/setup/" + token)
-        secret = html.unescape(re.search(r'<code class="secret">([^<]+)</code>', page).group(1))
-        self.totp = Totp(secret)
-        self.post(s, "/setup/" + token, {"username": username, "password": password, "password2": password,
-                                         "code": self.totp.code()})
-        self.admin = username
-        return secret
+        self.totps[username] = self._onetime("/setup/" + accounts.init_setup_token(self.db), {"username": username})
+        self.totp = self.totps[username]
+
+    def enrol(self, link_path, username):
+        """A user created on the users page completes the enrolment link."""
+        self.totps[username] = self._onetime(link_path, {})
 
     def login(self, username=ADMIN, password=PASSWORD):
-        if self.totp is None:
-            self.setup_admin(username, password)
+        if username == ADMIN and ADMIN not in self.totps:
+            self.setup_admin()
         s = self.session()
         self.get(s, "/login")
-        self.post(s, "/login", {"username": username, "password": password, "code": self.totp.code()})
+        self.post(s, "/login", {"username": username, "password": password, "code": self.totps[username].code()})
         assert "Sign out" in self.get(s, "/account")
         return s
 
-    def reauth(self):
+    def reauth(self, username=ADMIN):
         """The password + fresh code fields of a re-authenticated form."""
-        return {"reauth_password": PASSWORD, "reauth_code": self.totp.code()}
+        return {"reauth_password": PASSWORD, "reauth_code": self.totps[username].code()}
 
 
 def escaped(text):

@@ -17,6 +17,7 @@ import pytest
 
 from ictl import pki
 from ictl.service import fleetops, ingest
+from ictl.service.rollout_rig import RolloutRig
 from ictl.telemetry_rig import PEER_HEAP_KIB, PEER_PATH, Peer, Rig
 from ictl.faults import MICROPYTHON
 from service_ui_rig import Console, assert_escaped, escaped
@@ -111,8 +112,11 @@ def test_actions_refused_without_change_then_done(hostile):
     """Wipe: refused without re-authentication (401) and with the wrong
     confirmation (400): no command stored or sent; then done with both. A
     command with a bad argument is refused; a malformed update upload is
-    refused with the reason and stores no rollout; an alarm is acknowledged.
-    Each is in the audit trail with who and what came back."""
+    refused with the reason and stores no rollout; an alarm is acknowledged;
+    a user is created (enrolment link), its role changed, the last
+    administrator kept. Each is in the audit trail with who and what came
+    back. One test: the re-authentication at the wipe stays fresh for the
+    rest (a code is accepted once; more would wait for the next step)."""
     con, s = hostile, hostile.s
     page = "/devices/" + DEVICE
     wipes = "SELECT count(*) AS n FROM commands WHERE op = 'wipe'"
@@ -144,15 +148,7 @@ def test_actions_refused_without_change_then_done(hostile):
     assert con.db.one("SELECT acked_by FROM alarms WHERE id = ?", (alarm,))["acked_by"] == "ada"
     assert 'id="alarm-banner"' not in con.get(s, "/events")
 
-    trail = con.get(s, "/audit?n=200")
-    for action in ("refused:pages.device_wipe", "pages.device_wipe", "pages.device_command", "pages.rollout_create",
-                   "pages.alarm_ack"):
-        assert ">%s<" % action in trail, action
-    assert "Chain verified" in trail
-
-
-def test_users_page(hostile):
-    con, s = hostile, hostile.s
+    # Users (the same re-authentication still fresh: one test, in order).
     out = con.post(s, "/users/new", {"username": "bob", "role": "operator"}, page_path="/users")
     link = re.search(r'id="one-time-link">([^<]+)<', out).group(1)
     assert "/enrol/" in link and con.get(con.session(), link[len(con.url):])  # the link opens the enrolment page
@@ -165,3 +161,46 @@ def test_users_page(hostile):
     me = con.db.one("SELECT id FROM web_users WHERE username = 'ada'")["id"]
     out = con.post(s, "/users/%s" % me, {"action": "disable"}, status=409, page_path="/users")
     assert "last administrator" in out
+
+    trail = con.get(s, "/audit?n=200")
+    for action in ("refused:pages.device_wipe", "pages.device_wipe", "pages.device_command", "pages.rollout_create",
+                   "pages.alarm_ack", "pages.user_create", "pages.user_change"):
+        assert ">%s<" % action in trail, action
+    assert "Chain verified" in trail
+
+
+def test_rollout_pages_two_person_rule_and_controls(tmp_path):
+    """Create with the two-person rule; the creator cannot approve (409,
+    still awaiting approval), a second operator can; start asks for
+    re-authentication; pause, resume and cancel follow the rollout's state
+    and a refused transition says why. (The engine is not running: the
+    browser test watches one run to the end.)"""
+    with RolloutRig(tmp_path / "fleet", n=3) as rig, \
+            Console(tmp_path / "web", pki_dir=rig.broker.pki_dir, db_url=rig.db_url) as con:
+        ada = con.login()
+        out = con.post(ada, "/users/new", dict(con.reauth(), username="bob", role="operator"), page_path="/users")
+        con.enrol(re.search(r'id="one-time-link">[^<]*(/enrol/[^<]+)<', out).group(1), "bob")
+        bob = con.login("bob")
+        files = {"update": ("update.tgz", rig.update_archive(), "application/gzip")}
+        out = con.post(ada, "/rollouts/new", {"mode": "list", "devices": "sim-0000\nsim-0002", "two_person": "on",
+                                              "canary": "1", "rate": "constant", "group_size": "1"}, files=files)
+        rid = int(re.search(r'href="/rollouts/(\d+)"', out).group(1))
+        page = "/rollouts/%d" % rid
+        state = lambda: con.db.one("SELECT state FROM rollouts WHERE id = ?", (rid,))["state"]  # noqa: E731
+        assert state() == "awaiting_approval" and 'id="approve-form" data-states="awaiting_approval">' in con.get(ada, page)
+        out = con.post(ada, page + "/approve", {}, status=409, page_path=page)
+        assert "cannot approve it (two-person rule)" in out and state() == "awaiting_approval"
+        assert "Done" in con.post(bob, page + "/approve", {}, page_path=page) and state() == "ready"
+        con.post(bob, page + "/start", {}, status=401, page_path=page)  # no re-authentication: refused
+        assert state() == "ready"
+        assert "Done" in con.post(bob, page + "/start", con.reauth("bob"), page_path=page) and state() == "running"
+        for action, after in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
+            assert "Done" in con.post(bob, page + "/control", {"action": action}, page_path=page)
+            assert state() == after
+        out = con.post(bob, page + "/control", {"action": "resume"}, status=409, page_path=page)
+        assert "is cancelled: cannot resume it" in out
+        con.post(bob, page + "/control", {"action": "explode"}, status=400, page_path=page)
+        status = json.loads(con.get(bob, page + "/status.json"))
+        assert status["state"] == "cancelled" and status["total"] == 2
+        assert [g["size"] for g in status["groups"]] == [1, 1]
+        assert {d["state"] for d in status["devices"]} == {"cancelled"}

@@ -83,8 +83,7 @@ def _done(request, result, back):
 
 def banner(db):
     """What the base template shows on every page: the open alarms."""
-    rows = store.alarms(db, open_only=True)
-    return {"open_alarms": len(rows), "latest": rows[:3]}
+    return {"open_alarms": store.counts(db)["open_alarms"], "latest": store.alarms(db, open_only=True, limit=3)}
 
 
 @route("/favicon.ico", methods=("GET",), permission=permissions.PUBLIC, session=False)
