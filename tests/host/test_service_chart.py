@@ -48,7 +48,7 @@ def test_many_points_reduced_to_the_width():
 
 def test_range_filters_and_empty_range():
     svg = chart.render({"x": [(5, 1.0), (50, 2.0)]}, 0, 10)
-    assert "(1 points)" in svg
+    assert "(1 point)" in svg
     assert "no readings in this range" in chart.render({"x": []}, 0, 10)
     with pytest.raises(ValueError):
         chart.render({"x": []}, 10, 10)

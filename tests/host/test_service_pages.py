@@ -7,6 +7,7 @@ ironclad.telemetry on the unix port, tests/device/service_hostile_peer.py)
 with a real key and certificate, talking to a real mosquitto over mutual
 TLS; CORE's ingest worker (ictl.service.ingest) opens, checks and stores
 what it sends, and the web server shows it."""
+import hashlib
 import html
 import json
 import os
@@ -16,7 +17,7 @@ import time
 import pytest
 
 from ictl import pki
-from ictl.service import fleetops, ingest
+from ictl.service import audit, fleetops, ingest
 from ictl.service.rollout_rig import RolloutRig
 from ictl.telemetry_rig import PEER_HEAP_KIB, PEER_PATH, Peer, Rig
 from ictl.faults import MICROPYTHON
@@ -185,6 +186,11 @@ def test_rollout_pages_two_person_rule_and_controls(tmp_path):
         out = con.post(ada, "/rollouts/new", {"mode": "list", "devices": "sim-0000\nsim-0002", "two_person": "on",
                                               "canary": "1", "rate": "constant", "group_size": "1"}, files=files)
         rid = int(re.search(r'href="/rollouts/(\d+)"', out).group(1))
+        # the audit record names the upload by its size and SHA-256
+        rec = [r for r in audit.entries(con.db, 50) if r["action"] == "pages.rollout_create"][0]
+        upload = files["update"][1]
+        assert rec["params"]["update"]["bytes"] == len(upload)
+        assert rec["params"]["update"]["sha256"] == hashlib.sha256(upload).hexdigest()
         page = "/rollouts/%d" % rid
         state = lambda: con.db.one("SELECT state FROM rollouts WHERE id = ?", (rid,))["state"]  # noqa: E731
         assert state() == "awaiting_approval" and 'id="approve-form" data-states="awaiting_approval">' in con.get(ada, page)

@@ -138,8 +138,8 @@ def render(series, since, until, width=WIDTH, panel_height=PANEL_HEIGHT, title="
             return top + (1 - (v - lo) / (hi - lo)) * ph
 
         label = name if len(name) <= MAX_FIELD_NAME else name[:MAX_FIELD_NAME - 1] + "\u2026"
-        out.append('<text x="%d" y="%d" font-weight="bold" fill="%s">%s (%d points)</text>'
-                   % (_PAD_L, top - 4, colour, escape(label), len(pts)))
+        out.append('<text x="%d" y="%d" font-weight="bold" fill="%s">%s (%d point%s)</text>'
+                   % (_PAD_L, top - 4, colour, escape(label), len(pts), "" if len(pts) == 1 else "s"))
         out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#888888"/>' % (_PAD_L, top, plot_w, ph))
         for v in _ticks(lo, hi, 3):
             yy = y(v)

@@ -284,6 +284,7 @@ def rollout_create(request):
     if f is None or not f.filename:
         return _bad(request, "choose the update file made by `ictl update create`")
     data = f.stream.read(rollout.MAX_UPLOAD + 1)  # rollout.unpack refuses more, with the reason
+    f.stream.seek(0)  # the audit layer reads it after us (its size and SHA-256 go in the record)
     try:
         targets, params = _targets(request.form), _params(request.form)
     except forms.FormError as e:
