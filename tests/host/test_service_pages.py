@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from ictl import ca as fleet_ca
 from ictl import pki
 from ictl.service import audit, fleetops, ingest
 from ictl.service.rollout_rig import RolloutRig
@@ -68,6 +69,10 @@ def hostile(tmp_path_factory):
             finally:
                 w.stop()
             con.s = con.login()
+            # The device's certificate in the CA inventory (as `ictl provision`
+            # records it), imported as `ictl serve` does.
+            fleet_ca.Inventory.of(pki.load_ca(br.pki_dir)).record_issued(rig.cert, DEVICE, "uid-42", "test", None)
+            fleetops.sync_pki(con.db, br.pki_dir)
             old = fleetops.configure(fleetops.Ops(br.pki_dir, rig.fleet_key, br.host, br.port, br.prefix, br.state_dir))
             try:
                 yield con
@@ -163,9 +168,17 @@ def test_actions_refused_without_change_then_done(hostile):
     out = con.post(s, "/users/%s" % me, {"action": "disable"}, status=409, page_path="/users")
     assert "last administrator" in out
 
+    # Certificate revocation: the wrong typed id changes nothing; then revoked.
+    certs = "SELECT count(*) AS n FROM certificates WHERE device_id = ? AND status = 'revoked'"
+    con.post(s, "/certificates/%s/revoke" % DEVICE, {"confirm_id": "dev-0043"}, status=400, page_path="/certificates")
+    assert _count(con, certs, (DEVICE,)) == 0
+    assert "Done" in con.post(s, "/certificates/%s/revoke" % DEVICE, {"confirm_id": DEVICE}, page_path="/certificates")
+    assert _count(con, certs, (DEVICE,)) == 1
+    assert "revoked (decommissioned)" in con.get(s, "/certificates")
+
     trail = con.get(s, "/audit?n=200")
     for action in ("refused:pages.device_wipe", "pages.device_wipe", "pages.device_command", "pages.rollout_create",
-                   "pages.alarm_ack", "pages.user_create", "pages.user_change"):
+                   "pages.alarm_ack", "pages.user_create", "pages.user_change", "pages.certificate_revoke"):
         assert ">%s<" % action in trail, action
     assert "Chain verified" in trail
 
@@ -206,6 +219,15 @@ def test_rollout_pages_two_person_rule_and_controls(tmp_path):
         out = con.post(bob, page + "/control", {"action": "resume"}, status=409, page_path=page)
         assert "is cancelled: cannot resume it" in out
         con.post(bob, page + "/control", {"action": "explode"}, status=400, page_path=page)
+        # A viewer is shown no action it may not take (the server refuses them anyway).
+        out = con.post(ada, "/users/new", {"username": "vic", "role": "viewer"}, page_path="/users")
+        con.enrol(re.search(r'id="one-time-link">[^<]*(/enrol/[^<]+)<', out).group(1), "vic")
+        vic = con.login("vic")
+        for path in (page, "/devices/sim-0000", "/rollouts", "/events", "/certificates"):
+            shown = con.get(vic, path)
+            assert "<form method=\"post\"" not in shown.split("<main>")[1], path
+        con.get(vic, "/users", status=403)
+        con.get(vic, "/audit", status=403)
         status = json.loads(con.get(bob, page + "/status.json"))
         assert status["state"] == "cancelled" and status["total"] == 2
         assert [g["size"] for g in status["groups"]] == [1, 1]
