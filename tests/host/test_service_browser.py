@@ -10,7 +10,8 @@ device's page (its event texts and field names are script/HTML/SVG/
 template payloads), the events page, a staged rollout uploaded, started
 with re-authentication and watched to the end on its page (the progress
 comes from static/ui/poll.js, not from reloads), then the provisioning,
-certificates, audit and users pages.
+certificates, audit and users pages. An alarm quoting the compromised
+device's words is raised on every page until acknowledged.
 
 On every page: no Content-Security-Policy violation (a
 securitypolicyviolation listener installed through DevTools before any
@@ -46,6 +47,7 @@ CSP_LISTENER = ("window.__csp = [];"
                 "});")
 HOSTILE_EVENT = ("<svg onload=x>", "<img src=x onerror=a()>", "rejected", '"><script>alert("x1")</script>')
 HOSTILE_FIELD = "<img src=x onerror=alert(2)>"
+HOSTILE_UPDATE = "<svg onload=window.__xss=1>"
 
 
 def _spki_pin(certfile):
@@ -67,7 +69,8 @@ def fleet(tmp_path_factory):
             w.process_batch([calm.reading(temp_c=18 + 4 * ((i % 12) / 12), humidity_pct=40 + i % 7)],
                             now=now - 86400 + i * 1800)
         bad = rig.devices[1]
-        w.process_batch([bad.reading(**{HOSTILE_FIELD: 1.5, "{{7*7}}": 2}), bad.events(HOSTILE_EVENT)])
+        w.process_batch([bad.reading(**{HOSTILE_FIELD: 1.5, "{{7*7}}": 2}), bad.events(HOSTILE_EVENT),
+                         bad.update_report("rolled_back", HOSTILE_UPDATE, ver=1 << 24)])  # an alarm quoting it
         w.db.close()
         with Console(tmp / "web", pki_dir=rig.broker.pki_dir, db_url=rig.db_url) as con:
             engine = rig.engine(tick_s=0.3)
@@ -184,6 +187,7 @@ def test_operator_walkthrough(fleet, browser):
     p.submit("form.narrow button[type=submit]")
     p.wait(lambda: browser.current_url.rstrip("/") == con.url, 30, "the overview after sign-in")
     p.check("04-overview")
+    assert HOSTILE_UPDATE in p.css("#alarm-banner").text  # raised in the page, as text
     rows = browser.find_elements("css selector", "#devices tbody tr")
     assert len(rows) == 6, [r.text for r in rows]
     p.fill(q="sim-0001")
@@ -211,6 +215,10 @@ def test_operator_walkthrough(fleet, browser):
     p.open("/devices/sim-0001/chart.svg?range=24h", "09-chart-svg-direct")
     assert HOSTILE_FIELD in browser.find_element("tag name", "svg").text
     p.open("/events", "10-events")
+    p.submit("#alarms form button")  # acknowledge
+    assert "Done" in p.css("h1").text
+    p.open("/events", "10-events-acknowledged")
+    assert not browser.find_elements("css selector", "#alarm-banner")
 
     # A staged rollout: upload, targets by filter, groups 1, 2, 3.
     upload = os.path.join(con.tmp, "update.tgz")
