@@ -11,13 +11,15 @@ import hashlib
 import html
 import json
 import os
+import queue
 import re
 import time
 
+import cbor2
 import pytest
 
 from ictl import ca as fleet_ca
-from ictl import pki
+from ictl import console, fleetkeys, pki
 from ictl.service import audit, fleetops, ingest
 from ictl.service.rollout_rig import RolloutRig
 from ictl.telemetry_rig import PEER_HEAP_KIB, PEER_PATH, Peer, Rig
@@ -47,7 +49,9 @@ def _wait(pred, timeout, what):
 def hostile(tmp_path_factory):
     """A console whose database holds what the hostile device sent."""
     tmp = tmp_path_factory.mktemp("pages")
-    with Rig(tmp, DEVICE) as rig:
+    rig = Rig(tmp, DEVICE)
+    rig.broker.operators += (fleetops.SERVICE_ID,)  # commands are published as this identity
+    with rig:
         br = rig.broker
         kp, cp = pki.ensure_console_cert(pki.load_ca(br.pki_dir))
         with Console(tmp / "console", pki_dir=br.pki_dir) as con:
@@ -196,8 +200,9 @@ def test_rollout_pages_two_person_rule_and_controls(tmp_path):
     re-authentication; pause, resume and cancel follow the rollout's state
     and a refused transition says why. (The engine is not running: the
     browser test watches one run to the end.)"""
-    with RolloutRig(tmp_path / "fleet", n=3) as rig, \
-            Console(tmp_path / "web", pki_dir=rig.broker.pki_dir, db_url=rig.db_url) as con:
+    rig = RolloutRig(tmp_path / "fleet", n=3)
+    rig.broker.operators += (fleetops.SERVICE_ID,)  # as `ictl serve` needs it (ictl.service.runner.operators)
+    with rig, Console(tmp_path / "web", pki_dir=rig.broker.pki_dir, db_url=rig.db_url) as con:
         ada = con.login()
         out = con.post(ada, "/users/new", dict(con.reauth(), username="bob", role="operator"), page_path="/users")
         con.enrol(re.search(r'id="one-time-link">[^<]*(/enrol/[^<]+)<', out).group(1), "bob")
@@ -239,3 +244,28 @@ def test_rollout_pages_two_person_rule_and_controls(tmp_path):
         assert status["state"] == "cancelled" and status["total"] == 2
         assert [g["size"] for g in status["groups"]] == [1, 1]
         assert {d["state"] for d in status["devices"]} == {"cancelled"}
+
+        # A command reaches the device through the broker; its reply shows
+        # beside it (the reply's reason is the device's words: as text).
+        br, dev = rig.broker, rig.devices[0]
+        got = queue.Queue()
+        client = rig.responders[dev.id].client
+        client.message_callback_add(dev.topic("cmd"), lambda cl, ud, msg: got.put(msg.payload))
+        client.subscribe(dev.topic("cmd"), qos=1)
+        time.sleep(0.5)  # the SUBACK
+        old = fleetops.configure(fleetops.Ops(br.pki_dir, rig.fleet_key, br.host, br.port, br.prefix, br.state_dir))
+        try:
+            dev_page = "/devices/" + dev.id
+            assert "Done" in con.post(ada, dev_page + "/command", {"op": "read"}, page_path=dev_page)
+        finally:
+            fleetops.configure(old).close()
+        sent = con.db.one("SELECT counter FROM commands WHERE device_id = ?", (dev.id,))["counter"]
+        cmd = console.open_encrypt0(*fleetkeys.derive(dev.z, dev.epoch, fleetkeys.DOWN, dev.id), got.get(timeout=10),
+                                    dev.topic("cmd").encode())
+        assert cmd[0] == sent and cbor2.loads(cmd[1])["op"] == "read"
+        assert "no reply yet" in con.get(ada, dev_page)
+        w = ingest.Ingest(rig.db_url, rig.fleet_key, br.ca_path)
+        w.process_batch([dev.reply(sent, ok=False, reason=UPDATE_REASON)])
+        w.db.close()
+        row = con.get(ada, dev_page).split('id="device-commands"')[1].split("</table>")[0]
+        assert "refused: " + escaped(UPDATE_REASON) in row and "no reply yet" not in row
