@@ -34,6 +34,7 @@ FIELDS = ['<script>alert("x1")</script>', '"><img src=x onerror=alert(2)>', "{{7
 TEXT_VALUE = "<svg onload=alert(3)>"
 UPDATE_ID = '<script>alert("x1")</script>'
 UPDATE_REASON = '"><img src=x onerror=alert(2)>'
+PROVISION_ERROR = "board said <svg onload=alert(3)>"
 
 
 def _wait(pred, timeout, what):
@@ -76,6 +77,10 @@ def hostile(tmp_path_factory):
             # The device's certificate in the CA inventory (as `ictl provision`
             # records it), imported as `ictl serve` does.
             fleet_ca.Inventory.of(pki.load_ca(br.pki_dir)).record_issued(rig.cert, DEVICE, "uid-42", "test", None)
+            # ... and the provisioning log, one failure quoting what a board said.
+            with open(os.path.join(br.pki_dir, "provision.jsonl"), "a") as f:
+                f.write(json.dumps({"device_id": DEVICE, "time": "2026-12-01T10:00:00+00:00", "outcome": "failed",
+                                    "operator": "tech-1", "error": PROVISION_ERROR}) + "\n")
             fleetops.sync_pki(con.db, br.pki_dir)
             old = fleetops.configure(fleetops.Ops(br.pki_dir, rig.fleet_key, br.host, br.port, br.prefix, br.state_dir))
             try:
@@ -96,6 +101,8 @@ def test_device_data_shown_as_text_everywhere(hostile):
     for p, page in pages.items():
         assert 'id="alarm-banner"' in page, p
         assert_escaped(page, (UPDATE_ID,))
+    prov = con.get(s, "/provisioning")
+    assert_escaped(prov, (PROVISION_ERROR, "tech-1", "failed"))
     # The chart: field names are legend text in an SVG served as an image.
     svg = con.get(s, "/devices/%s/chart.svg?range=24h" % DEVICE)
     for f in FIELDS:
