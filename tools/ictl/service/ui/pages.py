@@ -220,9 +220,9 @@ def events(request):
     except forms.FormError as e:
         return _bad(request, e)
     db = request.db
+    rows = store.events(db, device_id=did, limit=limit + 1, offset=offset)  # one more: is there a next page?
     return _page(request, "events.html", device=did or "", limit=limit, offset=offset,
-                 alarms=store.alarms(db, open_only=True),
-                 events=store.events(db, device_id=did, limit=limit, offset=offset))
+                 alarms=store.alarms(db, open_only=True), events=rows[:limit], more=len(rows) > limit)
 
 
 @route("/alarms/<int:alarm_id>/ack", methods=("POST",), permission="alarms.ack")
@@ -416,9 +416,9 @@ def audit_trail(request):
         limit, offset = forms.page(request.args)
     except forms.FormError as e:
         return _bad(request, e)
-    rows = audit.entries(request.db, limit, offset, who=who or None, action=action or None)
-    return _page(request, "audit.html", rows=rows, who=who, action=action, limit=limit, offset=offset,
-                 check=audit.verify(request.db), pretty=_pretty)
+    rows = audit.entries(request.db, limit + 1, offset, who=who or None, action=action or None)
+    return _page(request, "audit.html", rows=rows[:limit], more=len(rows) > limit, who=who, action=action,
+                 limit=limit, offset=offset, check=audit.verify(request.db), pretty=_pretty)
 
 
 def _pretty(value):
