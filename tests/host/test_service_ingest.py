@@ -87,15 +87,15 @@ def test_shared_workers_take_reordered_messages_once(tmp_path, fleet):
     dev = simdev.SimDevice(ca, fleetkeys.public_point(key), "dev-0002")
     msgs = [dev.reading() for _ in range(4)]
     shared = _worker(str(tmp_path / "svc.db"), fleet, shared=True)
-    shared.process_batch([dev.hello(), msgs[0], msgs[2], msgs[1], msgs[1], msgs[3]])
+    # the first message last (two workers: the other one committed first)
+    shared.process_batch([dev.hello(), msgs[2], msgs[1], msgs[1], msgs[3], msgs[0]])
     assert [r["seq"] for r in d.query("SELECT seq FROM readings ORDER BY seq")] == [0, 1, 2, 3]
     assert d.query("SELECT * FROM alarms") == []
-    # older than every remembered counter: a replay even for the window
-    d.execute("UPDATE devices SET console_state = replace(console_state, '\"telemetry\": [1, 2, 3, 4]', "
-              "'\"telemetry\": [2, 3, 4]')")
-    d.execute("DELETE FROM readings")
-    shared.process_batch([msgs[0]])
+    # older than the window: a replay even for shared workers
+    far = dev.seal("telemetry", {"seq": 9}, counter=1000)
+    shared.process_batch([far, msgs[0]])
     assert d.one("SELECT kind FROM alarms")["kind"] == "replay"
+    assert d.one("SELECT count(*) AS n FROM readings")["n"] == 5
     single = _worker(str(tmp_path / "one.db"), fleet)
     single.db.migrate()
     single.process_batch([dev.hello(), msgs[0], msgs[2], msgs[1]])

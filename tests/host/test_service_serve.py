@@ -132,7 +132,9 @@ def test_two_workers_postgresql_webhook_commands_revoke(tmp_path, broker, pg_url
             t.start()
         for t in threads:
             t.join()
-        assert _until(lambda: db.one("SELECT count(*) AS n FROM readings")["n"] >= 100)
+        assert _until(lambda: db.one("SELECT count(*) AS n FROM readings")["n"] >= 100), \
+            (db.one("SELECT count(*) AS n FROM readings"), db.query("SELECT text FROM alarms"),
+             [(w.counts, w.errors) for w in svc.workers])
         time.sleep(0.5)
         assert db.one("SELECT count(*) AS n FROM readings")["n"] == 100
         assert all(w.counts["readings"] > 0 for w in svc.workers), [w.counts for w in svc.workers]

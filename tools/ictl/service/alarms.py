@@ -12,14 +12,13 @@ as a downgrade/rollback), other."""
 import hashlib
 import hmac
 import json
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from ictl import ToolError
-from ictl.service import db as service_db
+from ictl.service.periodic import Periodic
 
 KINDS = ("chain_gap", "forgery", "key_change", "replay", "rollback", "other")
 ROLLBACK_REASONS = ("rollback", "downgrade", "rolled_back")
@@ -87,20 +86,19 @@ def payload(alarm):
             "text": alarm["text"], "raised_at": alarm["raised_at"]}
 
 
-class Webhook:
+class Webhook(Periodic):
     """Delivers pending alarms to url (a thread; several service instances
     may run one each: an alarm is claimed by one UPDATE before it is sent).
     Body: JSON; with a secret, header X-Ironclad-Signature: sha256=<HMAC of
     the body>. A failed delivery is retried WEBHOOK_TRIES times."""
 
+    name = "webhook"
+
     def __init__(self, db_url, url, secret=None, interval=0.5, timeout=WEBHOOK_TIMEOUT_S):
-        self.db_url = db_url
+        super().__init__(db_url, interval)
         self.url = check_webhook_url(url)
         self.secret = secret.encode() if isinstance(secret, str) else secret
-        self.interval = interval
         self.timeout = timeout
-        self._stop = threading.Event()
-        self._t = None
         self.sent = 0
 
     def _post(self, body):
@@ -131,23 +129,5 @@ class Webhook:
         self.sent += done
         return done
 
-    def _loop(self):
-        db = service_db.connect(self.db_url)
-        try:
-            while not self._stop.wait(self.interval):
-                try:
-                    self.deliver_pending(db)
-                except Exception:       # the database away a moment: try again next round
-                    time.sleep(self.interval)
-        finally:
-            db.close()
-
-    def start(self):
-        self._t = threading.Thread(target=self._loop, name="webhook", daemon=True)
-        self._t.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        if self._t:
-            self._t.join(10)
+    def step(self, db):
+        self.deliver_pending(db)

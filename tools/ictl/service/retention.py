@@ -10,11 +10,10 @@ alarms (acknowledged ones), update_reports, commands (with their
 replies). A duration is N followed by s, m, h or d; "forever" keeps a kind.
 Rows go in batches so a large backlog never holds a long lock."""
 import re
-import threading
 import time
 
 from ictl import ToolError
-from ictl.service import db as service_db
+from ictl.service.periodic import Periodic
 
 DEFAULTS = {"readings": "30d", "events": "365d", "audit": "365d", "alarms": "365d",
             "update_reports": "365d", "commands": "90d"}
@@ -90,40 +89,15 @@ def enforce(db, policy, now=None):
     return done
 
 
-class Retention:
+class Retention(Periodic):
     """enforce() every interval seconds in a thread (several service
     instances may each run one: the deletes are idempotent)."""
 
+    name = "retention"
+
     def __init__(self, db_url, policy, interval=60.0):
-        self.db_url = db_url
+        super().__init__(db_url, interval)
         self.policy = policy
-        self.interval = interval
-        self.runs = 0
-        self.errors = []
-        self._stop = threading.Event()
-        self._t = None
 
-    def _loop(self):
-        db = service_db.connect(self.db_url)
-        try:
-            while True:
-                try:
-                    enforce(db, self.policy)
-                    self.runs += 1
-                except Exception as e:   # noqa: BLE001 - database away: the next round tries again
-                    self.errors.append("%s: %s" % (type(e).__name__, e))
-                    del self.errors[:-20]
-                if self._stop.wait(self.interval):
-                    return
-        finally:
-            db.close()
-
-    def start(self):
-        self._t = threading.Thread(target=self._loop, name="retention", daemon=True)
-        self._t.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        if self._t:
-            self._t.join(30)
+    def step(self, db):
+        enforce(db, self.policy)

@@ -36,7 +36,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import threading
 import time
 
 import cbor2
@@ -44,6 +43,7 @@ import cbor2
 from ictl import ToolError, pki
 from ictl import update as upd
 from ictl.service import db as service_db
+from ictl.service.periodic import Periodic
 
 MAX_UPLOAD = 32 * 1024 * 1024
 STATES = ("awaiting_approval", "ready", "running", "paused", "stopped", "cancelled", "done")
@@ -380,7 +380,7 @@ def timeline_png(db, rollout_id):
 
 # ---------------------------------------------------------------- the engine
 
-class Engine:
+class Engine(Periodic):
     """Runs the running rollouts: offers each group's devices the update
     through one ictl.update.Rollout session (identity fleet-updates),
     copies their reports into rollout_devices and the timeline, starts the
@@ -389,22 +389,19 @@ class Engine:
     stands by instead of offering updates twice."""
 
     LEASE_S = 15
+    name = "rollout-engine"
 
     def __init__(self, db_url, host, port, ca_path, cert_path, key_path, prefix="ironclad", tick_s=0.5,
                  resend_s=30.0, cache_dir=None, name=None):
-        self.db_url = db_url
+        super().__init__(db_url, tick_s)
         self.broker = (host, port, ca_path, cert_path, key_path, prefix)
-        self.tick_s = tick_s
         self.resend_s = resend_s
         self.cache_dir = cache_dir or tempfile.mkdtemp(prefix="ictl-rollouts-")
-        self.name = name or "engine-%d-%d" % (os.getpid(), id(self))
+        self.holder = name or "engine-%d-%d" % (os.getpid(), id(self))
         self._pub = None
         self._offered = {}         # rollout id -> {device: timeline index seen}
         self._tl_seen = 0
         self._t0_wall = time.time()
-        self._stop = threading.Event()
-        self._t = None
-        self.errors = []
 
     def _session(self):
         if self._pub is None:
@@ -419,15 +416,15 @@ class Engine:
     def _lease(self, db):
         now = time.time()
         row = db.one("SELECT value, updated_at FROM service_state WHERE name = 'rollout-engine'")
-        if row and row["value"] != self.name and now - row["updated_at"] < self.LEASE_S:
+        if row and row["value"] != self.holder and now - row["updated_at"] < self.LEASE_S:
             return False
         if row:
             n = db.execute("UPDATE service_state SET value = ?, updated_at = ? WHERE name = 'rollout-engine' "
-                           "AND value = ? AND updated_at = ?", (self.name, now, row["value"], row["updated_at"]))
+                           "AND value = ? AND updated_at = ?", (self.holder, now, row["value"], row["updated_at"]))
             return n == 1
         try:
             db.execute("INSERT INTO service_state (name, value, updated_at) VALUES ('rollout-engine', ?, ?)",
-                       (self.name, now))
+                       (self.holder, now))
             return True
         except service_db.IntegrityError:
             return False
@@ -544,28 +541,12 @@ class Engine:
             _timeline(db, rid, state, reason=reason, now=now)
         self._offered.pop(rid, None)
 
-    def _loop(self):
-        db = service_db.connect(self.db_url)
-        try:
-            while not self._stop.wait(self.tick_s):
-                try:
-                    if self._lease(db):
-                        self.tick(db)
-                except Exception as e:   # noqa: BLE001 - broker or database away: next tick tries again
-                    self.errors.append("%s: %s" % (type(e).__name__, e))
-                    del self.errors[:-20]
-        finally:
-            db.close()
-
-    def start(self):
-        self._t = threading.Thread(target=self._loop, name="rollout-engine", daemon=True)
-        self._t.start()
-        return self
+    def step(self, db):
+        if self._lease(db):
+            self.tick(db)
 
     def stop(self):
-        self._stop.set()
-        if self._t:
-            self._t.join(10)
+        super().stop()
         if self._pub is not None:
             self._pub.close()
             self._pub = None
