@@ -114,16 +114,19 @@ def test_bad_query_values_refused(hostile):
     con, s = hostile, hostile.s
     for path in ("/?status=<script>", "/?n=0", "/?n=1000000", "/?offset=-1", "/?q=" + "x" * 200,
                  "/devices/%s?range=2y" % DEVICE, "/devices/%s?from=yesterday&to=now" % DEVICE,
-                 "/devices/%s?from=2026-01-02T00:00&to=2026-01-01T00:00" % DEVICE, "/events?device=<svg>"):
+                 "/devices/%s?from=2026-01-02T00:00&to=2026-01-01T00:00" % DEVICE, "/events?device=<svg>", "/events?outcome=<b>"):
         page = con.get(s, path, status=400)
         assert "<script>" not in page and "<svg>" not in page
     # Paging: two events, one per page.
     first = con.get(s, "/events?n=25&offset=0&device=" + DEVICE)
     assert "older" not in first and "newer" not in first  # both on one page
     one = con.get(s, "/events?n=1")
-    assert 'href="/events?device=&amp;offset=1&amp;n=1">older' in one and "newer" not in one
+    assert 'href="/events?device=&amp;outcome=&amp;offset=1&amp;n=1">older' in one and "newer" not in one
     two = con.get(s, "/events?n=1&offset=1")
-    assert 'href="/events?device=&amp;offset=0&amp;n=1">&larr; newer' in two and "older" not in two
+    assert 'href="/events?device=&amp;outcome=&amp;offset=0&amp;n=1">&larr; newer' in two and "older" not in two
+    # Filtered by outcome: the failed one only.
+    failed = con.get(s, "/events?outcome=failed").split('id="events"')[1]
+    assert escaped(EVENTS[1][3]) in failed and escaped(EVENTS[0][3]) not in failed  # details of the two
     con.get(s, "/devices/no-such-device", status=404)
     con.get(s, "/devices/%3Csvg%3E", status=404)
 

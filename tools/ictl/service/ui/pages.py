@@ -24,6 +24,7 @@ import time
 
 from flask import Response
 
+from ictl import console
 from ictl.service import alarms as fleet_alarms
 from ictl.service import audit, fleetops, rollout, store
 from ictl.service.ui import chart, forms
@@ -36,6 +37,7 @@ NOT_PLOTTED = ("ts", "seq")  # the wall time and the reading counter: not measur
 WIPE_CONFIRM = 0x57495045  # "WIPE": the agent's wipe op refuses any other argument (ironclad.commands.OPS)
 COMMANDS = {"read": (), "reboot": (), "interval": ("s",)}  # what the command form offers (wipe has its own)
 ROLLOUT_ACTIONS = ("pause", "resume", "cancel")
+OUTCOMES = ("",) + console.OUTCOMES  # a security event's outcome (docs/events.md); "" any
 
 
 # ------------------------------------------------------------------ helpers
@@ -216,13 +218,15 @@ def events(request):
     try:
         did = request.args.get("device", "").strip()
         did = forms.device_id(did) if did else None
+        outcome = forms.choice(request.args.get("outcome"), "outcome", OUTCOMES, "")
         limit, offset = forms.page(request.args)
     except forms.FormError as e:
         return _bad(request, e)
     db = request.db
-    rows = store.events(db, device_id=did, limit=limit + 1, offset=offset)  # one more: is there a next page?
-    return _page(request, "events.html", device=did or "", limit=limit, offset=offset,
-                 alarms=store.alarms(db, open_only=True), events=rows[:limit], more=len(rows) > limit)
+    rows = store.events(db, device_id=did, limit=limit + 1, offset=offset,  # one more: is there a next page?
+                        outcome=outcome or None)
+    return _page(request, "events.html", device=did or "", outcome=outcome, outcomes=OUTCOMES, limit=limit,
+                 offset=offset, alarms=store.alarms(db, open_only=True), events=rows[:limit], more=len(rows) > limit)
 
 
 @route("/alarms/<int:alarm_id>/ack", methods=("POST",), permission="alarms.ack")
