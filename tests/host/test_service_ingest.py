@@ -75,6 +75,8 @@ def test_checks_and_stores_once(tmp_path, fleet):
     w.process_batch([rep, rep])
     assert d.one("SELECT count(*) AS n FROM update_reports")["n"] == 1
     assert d.one("SELECT count(*) AS n FROM alarms WHERE kind = 'rollback'")["n"] == 1
+    w.process_batch([dev.update_report("confirmed", "cd" * 8, ver=(2 << 24) | (1 << 16) | 3)])
+    assert d.one("SELECT app_version FROM devices WHERE device_id = 'dev-0001'")["app_version"] == "2.1.3"
     d.close()
 
 

@@ -219,7 +219,7 @@ class Ingest:
     def _one(self, topic, payload, now, touched):
         dev, kind = self._device_of(topic)
         if dev and kind == upd.REPORT_KIND:
-            self._report(dev, payload, now, touched)
+            self._report(dev, payload, now, touched.setdefault(dev, {}))
             return []
         con = self.console
         before = con.devices.get(dev, {}).get("pub") if dev else None

@@ -7,6 +7,7 @@ processes can share one PostgreSQL database (docs/service.md "Scaling").
     svc.url, svc.setup_token
     svc.stop()
 """
+import contextlib
 import os
 import threading
 
@@ -158,3 +159,22 @@ class Service:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextlib.contextmanager
+def for_run(root, br, fleet_key_path, port, say):
+    """`make run`'s fleet service (ictl.cmd_run), for its ExitStack:
+    SQLite in <root>/service, one worker, the console over HTTPS with a
+    fleet-issued certificate, the one-time setup token printed."""
+    os.makedirs(os.path.join(root, "service"), exist_ok=True)
+    svc = Service(os.path.join(root, "service", "service.db"), br.state_dir, workers=1,
+                  fleet_key_path=fleet_key_path, port=port, init=True,
+                  provisioning_log=os.path.join(root, "provisioning.jsonl")).start()
+    try:
+        say("fleet service (`ictl serve`): console at %s (certificate from the fleet CA: %s)"
+            % (svc.url, os.path.join(br.pki_dir, pki.CA_CERT)))
+        if svc.setup_token:
+            say("one-time setup token for the first administrator: %s" % svc.setup_token)
+        yield svc
+    finally:
+        svc.stop()
