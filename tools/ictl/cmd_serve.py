@@ -27,6 +27,11 @@ def register(sub):
     p.add_argument("--broker", default=DEFAULT_BROKER, help="broker state directory (default build/broker)")
     p.add_argument("--fleet-key", help="fleet data private key (default <broker pki>/fleet-data.key)")
     p.add_argument("--workers", type=int, default=1, help="ingest workers sharing the subscription (default 1)")
+    p.add_argument("--first-worker", type=int, default=1, metavar="K",
+                   help="number this process's workers from K (identities fleet-ingest-K...): one range per process")
+    p.add_argument("--shared", action="store_true",
+                   help="share the subscription with ingest workers of other processes (implied by --workers 2+ "
+                        "or --first-worker 2+)")
     p.add_argument("--no-ingest", action="store_true", help="web console only (ingest runs elsewhere)")
     p.add_argument("--no-web", action="store_true", help="no web console (an ingest-only instance)")
     p.add_argument("--no-rollouts", action="store_true", help="do not run the rollout engine here")
@@ -67,7 +72,8 @@ def service_from_args(args):
                           web=not args.no_web, host=args.host, port=args.port, certfile=args.web_cert,
                           keyfile=args.web_key, web_hosts=tuple(args.web_name or ("localhost", "127.0.0.1")),
                           init=args.init, retention_policy=policy, webhook=args.webhook, webhook_secret=secret,
-                          engine=not args.no_rollouts, ingest_enabled=not args.no_ingest)
+                          engine=not args.no_rollouts, ingest_enabled=not args.no_ingest,
+                          first_worker=args.first_worker, shared=True if args.shared else None)
 
 
 def do_serve(args):

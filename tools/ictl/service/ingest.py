@@ -165,51 +165,86 @@ class Ingest:
         return dev, "/".join(parts[pl + 1:])
 
     def process_batch(self, items, now=None):
-        """Store [(topic, payload)] in one transaction. Returns the console
-        Messages, in order (alarms included)."""
+        """Store [(topic, payload)]: one transaction on SQLite (one writer
+        anyway). On PostgreSQL a transaction takes the rows of the batch's
+        devices that no other worker holds (FOR UPDATE SKIP LOCKED) and
+        stores their messages; the others follow in the next transaction
+        (waiting for their rows if it got none), so two workers whose
+        batches share devices work side by side instead of in turn. A
+        device's messages stay in order. Returns the console Messages
+        (alarms included)."""
         now = now or time.time()
         db = self.db
         devs = sorted({d for d, _ in (self._device_of(t) for t, _ in items) if d})
-        for dev in devs:
-            db.execute("INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?) "
-                       "ON CONFLICT DO NOTHING", (dev, now, now))
-        lock = " FOR UPDATE" if db.engine == "postgresql" else ""
+        if devs:    # new devices get a row first, so that every one can be locked below
+            db.execute("INSERT INTO devices (device_id, first_seen, last_seen) VALUES %s ON CONFLICT DO NOTHING"
+                       % ", ".join(["(?, ?, ?)"] * len(devs)), [v for dev in devs for v in (dev, now, now)])
         out = []
-        with db.transaction():
-            con = self.console
-            con.devices = {}
-            rows = {}
-            for dev in devs:        # sorted: workers lock rows in one order, no deadlock
-                r = db.one("SELECT device_id, pub, console_state, online FROM devices WHERE device_id = ?" + lock,
-                           (dev,))
-                rows[dev] = r
-                if r and r["console_state"]:
-                    try:
-                        d = device_state_from_json(json.loads(r["console_state"]))
-                    except (ValueError, KeyError, TypeError):
-                        self._alarm(dev, "other", "stored console state unreadable: device history restarts", now)
-                        continue
-                    d["keys"] = self._keys.setdefault((dev, d["pub"]), {})
-                    con.devices[dev] = d
-            touched = {}
-            for topic, payload in items:
-                out += self._one(topic, bytes(payload), now, touched)
-            for dev in devs:
-                d = con.devices.get(dev)
-                st = json.dumps(device_state_json(d), sort_keys=True) if d else None
-                if d:
-                    self._keys[(dev, d["pub"])] = d["keys"]
-                t = touched.get(dev, {})
-                sets = ["last_seen = ?", "console_state = ?"]
-                vals = [now, st]
-                for col in ("pub", "key_epoch", "cert_pem", "cert_serial", "cert_not_after", "online", "app_version",
-                            "last_event_seq", "chain_ok"):
-                    if col in t:
-                        sets.append(col + " = ?")
-                        vals.append(t[col])
-                db.execute("UPDATE devices SET " + ", ".join(sets) + " WHERE device_id = ?", vals + [dev])
+        todo, left = list(items), devs
+        while True:
+            with db.transaction():
+                rows = self._lock(left, skip=db.engine == "postgresql")
+                if not rows and left:
+                    rows = self._lock(left, skip=False)
+                mine = {r["device_id"] for r in rows}
+                if not mine:    # nothing lockable: the rest goes now (unknown devices get their alarms)
+                    now_items, later = todo, []
+                else:
+                    now_items = [it for it in todo if self._device_of(it[0])[0] in mine | {None}]
+                    later = [it for it in todo if self._device_of(it[0])[0] not in mine | {None}]
+                out += self._apply(now_items, rows, now)
+            todo = later
+            left = [d for d in left if d not in mine]
+            if not todo:
+                break
         self.counts["messages"] += len(items)
         self.counts["batches"] += 1
+        return out
+
+    def _lock(self, devs, skip):
+        """The device rows, locked (one round trip; ORDER BY: workers lock
+        rows in one order, no deadlock)."""
+        if not devs:
+            return []
+        lock = ""
+        if self.db.engine == "postgresql":
+            lock = " FOR UPDATE SKIP LOCKED" if skip else " FOR UPDATE"
+        return self.db.query("SELECT device_id, console_state FROM devices WHERE device_id IN (%s) "
+                             "ORDER BY device_id" % ", ".join("?" * len(devs)) + lock, devs)
+
+    def _apply(self, items, rows, now):
+        db = self.db
+        con = self.console
+        con.devices = {}
+        out = []
+        for r in rows:
+            dev = r["device_id"]
+            if r["console_state"]:
+                try:
+                    d = device_state_from_json(json.loads(r["console_state"]))
+                except (ValueError, KeyError, TypeError):
+                    self._alarm(dev, "other", "stored console state unreadable: device history restarts", now)
+                    continue
+                d["keys"] = self._keys.setdefault((dev, d["pub"]), {})
+                con.devices[dev] = d
+        touched = {}
+        for topic, payload in items:
+            out += self._one(topic, bytes(payload), now, touched)
+        for r in rows:
+            dev = r["device_id"]
+            d = con.devices.get(dev)
+            st = json.dumps(device_state_json(d), sort_keys=True) if d else None
+            if d:
+                self._keys[(dev, d["pub"])] = d["keys"]
+            t = touched.get(dev, {})
+            sets = ["last_seen = ?", "console_state = ?"]
+            vals = [now, st]
+            for col in ("pub", "key_epoch", "cert_pem", "cert_serial", "cert_not_after", "online", "app_version",
+                        "last_event_seq", "chain_ok"):
+                if col in t:
+                    sets.append(col + " = ?")
+                    vals.append(t[col])
+            db.execute("UPDATE devices SET " + ", ".join(sets) + " WHERE device_id = ?", vals + [dev])
         return out
 
     def _alarm(self, dev, kind, text, now, source=None):

@@ -20,9 +20,10 @@ from ictl.service import db as service_db
 PKI_SYNC_S = 30.0
 
 
-def operators(workers):
-    """The broker ACL identities a service with `workers` ingest workers uses."""
-    return tuple(ingest.worker_id(i) for i in range(1, workers + 1)) + (upd.UPDATER_ID, fleetops.SERVICE_ID)
+def operators(workers, first=1):
+    """The broker ACL identities a service with `workers` ingest workers
+    (numbered from `first`) uses."""
+    return tuple(ingest.worker_id(i) for i in range(first, first + workers)) + (upd.UPDATER_ID, fleetops.SERVICE_ID)
 
 
 def broker_settings(broker_dir):
@@ -48,9 +49,14 @@ class Service:
     def __init__(self, db_url, broker_dir, workers=1, fleet_key_path=None, web=True, host="127.0.0.1", port=8443,
                  certfile=None, keyfile=None, web_hosts=pki.DEFAULT_SERVER_HOSTS, web_config=None, init=False,
                  retention_policy=None, retention_interval=60.0, webhook=None, webhook_secret=None, engine=True,
-                 ingest_enabled=True, provisioning_log=None):
+                 ingest_enabled=True, provisioning_log=None, first_worker=1, shared=None):
         if workers < 0 or workers > 64:
             raise ToolError("--workers: 0 to 64")
+        if not 1 <= first_worker <= 999:
+            raise ToolError("--first-worker: 1 to 999")
+        self.first_worker = first_worker
+        # several workers, in this process or others, share the subscription
+        self.shared = workers > 1 or first_worker > 1 if shared is None else shared
         self.db_url = db_url
         self.broker_dir = broker_dir
         self.workers_n = workers
@@ -83,18 +89,18 @@ class Service:
             fleetops.sync_pki(db, pki_dir, self.provisioning_log)
         finally:
             db.close()
-        need = operators(self.workers_n if self.ingest_enabled else 0)
+        need = operators(self.workers_n if self.ingest_enabled else 0, self.first_worker)
         missing = [n for n in need if ("user %s\n" % n) not in acl]
         if missing:
             raise ToolError("the broker's ACL lacks the service's operator identities %s: start the broker with "
-                            "them (ictl.service.runner.operators(%d); `make run` does)"
-                            % (", ".join(missing), self.workers_n))
+                            "them (ictl.service.runner.operators(%d, %d); `make run` does)"
+                            % (", ".join(missing), self.workers_n, self.first_worker))
         try:
             if self.ingest_enabled:
-                for i in range(1, self.workers_n + 1):
+                for i in range(self.first_worker, self.first_worker + self.workers_n):
                     kp, cp = ingest.worker_credentials(pki_dir, i)
                     w = ingest.Ingest(self.db_url, key, ca_path, prefix, host, port, cp, kp, ingest.worker_id(i),
-                                      shared=self.workers_n > 1)
+                                      shared=self.shared)
                     self.workers.append(w.start())
             fleetops.configure(fleetops.Ops(pki_dir, key, host, port, prefix, self.broker_dir))
             if self.engine_enabled:
