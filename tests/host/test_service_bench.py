@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(not shutil.which("mosquitto") and not any(
 def test_bench_service_slice(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_service, "BURST", 80)
     monkeypatch.setattr(bench_service, "ROUNDS", 1)
+    monkeypatch.setattr(bench_service, "DEVICES", 4)
     fig = Figures(str(tmp_path / "bench.json"))
     bench_service.run(fig, str(tmp_path), None)
     assert fig.data["ingest_rate_ratio"]["value"] > 0
