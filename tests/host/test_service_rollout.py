@@ -73,6 +73,22 @@ def test_upload_checks_two_person_rule_and_rollouts(tmp_path):
             rollout.create(db, good, {"devices": ["nosuch"]}, {}, "alice")
         assert db.one("SELECT count(*) AS n FROM rollouts")["n"] == 0     # refused: nothing stored
 
+
+        # targets by filter and by percentage (a stable pick), refused ones
+        for targets, why in (({"percentage": 0}, "percentage"), ({"filter": "nomatch"}, "no known device"),
+                             ({"devices": []}, "non-empty"), ({"everyone": 1}, "unknown kind")):
+            with pytest.raises(rollout.RolloutError, match=why):
+                rollout.create(db, good, targets, {}, "alice")
+        p1 = rollout.create(db, good, {"percentage": 50}, {}, "alice")
+        p2 = rollout.create(db, good, {"percentage": 50}, {}, "alice")
+        picked = [sorted(d["device_id"] for d in rollout.status(db, x["id"])["devices"]) for x in (p1, p2)]
+        assert len(picked[0]) == 4 and picked[0] == picked[1]
+        rollout.start(db, p1["id"], "alice")
+        with pytest.raises(rollout.RolloutError, match="still in rollout %d" % p1["id"]):
+            rollout.start(db, p2["id"], "alice")
+        for x in (p1, p2):
+            rollout.cancel(db, x["id"], "alice")
+
         # A failing canary (two devices reject) stops the rollout before group 1.
         r = rollout.create(db, good, {"filter": "sim-"}, {"canary": 2, "factor": 2, "approvals": 1,
                                                           "group_timeout_s": 60}, "alice")

@@ -307,6 +307,17 @@ def _transition(db, rollout_id, by, allowed, new, what, extra=""):
 
 
 def start(db, rollout_id, by):
+    """Start a ready rollout, unless one of its devices is still in another
+    running or paused rollout (one update at a time per device: the engine
+    tracks a device's reports for one offer)."""
+    busy = db.one("SELECT d.device_id, d.rollout_id FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id "
+                  "WHERE r.state IN ('running', 'paused') AND r.id <> ? AND d.state NOT IN "
+                  "('confirmed', 'rejected', 'rolled_back', 'timed_out', 'cancelled', 'not_started') "
+                  "AND d.device_id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = ?) LIMIT 1",
+                  (_get(db, rollout_id)["id"], int(rollout_id)))
+    if busy:
+        raise RolloutError("device %s is still in rollout %d: finish, pause and cancel, or wait for that one first"
+                           % (busy["device_id"], busy["rollout_id"]))
     return _transition(db, rollout_id, by, ("ready",), "running", "start",
                        ", started_by = ?, started_at = ?")
 
