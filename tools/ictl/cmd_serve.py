@@ -95,8 +95,7 @@ def do_serve(args):
             else:
                 print("serve: an administrator exists already: no setup token", flush=True)
         try:
-            while not stop.wait(0.5):
-                pass
+            stop.wait()         # SIGTERM sets it; Ctrl-C interrupts the wait
         except KeyboardInterrupt:
             pass
     finally:
