@@ -191,6 +191,27 @@ def bootable(devdir, keys):
     return False, why
 
 
+def prepare(root, n, br, say):
+    """n devices under root/devices, v1 and v2 built, every device flashed
+    with v1 and provisioned through br: (keys, names, devdirs, v1, v2)."""
+    keys = Keys(root)
+    names = ["sim-%04d" % i for i in range(n)]
+    devdirs = [os.path.join(root, "devices", nm) for nm in names]
+    hwid = None
+    for d in devdirs:
+        sim_device.create(d)
+        hwid = hwid or sim_device.load(d)["hwid"]
+    v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
+    v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))
+    for d in devdirs:
+        app_image.trust_device(d, [(keys.key_id, keys.signing.public_key())])
+        app_image.flash_image(d, v1)
+    t = time.monotonic()
+    provision_all(names, devdirs, br, keys, os.path.join(root, "provisioning.jsonl"))
+    say("%d devices flashed with v1 and provisioned in %.0f s" % (n, time.monotonic() - t))
+    return keys, names, devdirs, v1, v2
+
+
 def simulate(n=50, root=None, cut_share=0.1, broker_restart=True, seed=1, timeout=900, png=None, out=sys.stdout):
     rnd = random.Random(seed)
     root = os.path.abspath(root)
@@ -199,21 +220,7 @@ def simulate(n=50, root=None, cut_share=0.1, broker_restart=True, seed=1, timeou
     say = lambda s: print("fleet: " + s, file=out, flush=True)
     operators = fleet_broker.DEFAULT_OPERATORS + (upd.UPDATER_ID,)
     with fleet_broker.Broker(os.path.join(root, "broker"), operators=operators) as br:
-        keys = Keys(root)
-        names = ["sim-%04d" % i for i in range(n)]
-        devdirs = [os.path.join(root, "devices", nm) for nm in names]
-        hwid = None
-        for d in devdirs:
-            sim_device.create(d)
-            hwid = hwid or sim_device.load(d)["hwid"]
-        v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
-        v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))
-        for d in devdirs:
-            app_image.trust_device(d, [(keys.key_id, keys.signing.public_key())])
-            app_image.flash_image(d, v1)
-        t = time.monotonic()
-        provision_all(names, devdirs, br, keys, os.path.join(root, "provisioning.jsonl"))
-        say("%d devices flashed with v1 and provisioned in %.0f s" % (n, time.monotonic() - t))
+        keys, names, devdirs, v1, v2 = prepare(root, n, br, say)
         con = fleet_console.Console.for_broker(br, keys.fleet, os.path.join(root, "console-state.json"))
         con.start()
         devices = [Device(nm, d) for nm, d in zip(names, devdirs)]
