@@ -62,6 +62,26 @@ def test_service_rollout_to_real_devices(tmp_path):
                 time.sleep(0.5)
             assert db.query("SELECT text FROM alarms") == []
             assert rollout.timeline_png(db, r["id"]).startswith(b"\x89PNG")
+
+            # The same version again: the canary refuses it (not_newer) and the
+            # rollout stops before the other two are offered anything.
+            _, full, metas = upd.create_for(pubs, v2, None, keys.signing, keys.key_id)
+            with tempfile.TemporaryDirectory() as out:
+                full.save(os.path.join(out, "full"), metas["full"])
+                archive = tar_dir(out)
+            r = rollout.create(db, archive, {"devices": names}, {"canary": 1, "group_timeout_s": 240}, "alice")
+            t0 = time.time()
+            rollout.start(db, r["id"], "alice")
+            end = time.monotonic() + 120
+            while rollout.status(db, r["id"])["state"] == "running":
+                assert time.monotonic() < end, rollout.status(db, r["id"])
+                time.sleep(0.5)
+            st = rollout.status(db, r["id"])
+            assert st["state"] == "stopped" and "failures 1 of 1" in st["stop_reason"], st
+            assert [d["reason"] for d in st["devices"] if d["group_idx"] == 0] == ["not_newer"]
+            time.sleep(2)
+            for dev in names[1:]:
+                assert [x for x in store.update_reports(db, dev) if x["ts"] > t0] == [], dev
         finally:
             db.close()
             sup.stop()
