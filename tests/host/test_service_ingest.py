@@ -104,3 +104,23 @@ def test_shared_workers_take_reordered_messages_once(tmp_path, fleet):
     assert single.db.one("SELECT count(*) AS n FROM readings")["n"] == 2
     assert single.db.one("SELECT kind FROM alarms")["kind"] == "replay"
     d.close()
+
+
+def test_webhook_retries_with_backoff_then_gives_up(tmp_path):
+    from ictl import ToolError
+    from ictl.service import alarms
+    d = _db(tmp_path)
+    aid = alarms.raise_alarm(d, "dev-0001", "forgery", "x", "s1", now=100.0)
+    with pytest.raises(ToolError):
+        alarms.Webhook(str(tmp_path / "svc.db"), "http://user:pw@127.0.0.1/")
+    hook = alarms.Webhook(str(tmp_path / "svc.db"), "http://127.0.0.1:%d/" % fleet_broker.free_port(), timeout=2)
+    t = 1000.0
+    for tries in range(1, alarms.WEBHOOK_TRIES + 1):
+        assert hook.deliver_pending(d, now=t) == 0          # nobody listens: refused
+        row = d.one("SELECT webhook_state, webhook_tries FROM alarms WHERE id = ?", (aid,))
+        assert row["webhook_tries"] == tries
+        hook.deliver_pending(d, now=t + 1)                  # not due yet: no try
+        assert d.one("SELECT webhook_tries FROM alarms WHERE id = ?", (aid,))["webhook_tries"] == tries
+        t += alarms.WEBHOOK_BACKOFF_S * tries
+    assert row["webhook_state"] == "failed"
+    d.close()

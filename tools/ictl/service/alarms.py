@@ -23,6 +23,7 @@ from ictl.service.periodic import Periodic
 KINDS = ("chain_gap", "forgery", "key_change", "replay", "rollback", "other")
 ROLLBACK_REASONS = ("rollback", "downgrade", "rolled_back")
 WEBHOOK_TRIES = 5
+WEBHOOK_BACKOFF_S = 10      # a failed delivery is tried again after 10 s x the tries so far
 WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_BODY_MAX = 8192
 
@@ -90,7 +91,8 @@ class Webhook(Periodic):
     """Delivers pending alarms to url (a thread; several service instances
     may run one each: an alarm is claimed by one UPDATE before it is sent).
     Body: JSON; with a secret, header X-Ironclad-Signature: sha256=<HMAC of
-    the body>. A failed delivery is retried WEBHOOK_TRIES times."""
+    the body>. A failed delivery is retried, WEBHOOK_TRIES times in all,
+    further apart each time."""
 
     name = "webhook"
 
@@ -111,10 +113,13 @@ class Webhook(Periodic):
             r.read(WEBHOOK_BODY_MAX)
             return r.status
 
-    def deliver_pending(self, db):
-        """Send every pending alarm once; returns how many were delivered."""
+    def deliver_pending(self, db, now=None):
+        """Send every pending alarm that is due once (a failed one waits
+        WEBHOOK_BACKOFF_S x its tries); returns how many were delivered."""
         done = 0
-        for a in db.query("SELECT * FROM alarms WHERE webhook_state = 'pending' ORDER BY id LIMIT 100"):
+        now = now or time.time()
+        for a in db.query("SELECT * FROM alarms WHERE webhook_state = 'pending' AND (webhook_at IS NULL OR "
+                          "webhook_at + ? * webhook_tries <= ?) ORDER BY id LIMIT 100", (WEBHOOK_BACKOFF_S, now)):
             if db.execute("UPDATE alarms SET webhook_state = 'sending' WHERE id = ? AND webhook_state = 'pending'",
                           (a["id"],)) != 1:
                 continue    # another instance took it
@@ -125,7 +130,7 @@ class Webhook(Periodic):
             except (urllib.error.URLError, OSError, ValueError):
                 state = "pending" if a["webhook_tries"] + 1 < WEBHOOK_TRIES else "failed"
             db.execute("UPDATE alarms SET webhook_state = ?, webhook_tries = webhook_tries + 1, webhook_at = ? "
-                       "WHERE id = ?", (state, time.time(), a["id"]))
+                       "WHERE id = ?", (state, now, a["id"]))
         self.sent += done
         return done
 
