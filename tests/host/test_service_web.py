@@ -461,3 +461,20 @@ def test_password_change_needs_a_fresh_code_and_ends_other_sessions(rig):
     assert other.get(rig.url + "/account", allow_redirects=False).status_code == 302
     assert rig.login("pat", password=PASSWORD)[1].status_code == 401
     assert rig.login("pat", password=new)[1].status_code == 302
+
+
+def test_audit_sees_an_upload_the_handler_consumed(tmp_path):
+    import hashlib
+    import io
+    db = dbmod.connect(str(tmp_path / "u.db"))
+    db.migrate()
+    app = webapp.create_app(db, dict(FAST, pages=False))
+    blob = b"update-archive-bytes" * 100
+    with app.test_request_context("/x", method="POST", data={"update": (io.BytesIO(blob), "u.tgz")},
+                                  content_type="multipart/form-data"):
+        import flask
+        req = flask.request._get_current_object()
+        assert req.files["update"].stream.read() == blob      # what a handler does
+        params = webapp._form_params(req, {})
+    assert params["update"] == {"filename": "u.tgz", "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    db.close()

@@ -304,6 +304,7 @@ def _form_params(req, kw):
         vals = req.form.getlist(k)
         params[k] = vals[0] if len(vals) == 1 else vals
     for k, f in req.files.items():
+        f.stream.seek(0)                # the handler may have read it already
         data = f.stream.read()
         f.stream.seek(0)
         params[k] = {"filename": f.filename, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
