@@ -18,6 +18,7 @@ import time
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), 'migrations')
 _MIGRATION = re.compile(r'^(\d{4})_([a-z0-9_]+)\.sql$')
+_MIGRATE_LOCK = 0x1C7D0001      # PostgreSQL advisory lock key of migrate()
 
 
 class DatabaseError(Exception):
@@ -130,7 +131,7 @@ class Database:
                 conn = sqlite3.connect(self.path, timeout=30,
                                        isolation_level=None,
                                        check_same_thread=False)
-                conn.execute('PRAGMA journal_mode=WAL')
+                self._wal(conn)
                 conn.execute('PRAGMA foreign_keys=ON')
                 conn.execute('PRAGMA synchronous=NORMAL')
             self._local.conn = conn
@@ -138,6 +139,21 @@ class Database:
             with self._lock:
                 self._conns.append(conn)
         return conn
+
+    @staticmethod
+    def _wal(conn, tries=100):
+        # Switching a new file to WAL needs it alone for a moment: SQLite
+        # answers "database is locked" at once (no busy wait) when another
+        # connection opens it in the same instant (several workers starting).
+        for _ in range(tries):
+            try:
+                if conn.execute('PRAGMA journal_mode=WAL').fetchone()[0].lower() == 'wal':
+                    return
+            except sqlite3.OperationalError as e:
+                if 'locked' not in str(e):
+                    raise
+            time.sleep(0.05)
+        raise DatabaseError('database %s stays locked: cannot switch it to WAL' % conn)
 
     def close(self):
         """Close every connection this object opened (all threads)."""
@@ -246,15 +262,24 @@ class Database:
         Each runs in one transaction with its schema_migrations row, so a
         failing migration leaves nothing half-applied (PostgreSQL and SQLite
         both have transactional DDL). Concurrent migrate() calls (several
-        workers starting at once) are safe: the loser of the race for a
-        version sees the primary key conflict, rolls back and moves on."""
+        workers starting at once) are safe: on PostgreSQL they take turns
+        (an advisory lock), on SQLite each transaction takes the write lock
+        and a version already recorded is skipped."""
+        if self.engine == 'postgresql':
+            # one migrator at a time per database (CREATE TABLE IF NOT EXISTS
+            # itself races on PostgreSQL); released when done or on close
+            self.query('SELECT pg_advisory_lock(?)', (_MIGRATE_LOCK,))
         try:
-            self.execute('CREATE TABLE IF NOT EXISTS schema_migrations ('
-                         ' version INTEGER PRIMARY KEY,'
-                         ' name TEXT NOT NULL,'
-                         ' applied_at DOUBLE PRECISION NOT NULL)')
-        except IntegrityError:
-            pass    # PostgreSQL: another migrator created it at the same moment
+            return self._migrate(directory)
+        finally:
+            if self.engine == 'postgresql':
+                self.query('SELECT pg_advisory_unlock(?)', (_MIGRATE_LOCK,))
+
+    def _migrate(self, directory):
+        self.execute('CREATE TABLE IF NOT EXISTS schema_migrations ('
+                     ' version INTEGER PRIMARY KEY,'
+                     ' name TEXT NOT NULL,'
+                     ' applied_at DOUBLE PRECISION NOT NULL)')
         done = {r['version'] for r in
                 self.query('SELECT version FROM schema_migrations')}
         applied = []
@@ -265,10 +290,6 @@ class Database:
                 text = f.read()
             try:
                 with self.transaction():
-                    if self.engine == 'postgresql':
-                        # serialise concurrent migrators on PostgreSQL
-                        self.execute('LOCK TABLE schema_migrations '
-                                     'IN EXCLUSIVE MODE')
                     if self.one('SELECT version FROM schema_migrations '
                                 'WHERE version = ?', (version,)):
                         continue
