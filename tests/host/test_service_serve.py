@@ -204,3 +204,27 @@ def test_retention_per_kind(tmp_path):
         with pytest.raises(Exception, match="duration"):
             retention.parse_policy({"readings": bad})
     db.close()
+
+
+def test_broker_admits_the_service_only_when_asked(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"))
+    bdir = str(tmp_path / "b")
+    with fleet_broker.Broker(bdir, die_with_parent=False):
+        r = subprocess.run([sys.executable, "-m", "ictl", "serve", "--broker", bdir, "--db", str(tmp_path / "s.db"),
+                            "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--service-workers 1" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    bdir = str(tmp_path / "b2")
+    b = subprocess.Popen([sys.executable, "-m", "ictl", "broker", "start", "--dir", bdir, "--service-workers", "1"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _until(lambda: fleet_broker.read_state(bdir).get("port"), 30)
+        time.sleep(0.5)
+
+        class _B:
+            state_dir = bdir
+        p, lines = _serve(_B, str(tmp_path / "s.db"))
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0
+    finally:
+        b.send_signal(signal.SIGINT)
+        b.wait(20)

@@ -93,8 +93,8 @@ class Service:
         missing = [n for n in need if ("user %s\n" % n) not in acl]
         if missing:
             raise ToolError("the broker's ACL lacks the service's operator identities %s: start the broker with "
-                            "them (ictl.service.runner.operators(%d, %d); `make run` does)"
-                            % (", ".join(missing), self.workers_n, self.first_worker))
+                            "`ictl broker start --service-workers %d` (or add them to your broker's ACL)"
+                            % (", ".join(missing), self.first_worker + self.workers_n - 1))
         try:
             if self.ingest_enabled:
                 for i in range(self.first_worker, self.first_worker + self.workers_n):
