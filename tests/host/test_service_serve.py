@@ -228,3 +228,24 @@ def test_broker_admits_the_service_only_when_asked(tmp_path):
     finally:
         b.send_signal(signal.SIGINT)
         b.wait(20)
+
+
+def test_pki_import_is_idempotent_and_skips_garbage(tmp_path):
+    from ictl import ca as fleet_ca
+    ca = pki.init_ca(str(tmp_path / "pki"), dev=True)
+    cert = pki.issue_client_cert(ca, pki.new_key().public_key(), "dev-0007")
+    fleet_ca.Inventory.of(ca).record_issued(cert, "dev-0007", "uid7", "op", "1.0.0")
+    log = tmp_path / "pki" / "provision.jsonl"
+    log.write_text(json.dumps({"device_id": "dev-0007", "time": "2026-01-01T00:00:00+00:00", "outcome": "ok",
+                               "operator": "<b>op</b>"}) + "\nnot json\n[1]\n")
+    db = service_db.connect(str(tmp_path / "s.db"))
+    db.migrate()
+    assert fleetops.sync_pki(db, ca.dir) == (1, 1)
+    assert fleetops.sync_pki(db, ca.dir) == (1, 0)
+    rec = store.provisioning_records(db)
+    assert len(rec) == 1 and rec[0]["operator"] == "<b>op</b>" and rec[0]["record"]["outcome"] == "ok"
+    assert [c["status"] for c in store.certificates(db)] == ["issued"]
+    fleet_ca.revoke(ca, "dev-0007", operator="op")
+    fleetops.sync_pki(db, ca.dir)
+    assert [(c["status"], c["reason"]) for c in store.certificates(db)] == [("revoked", "decommissioned")]
+    db.close()
