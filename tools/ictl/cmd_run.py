@@ -180,7 +180,7 @@ def do_run(args):
     say("starting the broker (mosquitto, TLS on 127.0.0.1, client certificates required, per-device ACL)")
     with contextlib.ExitStack() as stack:
         br = stack.enter_context(fleet_broker.Broker(os.path.join(root, "broker"),
-                                                     operators=fleet_broker.DEFAULT_OPERATORS + (upd.UPDATER_ID,)
+                                                     operators=fleet_broker.DEFAULT_OPERATORS
                                                      + service_runner.operators(1)))
         say("broker on %s:%d" % (br.host, br.port))
         ts = stack.enter_context(TimeServer())
