@@ -22,6 +22,25 @@ pytestmark = pytest.mark.skipif(not shutil.which("mosquitto") and not any(
     os.access(p, os.X_OK) for p in fleet_broker.MOSQUITTO_CANDIDATES), reason="mosquitto not installed")
 
 
+def _archive(pubs, new, base, keys):
+    """What `ictl update create` writes for these devices, tarred for upload."""
+    delta, full, metas = upd.create_for(pubs, new, base, keys.signing, keys.key_id)
+    with tempfile.TemporaryDirectory() as out:
+        for name, u in (("delta", delta), ("full", full)):
+            if u:
+                u.save(os.path.join(out, name), metas[name])
+        return tar_dir(out)
+
+
+def _run(db, rid, timeout=300):
+    rollout.start(db, rid, "alice")
+    end = time.monotonic() + timeout
+    while rollout.status(db, rid)["state"] == "running":
+        assert time.monotonic() < end, rollout.status(db, rid)
+        time.sleep(0.5)
+    return rollout.status(db, rid)
+
+
 def test_service_rollout_to_real_devices(tmp_path):
     root = str(tmp_path)
     ops = fleet_broker.DEFAULT_OPERATORS + runner.operators(1)
@@ -38,20 +57,10 @@ def test_service_rollout_to_real_devices(tmp_path):
                 assert time.monotonic() < end, store.overview(db)
                 time.sleep(0.5)
             pubs = [(r["device_id"], bytes.fromhex(r["pub"])) for r in db.query("SELECT device_id, pub FROM devices")]
-            delta, full, metas = upd.create_for(pubs, v2, v1, keys.signing, keys.key_id)
-            with tempfile.TemporaryDirectory() as out:
-                delta.save(os.path.join(out, "delta"), metas["delta"])
-                full.save(os.path.join(out, "full"), metas["full"])
-                archive = tar_dir(out)
-            r = rollout.create(db, archive, {"filter": "sim-"}, {"canary": 1, "rate": "constant", "group_size": 2,
-                                                                "group_timeout_s": 240}, "alice")
+            r = rollout.create(db, _archive(pubs, v2, v1, keys), {"filter": "sim-"},
+                               {"canary": 1, "rate": "constant", "group_size": 2, "group_timeout_s": 240}, "alice")
             assert r["groups"] == [1, 2]
-            rollout.start(db, r["id"], "alice")
-            end = time.monotonic() + 300
-            while rollout.status(db, r["id"])["state"] == "running":
-                assert time.monotonic() < end, rollout.status(db, r["id"])
-                time.sleep(1)
-            st = rollout.status(db, r["id"])
+            st = _run(db, r["id"])
             assert st["state"] == "done" and st["done_pct"] == 100.0, st
             assert {d["kind"] for d in st["devices"]} == {"delta"}
             g = st["groups"]
@@ -65,18 +74,10 @@ def test_service_rollout_to_real_devices(tmp_path):
 
             # The same version again: the canary refuses it (not_newer) and the
             # rollout stops before the other two are offered anything.
-            _, full, metas = upd.create_for(pubs, v2, None, keys.signing, keys.key_id)
-            with tempfile.TemporaryDirectory() as out:
-                full.save(os.path.join(out, "full"), metas["full"])
-                archive = tar_dir(out)
-            r = rollout.create(db, archive, {"devices": names}, {"canary": 1, "group_timeout_s": 240}, "alice")
+            r = rollout.create(db, _archive(pubs, v2, None, keys), {"devices": names},
+                               {"canary": 1, "group_timeout_s": 240}, "alice")
             t0 = time.time()
-            rollout.start(db, r["id"], "alice")
-            end = time.monotonic() + 120
-            while rollout.status(db, r["id"])["state"] == "running":
-                assert time.monotonic() < end, rollout.status(db, r["id"])
-                time.sleep(0.5)
-            st = rollout.status(db, r["id"])
+            st = _run(db, r["id"])
             assert st["state"] == "stopped" and "failures 1 of 1" in st["stop_reason"], st
             assert [d["reason"] for d in st["devices"] if d["group_idx"] == 0] == ["not_newer"]
             time.sleep(2)
