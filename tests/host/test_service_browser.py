@@ -123,22 +123,40 @@ class Pages:
             el.send_keys(value)
 
     def submit(self, sel):
-        """Click a form's button and wait until the next page replaced this one."""
-        from selenium.webdriver.support import expected_conditions as ec
-        from selenium.webdriver.support.ui import WebDriverWait
+        """Click a form's button and wait until the next page replaced this
+        one and finished loading."""
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
         old = self.css("html")
         self.css(sel).click()
-        WebDriverWait(self.drv, 30).until(ec.staleness_of(old))
+        end = time.monotonic() + 30
+        while True:
+            try:
+                old.is_enabled()  # anything on the old page's node
+            except StaleElementReferenceException:
+                break
+            except WebDriverException as e:
+                # chromedriver's other word for it, caught mid-navigation
+                if "does not belong to the document" not in str(e):
+                    raise
+                break
+            if time.monotonic() > end:
+                raise AssertionError("%s did not lead to another page (%s)" % (sel, self.drv.current_url))
+            time.sleep(0.1)
+        self.wait(lambda: self.drv.execute_script("return document.readyState") == "complete", 30, "the page to load")
 
     def wait(self, pred, timeout, what):
-        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, \
+            WebDriverException
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
                 if pred():
                     return
             except (NoSuchElementException, StaleElementReferenceException):
-                pass  # between two pages
+                pass  # between two pages, or poll.js replaced the element
+            except WebDriverException as e:
+                if "does not belong to the document" not in str(e):
+                    raise
             time.sleep(0.2)
         raise AssertionError("timed out (%ds) waiting for %s on %s" % (timeout, what, self.drv.current_url))
 
