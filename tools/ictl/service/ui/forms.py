@@ -22,7 +22,6 @@ MAX_SPAN_S = 366 * 86400
 STATUSES = ("", "online", "offline", "alarm")
 MAX_QUERY = 64
 PAGE_SIZES = (25, 50, 100, 200)
-_VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,32}$")
 
 
 def text(value, field, max_len=MAX_QUERY, required=False):
@@ -84,13 +83,6 @@ def device_list(value, field="devices", max_n=10000):
         if v not in out:
             out.append(v)
     return out
-
-
-def version(value, field="app version"):
-    value = (value or "").strip()
-    if value and not _VERSION.match(value):
-        raise FormError("%s: letters, digits and . + - only, at most 32" % field)
-    return value
 
 
 def _when(value, field):

@@ -243,7 +243,7 @@ def rollouts(request):
 
 @route("/rollouts/new", methods=("GET",), permission="rollout.create")
 def rollout_new(request):
-    return _page(request, "rollout_new.html", statuses=forms.STATUSES, defaults=rollout.DEFAULTS)
+    return _page(request, "rollout_new.html", defaults=rollout.DEFAULTS)
 
 
 def _targets(form):
