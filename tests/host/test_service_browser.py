@@ -277,6 +277,8 @@ def test_operator_walkthrough(fleet, browser):
                        ("/audit", "19-audit"), ("/users", "20-users"), ("/account", "21-account")):
         p.open(path, name)
     p.open("/audit", "19-audit")
+    p.submit("#audit-verify-link")
+    p.check("19-audit-verified")
     assert "Chain verified" in p.css("#audit-verify").text
     audit = p.css("#audit").text
     assert "rollout_start" in audit and "rollout_create" in audit, audit

@@ -417,12 +417,15 @@ def audit_trail(request):
     try:
         who = forms.text(request.args.get("who"), "who")
         action = forms.text(request.args.get("action"), "action")
+        check = forms.choice(request.args.get("verify"), "verify", ("", "1"), "")
         limit, offset = forms.page(request.args)
     except forms.FormError as e:
         return _bad(request, e)
     rows = audit.entries(request.db, limit + 1, offset, who=who or None, action=action or None)
     return _page(request, "audit.html", rows=rows[:limit], more=len(rows) > limit, who=who, action=action,
-                 limit=limit, offset=offset, check=audit.verify(request.db), pretty=_pretty)
+                 limit=limit, offset=offset, pretty=_pretty,
+                 # the whole chain is walked: on request, not on every view of a long trail
+                 check=audit.verify(request.db) if check else None)
 
 
 def _pretty(value):
