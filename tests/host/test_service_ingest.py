@@ -124,3 +124,17 @@ def test_webhook_retries_with_backoff_then_gives_up(tmp_path):
         t += alarms.WEBHOOK_BACKOFF_S * tries
     assert row["webhook_state"] == "failed"
     d.close()
+
+
+def test_out_of_range_numbers_are_not_stored_and_do_not_stop_the_batch(tmp_path, fleet):
+    ca, key, _ = fleet
+    d = _db(tmp_path)
+    w = _worker(str(tmp_path / "svc.db"), fleet)
+    dev = simdev.SimDevice(ca, fleetkeys.public_point(key), "dev-0003")
+    ok = dev.reading(seq=2 ** 70, ts=True)              # fields out of range: stored without them
+    huge = dev.seal("telemetry", {"seq": 1}, counter=2 ** 64)
+    w.process_batch([dev.hello(), ok, huge])
+    rows = d.query("SELECT counter, seq, device_ts FROM readings")
+    assert rows == [{"counter": 1, "seq": None, "device_ts": None}]
+    assert "beyond 2^63" in d.one("SELECT text FROM alarms")["text"]
+    d.close()

@@ -97,6 +97,11 @@ def _jsonable(v, depth=0):
     return repr(v)
 
 
+def _int64(v):
+    """An int (not a bool) that fits a BIGINT column."""
+    return isinstance(v, int) and not isinstance(v, bool) and -2 ** 63 <= v < 2 ** 63
+
+
 def _digest(*parts):
     h = hashlib.sha256()
     for p in parts:
@@ -261,11 +266,11 @@ class Ingest:
         msgs = con.handle(topic, payload)
         t = touched.setdefault(dev, {}) if dev else {}
         d = con.devices.get(dev) if dev else None
+        for m in msgs:
+            self._store(m, dev or m.device, kind, topic, payload, now, t)
         if before is not None and d is not None and d["pub"] != before:
             self._alarm(dev, "key_change", "device presented a new key (certificate %s): its history starts again"
                         % t.get("cert_serial", "?"), now, _digest("key", topic, payload))
-        for m in msgs:
-            self._store(m, dev or m.device, kind, topic, payload, now, t)
         if d is not None and before != d["pub"]:
             t["pub"] = d["pub"].hex()
         return msgs
@@ -278,10 +283,15 @@ class Ingest:
                 t["chain_ok"] = 0
         elif m.kind in ("telemetry", "events", "reply") and m.body is None:
             self.counts["dropped"] += 1     # a duplicate (QoS 1 redelivery) the console dropped
+        elif m.kind in ("telemetry", "events", "reply") and not _int64(m.counter):
+            # a Partial IV may be 13 bytes; the columns are 64-bit: the device's
+            # own counter is far below (ironclad.nonce), so this is not one of ours
+            self._alarm(dev, "other", "%s counter %d beyond 2^63: not stored" % (m.kind, m.counter), now,
+                        _digest(topic, payload, "counter"))
         elif m.kind == "telemetry":
             body = {k: v for k, v in m.body.items() if k != "id"}
-            seq = body.get("seq") if isinstance(body.get("seq"), int) else None
-            ts = body.get("ts") if isinstance(body.get("ts"), (int, float)) else None
+            seq = body.get("seq") if _int64(body.get("seq")) else None
+            ts = body.get("ts") if _int64(body.get("ts")) or isinstance(body.get("ts"), float) else None
             n = db.execute("INSERT INTO readings (device_id, key_id, counter, seq, device_ts, received_at, data) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                            (dev, self._key_id(dev), m.counter, seq, ts, now, json.dumps(_jsonable(body), sort_keys=True)))
@@ -302,7 +312,7 @@ class Ingest:
             b = m.body
             n = db.execute("INSERT INTO replies (device_id, key_id, cmd, ok, reason, counter, received_at) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                           (dev, self._key_id(dev), b.get("cmd") if isinstance(b.get("cmd"), int) else None, 1 if b.get("ok") else 0,
+                           (dev, self._key_id(dev), b.get("cmd") if _int64(b.get("cmd")) else None, 1 if b.get("ok") else 0,
                             str(b.get("reason") or "")[:200], m.counter, now))
             self.counts["replies"] += n
         elif m.kind == "state":
