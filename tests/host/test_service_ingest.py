@@ -133,7 +133,8 @@ def test_out_of_range_numbers_are_not_stored_and_do_not_stop_the_batch(tmp_path,
     dev = simdev.SimDevice(ca, fleetkeys.public_point(key), "dev-0003")
     ok = dev.reading(seq=2 ** 70, ts=True)              # fields out of range: stored without them
     huge = dev.seal("telemetry", {"seq": 1}, counter=2 ** 64)
-    w.process_batch([dev.hello(), ok, huge])
+    w.process_batch([dev.hello(), ok, huge, dev.update_report("downloading", "ab" * 8, pct=2 ** 40)])
+    assert d.one("SELECT state, pct FROM update_reports") == {"state": "downloading", "pct": None}
     rows = d.query("SELECT counter, seq, device_ts FROM readings")
     assert rows == [{"counter": 1, "seq": None, "device_ts": None}]
     assert "beyond 2^63" in d.one("SELECT text FROM alarms")["text"]

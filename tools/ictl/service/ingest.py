@@ -342,7 +342,7 @@ class Ingest:
             self._alarm(dev, "other", "update report is not a JSON object: ignored", now, _digest("rep", payload))
             return
         state = rep.get("state") if isinstance(rep.get("state"), str) else None
-        pct = rep.get("pct") if isinstance(rep.get("pct"), int) and not isinstance(rep.get("pct"), bool) else None
+        pct = rep.get("pct") if _int64(rep.get("pct")) and 0 <= rep["pct"] <= 100 else None
         reason = str(rep.get("reason"))[:200] if rep.get("reason") is not None else None
         uid = str(rep.get("id"))[:64] if rep.get("id") is not None else None
         n = self.db.execute("INSERT INTO update_reports (device_id, update_id, state, pct, reason, body, digest, "
