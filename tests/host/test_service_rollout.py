@@ -114,6 +114,7 @@ def test_upload_checks_two_person_rule_and_rollouts(tmp_path):
             r2 = rollout.create(db, good, {"devices": ids}, {"canary": 1, "rate": "constant", "group_size": 2,
                                                               "group_timeout_s": 60}, "alice")
             assert r2["groups"] == [1, 2, 2]
+            rig.responders["sim-0003"].hostile = True
             rollout.start(db, r2["id"], "alice")
             eng.tick(db)
             rollout.pause(db, r2["id"], "alice")
@@ -125,6 +126,9 @@ def test_upload_checks_two_person_rule_and_rollouts(tmp_path):
             assert _wait(lambda: rollout.status(db, r2["id"])["state"] == "done", tick=lambda: eng.tick(db))
             st = rollout.status(db, r2["id"])
             assert st["done_pct"] == 100.0 and {d["state"] for d in st["devices"]} == {"confirmed"}
+            tl = db.query("SELECT pct, reason FROM rollout_timeline WHERE device_id = 'sim-0003' AND state = "
+                          "'downloading'")
+            assert tl and all(x["pct"] is None and x["reason"] == "<svg onload=alert(1)>" for x in tl), tl
             with pytest.raises(rollout.RolloutError, match="done: cannot cancel"):
                 rollout.cancel(db, r2["id"], "alice")
             svg = rollout.timeline_svg(db, r2["id"])

@@ -530,18 +530,19 @@ class Engine(Periodic):
             self._tl_seen = len(pub.timeline)
         pub.resend_due([d for d in devs if d in pub.status], final)
         for t, dev, state, pct, reason in new_tl:
-            if dev in devs:
-                _timeline(db, rid, state or "?", dev, pct, reason, now=self._t0_wall + t)
+            if dev in devs:     # what a device reported: bounded like the rows above
+                _timeline(db, rid, str(state or "?")[:32], dev, pct if type(pct) is int and 0 <= pct <= 100 else None,
+                          str(reason)[:200] if reason else None, now=self._t0_wall + t)
         for dev, s in status.items():
             st = s.get("state")
-            if not st:
+            if not isinstance(st, str) or not st:
                 continue
+            pct = s.get("pct") if type(s.get("pct")) is int and 0 <= s["pct"] <= 100 else None
             db.execute("UPDATE rollout_devices SET state = ?, kind = ?, pct = ?, reason = ?, updated_at = ? "
                        "WHERE rollout_id = ? AND device_id = ? AND state NOT IN ('timed_out', 'cancelled') "
                        "AND (state <> ? OR pct IS NULL OR pct <> ?)",
-                       (st, s.get("kind"), s.get("pct") if isinstance(s.get("pct"), int) else None,
-                        str(s.get("reason"))[:200] if s.get("reason") else None, now, rid, dev, st,
-                        s.get("pct") if isinstance(s.get("pct"), int) else -1))
+                       (st[:32], s.get("kind"), pct, str(s.get("reason"))[:200] if s.get("reason") else None, now,
+                        rid, dev, st[:32], -1 if pct is None else pct))
 
     def _finish(self, db, rid, state, reason, now):
         with db.transaction():

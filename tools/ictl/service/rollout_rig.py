@@ -37,11 +37,13 @@ class Responder:
     """One stand-in device answering update metadata: fail=None -> asks for
     the chunks, then reports confirmed; fail="rolled_back" -> downloads,
     then reports rolled_back; fail="silent" -> never answers (times out);
-    any other fail -> rejected with that reason."""
+    any other fail -> rejected with that reason. hostile: the download
+    report carries an out-of-range pct and markup in its reason."""
 
     def __init__(self, dev, broker, fail=None):
         self.dev = dev
         self.fail = fail
+        self.hostile = False
         self.metadata = 0
         self.chunks = set()
         self.uid = None
@@ -66,6 +68,8 @@ class Responder:
                     return
                 if self.fail and self.fail != "rolled_back":
                     self._report("rejected", reason=self.fail)
+                elif self.hostile:      # numbers and text a compromised device might send
+                    self._report("downloading", next=0, want=self.n, pct=2 ** 40, reason="<svg onload=alert(1)>")
                 else:
                     self._report("downloading", next=0, want=self.n, pct=0)
             elif p[:1] == b"C" and self.fail in (None, "rolled_back"):
