@@ -140,6 +140,15 @@ def test_two_workers_postgresql_webhook_commands_revoke(tmp_path, broker, pg_url
         assert all(w.counts["readings"] > 0 for w in svc.workers), [w.counts for w in svc.workers]
         assert db.query("SELECT text FROM alarms") == []
 
+        # a burst of event batches from one device: checked in order by the
+        # events owner alone, so no chain alarm however the workers share
+        d3 = devs[3]
+        for i in range(12):
+            d3.publish(d3.events(("boot", "ok", "info", str(i)), ("cmd", "read", "ok", "")), wait=False)
+        assert _until(lambda: db.one("SELECT count(*) AS n FROM events WHERE device_id = 'dev-0003'")["n"] == 24)
+        assert [w.counts["events"] for w in svc.workers] == [24, 0]
+        assert db.query("SELECT text FROM alarms") == []
+
         # an event gap: an alarm, stored once, posted to the webhook with its HMAC
         d0 = devs[0]
         d0.publish(d0.events(("boot", "ok", "info", "")))

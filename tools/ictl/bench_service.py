@@ -116,7 +116,7 @@ def _workers(br, db_url, n):
     for i in range(1, n + 1):
         kp, cp = ingest.worker_credentials(br.pki_dir, i)
         out.append(ingest.Ingest(db_url, key, br.ca_path, br.prefix, br.host, br.port, cp, kp, ingest.worker_id(i),
-                                 shared=n > 1).start())
+                                 shared=n > 1, events=i == 1).start())
     return out
 
 

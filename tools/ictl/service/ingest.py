@@ -28,8 +28,14 @@ update reports: all idempotent to store). The broker names a client by its
 certificate's CN (use_username_as_clientid), so each worker needs its own
 operator identity (worker_id(n), in the broker's ACL).
 
-Sharing reorders: the broker gives consecutive messages of one device to
-different workers, and the two may reach the database in the other order.
+Security events are not shared: their hash chain is checked record by
+record in order, so one worker, the events owner (fleet-ingest-1), takes
+every device's events on an unshared subscription, in the order the broker
+keeps; events are few (a device logs a handful a day).
+
+Sharing reorders readings: the broker gives consecutive messages of one
+device to different workers, and the two may reach the database in the
+other order.
 The console's own replay check refuses any counter below the highest seen
 (right for one subscriber: the broker keeps a device's order). Shared
 workers use SharedConsole instead: an anti-replay window as IPsec and DTLS
@@ -37,10 +43,7 @@ keep (RFC 4303 section 3.4.3, RFC 6347 section 4.1.2.6): a counter below
 the highest is accepted once if it lies within DUP_WINDOW of it and was not
 seen; a counter seen before is a duplicate; one older than the window is
 refused as a replay (an alarm). Sealed messages cannot be forged, so what
-the window admits late is only ever the device's own. The event chain
-check stays strict: two event batches of one device committed in the other
-order raise a chain alarm (devices send events rarely, seconds apart; a
-reading burst is what workers reorder).
+the window admits late is only ever the device's own.
 """
 import bisect
 import hashlib
@@ -135,13 +138,14 @@ class Ingest:
     start() connects and runs until stop()."""
 
     def __init__(self, db_url, fleet_key, ca_path, prefix="ironclad", host=None, port=None, cert_path=None,
-                 key_path=None, client_id=pki.CONSOLE_ID, shared=False, group=SHARE_GROUP, batch=BATCH):
+                 key_path=None, client_id=pki.CONSOLE_ID, shared=False, group=SHARE_GROUP, batch=BATCH, events=True):
         self.db_url = db_url
         self.db = service_db.connect(db_url)
         self.prefix = prefix
         self.host, self.port = host, port
         self.client_id = client_id
         self.shared = shared
+        self.events = events
         self.group = group
         self.batch = batch
         cls = SharedConsole if shared else Console
@@ -359,10 +363,15 @@ class Ingest:
 
     # ------------------------------------------------------------ MQTT
     def topics(self):
-        """(topic filter, qos) subscribed: sealed kinds shared when shared."""
+        """(topic filter, qos) subscribed: readings and replies shared when
+        shared; security events only by the events owner, unshared (their
+        hash chain is checked in order; one subscriber keeps the order);
+        the state topics unshared by every worker."""
         share = ("$share/%s/" % self.group) if self.shared else ""
-        return [(share + "%s/+/%s" % (self.prefix, k), 1) for k in ("telemetry", "events", "reply")] + \
-               [("%s/+/state/#" % self.prefix, 1)]
+        out = [(share + "%s/+/%s" % (self.prefix, k), 1) for k in ("telemetry", "reply")]
+        if self.events:
+            out.append(("%s/+/events" % self.prefix, 1))
+        return out + [("%s/+/state/#" % self.prefix, 1)]
 
     def start(self, timeout=10):
         import paho.mqtt.client as mqtt

@@ -100,7 +100,7 @@ class Service:
                 for i in range(self.first_worker, self.first_worker + self.workers_n):
                     kp, cp = ingest.worker_credentials(pki_dir, i)
                     w = ingest.Ingest(self.db_url, key, ca_path, prefix, host, port, cp, kp, ingest.worker_id(i),
-                                      shared=self.shared)
+                                      shared=self.shared, events=i == 1)
                     self.workers.append(w.start())
             fleetops.configure(fleetops.Ops(pki_dir, key, host, port, prefix, self.broker_dir))
             if self.engine_enabled:
