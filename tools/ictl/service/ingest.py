@@ -184,12 +184,13 @@ class Ingest:
         (alarms included)."""
         now = now or time.time()
         db = self.db
-        devs = sorted({d for d, _ in (self._device_of(t) for t, _ in items) if d})
+        owner = [self._device_of(t)[0] for t, _ in items]      # each message's device (None: bad topic)
+        devs = sorted({d for d in owner if d})
         if devs:    # new devices get a row first, so that every one can be locked below
             db.execute("INSERT INTO devices (device_id, first_seen, last_seen) VALUES %s ON CONFLICT DO NOTHING"
                        % ", ".join(["(?, ?, ?)"] * len(devs)), [v for dev in devs for v in (dev, now, now)])
         out = []
-        todo, left = list(items), devs
+        todo, left = list(zip(owner, items)), devs
         while True:
             with db.transaction():
                 rows = self._lock(left, skip=db.engine == "postgresql")
@@ -199,9 +200,10 @@ class Ingest:
                 if not mine:    # nothing lockable: the rest goes now (unknown devices get their alarms)
                     now_items, later = todo, []
                 else:
-                    now_items = [it for it in todo if self._device_of(it[0])[0] in mine | {None}]
-                    later = [it for it in todo if self._device_of(it[0])[0] not in mine | {None}]
-                out += self._apply(now_items, rows, now)
+                    mine.add(None)
+                    now_items = [it for it in todo if it[0] in mine]
+                    later = [it for it in todo if it[0] not in mine]
+                out += self._apply([it for _, it in now_items], rows, now)
             todo = later
             left = [d for d in left if d not in mine]
             if not todo:
