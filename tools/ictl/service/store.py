@@ -7,7 +7,10 @@ escape them)."""
 import json
 
 MAX_LIMIT = 10000
-ONLINE_S = 300      # "online" = said online and heard from within this long
+# "online" is the device's own word: "online" at connect, and its last will
+# ("offline"), which the broker publishes when the connection drops or the
+# keepalive lapses (1.5 x keepalive, MQTT 3.1.1 section 3.1.2.10). Not a
+# guess from last_seen: a device may report only hourly.
 
 
 def _limit(n, default=50):
