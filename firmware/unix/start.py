@@ -157,7 +157,12 @@ def _cap_heap(kib):
     # whole of it, in one piece, as on a fresh ESP32 heap.
     _load_code()
     gc.collect()
-    _qstr_pool_ahead()
+    try:
+        _qstr_pool_ahead()
+    except MemoryError:
+        # No room for the next pool beside the code: the app pays for it
+        # (its heap is still capped below); never a failed boot for it.
+        print("device: no room to start the next qstr pool before the cap")
     gc.collect()
     code = gc.mem_alloc()
     heap = bytearray(kib * 1024 - 32)  # the app's heap to be (32: its object header)

@@ -29,6 +29,16 @@ def test_run_end_to_end(tmp_path):
     assert "boot/confirmed ok (v2" in out  # the device's own event: v2 kept after its trial
     assert "update/bad_signature rejected" in out  # the tampered update
     assert "ALARM" not in out  # the console found every payload and the event chain sound
+    # The fleet service ran beside them: its console URL and setup token printed, the device stored.
+    assert "fleet service (`ictl serve`): console at https://127.0.0.1:" in out
+    assert "one-time setup token for the first administrator: " in out
+    from ictl.service import db as service_db
+    db = service_db.connect(str(tmp_path / "run" / "service" / "service.db"))
+    dev = db.one("SELECT device_id, app_version FROM devices WHERE device_id LIKE 'ic-%'")
+    assert dev and dev["app_version"] == "2.0.0", dev
+    assert db.one("SELECT count(*) AS n FROM readings WHERE device_id = ?", (dev["device_id"],))["n"] >= 3
+    assert db.query("SELECT text FROM alarms") == []
+    db.close()
     log = (tmp_path / "run" / "device" / "console.log").read_text(errors="replace")
     assert "ironclad: boot app_b v2.0.0" in log
     # Every boot ran the agent in an ESP32's heap (64 KiB, code held apart: test_app_heap.py).

@@ -214,6 +214,34 @@ def _fmt_event(r):
     return s
 
 
+def device_state_json(d):
+    """What the console remembers of one device, as JSON-able data (the
+    state file; the fleet service keeps it in its database)."""
+    return {"pub": d["pub"].hex(), "serial": d["serial"], "nb": d["nb"], "old": d["old"],
+            "epochs": [e.hex() for e in d["epochs"]],
+            "events": [d["events"][0], d["events"][1].hex()] if d["events"] else None,
+            "evh": {str(k): v.hex() for k, v in d["evh"].items()},
+            "cmd": d["cmd"], "high": d["high"], "recent": d["recent"]}
+
+
+def device_state_from_json(d):
+    """The inverse of device_state_json (KeyError/ValueError/TypeError if
+    damaged); a state from before the replay marks were kept per key epoch
+    applies its marks to every epoch it lists (_per_epoch)."""
+    epochs = [bytes.fromhex(e) for e in d.get("epochs", [])]
+    return {"pub": bytes.fromhex(d["pub"]),
+            "serial": d.get("serial"),
+            "nb": d.get("nb"),
+            "old": list(d.get("old", [])),
+            "epochs": epochs,
+            "events": (d["events"][0], bytes.fromhex(d["events"][1])) if d.get("events") else None,
+            "evh": {int(k): bytes.fromhex(v) for k, v in d.get("evh", {}).items()},
+            "cmd": d.get("cmd", 0),
+            "high": _per_epoch(d.get("high", {}), epochs),
+            "recent": {k: list(v) for k, v in _per_epoch(d.get("recent", {}), epochs).items()},
+            "keys": {}}
+
+
 class Console:
     """See the module docstring. host/port/ca_path/cert_path/key_path: the
     broker and the operator's TLS identity; fleet_key: the fleet data
@@ -260,32 +288,14 @@ class Console:
             with open(self.state_path) as f:
                 data = json.load(f)
             for dev, d in data.get("devices", {}).items():
-                epochs = [bytes.fromhex(e) for e in d.get("epochs", [])]
-                self.devices[dev] = {
-                    "pub": bytes.fromhex(d["pub"]),
-                    "serial": d.get("serial"),
-                    "nb": d.get("nb"),
-                    "old": list(d.get("old", [])),
-                    "epochs": epochs,
-                    "events": (d["events"][0], bytes.fromhex(d["events"][1])) if d.get("events") else None,
-                    "evh": {int(k): bytes.fromhex(v) for k, v in d.get("evh", {}).items()},
-                    "cmd": d.get("cmd", 0),
-                    "high": _per_epoch(d.get("high", {}), epochs),
-                    "recent": {k: list(v) for k, v in _per_epoch(d.get("recent", {}), epochs).items()},
-                    "keys": {},
-                }
+                self.devices[dev] = device_state_from_json(d)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ToolError("console state %s is unreadable (%s): move it away to start afresh" % (self.state_path, e))
 
     def _save_state(self):
         if not self.state_path:
             return
-        data = {"devices": {dev: {"pub": d["pub"].hex(), "serial": d["serial"], "nb": d["nb"], "old": d["old"],
-                                  "epochs": [e.hex() for e in d["epochs"]],
-                                  "events": [d["events"][0], d["events"][1].hex()] if d["events"] else None,
-                                  "evh": {str(k): v.hex() for k, v in d["evh"].items()},
-                                  "cmd": d["cmd"], "high": d["high"], "recent": d["recent"]}
-                            for dev, d in self.devices.items()}}
+        data = {"devices": {dev: device_state_json(d) for dev, d in self.devices.items()}}
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)

@@ -468,25 +468,36 @@ class Rollout:
     def _kind(upd):
         return "full" if upd.fields["base"] is None else "delta"
 
-    def run(self, plans, until=("applied", "trial", "confirmed"), timeout=300, progress=True):
-        """Roll out and wait until every device reached a state in `until`, or
-        was rejected/rolled back, or the timeout passed. Returns status."""
+    def offer(self, plans):
+        """Send each device its metadata and serve what it asks for from
+        now on (returns at once; the fleet service drives groups with it)."""
         with self._lock:
             for dev, plan in plans.items():
                 self._plans[dev] = plan
                 self._cur[dev] = 0
                 self.status[dev] = {"state": "sent", "kind": self._kind(plan[0][0])}
                 self._send_meta(dev)
+
+    def resend_due(self, devices, final):
+        """Offer the metadata again to devices silent for resend_s; True
+        when every one of them is in a state of `final`."""
+        with self._lock:
+            done = all(self.status[d].get("state") in final for d in devices)
+            now = time.monotonic()
+            for dev in devices:
+                s = self.status[dev]
+                if s.get("state") not in final and now - self._sent_at.get(dev, now) > self.resend_s:
+                    self._send_meta(dev)  # the device was away: offer it again
+        return done
+
+    def run(self, plans, until=("applied", "trial", "confirmed"), timeout=300, progress=True):
+        """Roll out and wait until every device reached a state in `until`, or
+        was rejected/rolled back, or the timeout passed. Returns status."""
+        self.offer(plans)
         deadline = time.monotonic() + timeout
         final = set(until) | {"rejected", "rolled_back"}
         while True:
-            with self._lock:
-                done = all(self.status[d].get("state") in final for d in plans)
-                now = time.monotonic()
-                for dev in plans:
-                    s = self.status[dev]
-                    if s.get("state") not in final and now - self._sent_at.get(dev, now) > self.resend_s:
-                        self._send_meta(dev)  # the device was away: offer it again
+            done = self.resend_due(plans, final)
             if progress:
                 self._draw(plans)
             if done or time.monotonic() > deadline:

@@ -30,12 +30,19 @@ def _common(p, port_help):
                         "(repeatable; default: localhost and 127.0.0.1)")
     p.add_argument("--server-cert", metavar="PEM", help="use this broker certificate instead (with --server-key)")
     p.add_argument("--server-key", metavar="PEM", help="the key of --server-cert")
+    p.add_argument("--service-workers", type=int, default=0, metavar="N",
+                   help="also admit the fleet service (`ictl serve`) with N ingest workers, its rollout engine "
+                        "and its commands (operator identities in the ACL; default 0: not admitted)")
 
 
 def _broker(args):
+    ops = broker.DEFAULT_OPERATORS
+    if args.service_workers:
+        from ictl.service import runner
+        ops = tuple(dict.fromkeys(ops + runner.operators(args.service_workers)))
     return broker.Broker(args.dir, port=args.port, prefix=args.prefix, pki_dir=args.pki, host=args.host,
                          server_cert=args.server_cert, server_key=args.server_key,
-                         server_names=args.server_name or pki.DEFAULT_SERVER_HOSTS)
+                         server_names=args.server_name or pki.DEFAULT_SERVER_HOSTS, operators=ops)
 
 
 def register(sub):
@@ -87,7 +94,7 @@ def do_config(args):
         raise ToolError("give both --server-cert and --server-key, or neither")
     print(broker.render_config(args.dir, port, args.pki, args.host, args.server_cert, args.server_key), end="")
     print("# %s contains:" % os.path.join(os.path.abspath(args.dir), broker.ACL))
-    for line in broker.render_acl(args.prefix).splitlines():
+    for line in broker.render_acl(args.prefix, _broker(args).operators).splitlines():
         print("#   " + line if line else "#")
 
 

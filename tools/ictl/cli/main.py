@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "provision",
     "update",
     "console",
+    "audit",
+    "serve",
     "fleet",
     "firmware",
     "run",

@@ -37,6 +37,7 @@ from ictl import fleetkeys
 from ictl import provision as prov
 from ictl.timeserver import TimeServer
 from ictl import update as upd
+from ictl.service import runner as service_runner
 
 STATE = "run.json"
 
@@ -52,6 +53,9 @@ def register(sub):
     p.add_argument("--heap", type=int, default=vboard.APP_HEAP_KIB, metavar="KIB",
                    help="the app's heap, as on an ESP32 that runs its code from flash (default %d KiB: "
                         "see ictl.sim.board.APP_HEAP_KIB)" % vboard.APP_HEAP_KIB)
+    p.add_argument("--service-port", type=int, default=0, metavar="PORT",
+                   help="the fleet service's web console port (default: a free one; see docs/service.md)")
+    p.add_argument("--no-service", action="store_true", help="do not start the fleet service (`ictl serve`)")
     p.set_defaults(func=do_run)
 
 
@@ -137,12 +141,15 @@ def do_run(args):
     say("starting the broker (mosquitto, TLS on 127.0.0.1, client certificates required, per-device ACL)")
     with contextlib.ExitStack() as stack:
         br = stack.enter_context(fleet_broker.Broker(os.path.join(root, "broker"),
-                                                     operators=fleet_broker.DEFAULT_OPERATORS + (upd.UPDATER_ID,)))
+                                                     operators=fleet_broker.DEFAULT_OPERATORS
+                                                     + service_runner.operators(1)))
         say("broker on %s:%d" % (br.host, br.port))
         ts = stack.enter_context(TimeServer())
         say("time server (SNTP) on %s: the board sets its clock from it before TLS" % ts.address)
         keys = Keys(root)
         say("development keys in %s (DEVELOPMENT ONLY: fleet CA, image signing key %s, fleet data key)" % (keys.dir, keys.key_id))
+        if not args.no_service and args.part == "all":
+            stack.enter_context(service_runner.for_run(root, br, fleetkeys.path_in(keys.dir), args.service_port, say))
         sim_device.create(devdir)
         hwid = sim_device.load(devdir)["hwid"]
         v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)

@@ -48,6 +48,14 @@ GOALS = {
     # the board as upstream builds it (issue 13)
     "port_profile_violations": ("==", 0),
     "nvs_handles_leaked": ("==", 0),
+    # fleet service web console (issue 16)
+    "web_attack_cases": (">=", 500),
+    "web_attack_accepted": ("==", 0),
+    "audit_tamper_detected": ("==", 1.0),
+    "overview_p95_ratio": ("<=", 5),
+    # fleet service ingest and rollouts (issue 16)
+    "ingest_rate_ratio": (">=", 0.5),
+    "rollout_auto_stops": ("==", 1.0),
 }
 
 _OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}

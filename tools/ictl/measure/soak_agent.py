@@ -59,7 +59,7 @@ from ictl import console as fleet_console
 from ictl.sim import device as sim_device
 from ictl import image as app_image
 from ictl import update as upd
-from ictl.cli.run import Keys, build_app
+from ictl.sim.demo import Keys, build_app
 from ictl.sim.fleet import Device, provision_all
 
 DEV = "fuzz-0001"

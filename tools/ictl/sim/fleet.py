@@ -29,6 +29,7 @@ from ictl.sim import device as sim_device
 from ictl.sim import factory
 from ictl import fleetkeys, image as app_image
 from ictl import provision as prov
+from ictl.timeline import timeline_png
 from ictl import update as upd
 from ictl.sim.board import PORT_HEAP_KIB, app_heap_env
 from ictl.sim.demo import Keys, bump_version, build_app
@@ -193,6 +194,27 @@ def bootable(devdir, keys):
     return False, why
 
 
+def prepare(root, n, br, say):
+    """n devices under root/devices, v1 and v2 built, every device flashed
+    with v1 and provisioned through br: (keys, names, devdirs, v1, v2)."""
+    keys = Keys(root)
+    names = ["sim-%04d" % i for i in range(n)]
+    devdirs = [os.path.join(root, "devices", nm) for nm in names]
+    hwid = None
+    for d in devdirs:
+        sim_device.create(d)
+        hwid = hwid or sim_device.load(d)["hwid"]
+    v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
+    v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))
+    for d in devdirs:
+        factory.trust_device(d, [(keys.key_id, keys.signing.public_key())])
+        factory.flash_image(d, v1)
+    t = time.monotonic()
+    provision_all(names, devdirs, br, keys, os.path.join(root, "provisioning.jsonl"))
+    say("%d devices flashed with v1 and provisioned in %.0f s" % (n, time.monotonic() - t))
+    return keys, names, devdirs, v1, v2
+
+
 def simulate(n=50, root=None, cut_share=0.1, broker_restart=True, seed=1, timeout=900, png=None, out=sys.stdout):
     rnd = random.Random(seed)
     root = os.path.abspath(root)
@@ -201,21 +223,7 @@ def simulate(n=50, root=None, cut_share=0.1, broker_restart=True, seed=1, timeou
     say = lambda s: print("fleet: " + s, file=out, flush=True)
     operators = fleet_broker.DEFAULT_OPERATORS + (upd.UPDATER_ID,)
     with fleet_broker.Broker(os.path.join(root, "broker"), operators=operators) as br:
-        keys = Keys(root)
-        names = ["sim-%04d" % i for i in range(n)]
-        devdirs = [os.path.join(root, "devices", nm) for nm in names]
-        hwid = None
-        for d in devdirs:
-            sim_device.create(d)
-            hwid = hwid or sim_device.load(d)["hwid"]
-        v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
-        v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))
-        for d in devdirs:
-            factory.trust_device(d, [(keys.key_id, keys.signing.public_key())])
-            factory.flash_image(d, v1)
-        t = time.monotonic()
-        provision_all(names, devdirs, br, keys, os.path.join(root, "provisioning.jsonl"))
-        say("%d devices flashed with v1 and provisioned in %.0f s" % (n, time.monotonic() - t))
+        keys, names, devdirs, v1, v2 = prepare(root, n, br, say)
         con = fleet_console.Console.for_broker(br, keys.fleet, os.path.join(root, "console-state.json"))
         con.start()
         devices = [Device(nm, d) for nm, d in zip(names, devdirs)]
@@ -315,45 +323,3 @@ def _counts(status):
     for s in status.values():
         c[s.get("state")] = c.get(s.get("state"), 0) + 1
     return ", ".join("%s %d" % kv for kv in sorted(c.items(), key=lambda kv: str(kv[0])))
-
-
-COLORS = {"downloading": "#f0ad4e", "applied": "#5bc0de", "trial": "#9b59b6", "confirmed": "#2ecc71",
-          "rolled_back": "#e74c3c", "rejected": "#c0392b"}
-
-
-def timeline_png(res, path):
-    """One row per device: its state over time, power cuts and the broker restart marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = sorted(res["results"])
-    row = {nm: i for i, nm in enumerate(names)}
-    per = {nm: [] for nm in names}
-    for t, dev, state, pct, reason in res["timeline"]:
-        if dev in per:
-            per[dev].append((t, state))
-    end = res["seconds"]
-    fig, ax = plt.subplots(figsize=(10, max(3, 0.12 * len(names) + 1.5)))
-    for nm, evs in per.items():
-        evs.sort()
-        for i, (t, state) in enumerate(evs):
-            t2 = evs[i + 1][0] if i + 1 < len(evs) else end
-            ax.barh(row[nm], max(t2 - t, end / 400), left=t, height=0.8, color=COLORS.get(state, "#bbbbbb"), linewidth=0)
-    for t, dev in res["faults"]["cuts"]:
-        ax.plot(t, row[dev], marker="x", color="black", markersize=4)
-    if res["faults"]["broker_restart"] is not None:
-        ax.axvline(res["faults"]["broker_restart"], color="black", linestyle="--", linewidth=1)
-        ax.text(res["faults"]["broker_restart"], len(names), " broker restart", fontsize=8, va="bottom")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in list(COLORS.values()) + ["#bbbbbb"]]
-    ax.legend(handles + [plt.Line2D([], [], marker="x", color="black", linestyle="")],
-              list(COLORS) + ["other report", "power cut"], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
-    ax.set_xlabel("seconds since the rollout started")
-    ax.set_ylabel("device")
-    ax.set_yticks([])
-    ax.set_title("Delta update rollout to %d devices (%.0f s to 100%%)" % (len(names), end))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
