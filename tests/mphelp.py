@@ -30,11 +30,17 @@ def mp_env(devdir=None, fault=None, extra=None):
     return env
 
 
+# A snippet drives library modules without the boot path: its simulated
+# radio starts on and its link up (firmware/unix/network.py); a test of the
+# order itself passes env={"ESPSIM_NET": ""}.
+LAB_NET = {"ESPSIM_NET": "up"}
+
+
 def run_mp(code, devdir=None, heap_kib=DEFAULT_HEAP_KIB, fault=None, timeout=60, env=None, args=()):
     """Run a MicroPython snippet; returns CompletedProcess (text output)."""
     return subprocess.run(
         [MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, "-c", code, *args],
-        env=mp_env(devdir, fault, env), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=mp_env(devdir, fault, dict(LAB_NET, **(env or {}))), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
 
 

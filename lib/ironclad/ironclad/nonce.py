@@ -18,11 +18,12 @@
 # message every two seconds one NVS write per half hour (flash wear, and
 # the commit's milliseconds amortised to nothing), and 2**24 values, where
 # the Partial IV grows to 4 bytes, last 16,000 reboots.
-import os
 import struct
 from micropython import const
 
 import esp32
+
+from ironclad import rng
 
 NAMESPACE = "ic_nonce"
 BLOCK = 1024
@@ -63,7 +64,7 @@ class Counter:
         else:
             # First use (or an unreadable record): a new epoch, stored before
             # any key is derived from it.
-            self.epoch, hi = os.urandom(8), 0
+            self.epoch, hi = rng.get(8), 0
             self._store(hi)
         self._next = hi
         self._hi = hi  # reserved on flash: values in [_next, _hi) are ours

@@ -9,6 +9,9 @@
 #                               keep it in the keystore, print the CSR
 #   check(cert, ca, fleet_pub)  the certificate is for this key and id and
 #                               signed by the CA; the fleet key is a P-256 point
+#   wifi(ssid, key)             the Wi-Fi credentials (ironclad.net), sealed in the
+#                               keystore; sent by the host from a file, never on
+#                               a command line; the passphrase is never printed
 #   finish(cert, ca, broker, fleet_pub, now)   the cheap checks again, store
 #                               it all, set the clock and its floor from the
 #                               host's time (ironclad.clock), then mark the
@@ -49,8 +52,12 @@ def _out(obj):
 
 def _step(fn, *args):
     # Refusals become one JSON line for the host; anything else is a bug and
-    # keeps its traceback.
+    # keeps its traceback. The radio first: keys, the storage key and every
+    # sealing nonce come from the hardware RNG (ironclad.rng).
+    from ironclad import rng
+
     try:
+        rng.radio_on()
         _out(fn(*args))
     except (ProvisionError, KeyStoreError, ValueError) as e:
         _out({"error": str(e)})
@@ -118,6 +125,8 @@ def _info():
             out["device_id"] = d.decode() if d else None
             c = ks.get("cert")
             out["fingerprint"] = _fingerprint(c) if c else None
+            w = ks.get("wifi")
+            out["wifi"] = json.loads(w)["ssid"] if w else None  # the SSID only
     except KeyStoreError as e:
         # A damaged store counts as provisioned: only a deliberate
         # --reprovision (which wipes) may replace it.
@@ -290,6 +299,23 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None, broker_ca_he
 
 def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None, broker_ca_hex=None):
     _step(_finish, cert_hex, ca_hex, broker_json, fleet_pub_hex, now, broker_ca_hex)
+
+
+def _wifi(ssid, key):
+    from ironclad import net
+
+    ks = KeyStore()
+    if ks.get("provisioned") is not None:
+        raise ProvisionError("board is already provisioned")
+    if ks.get("device_key") is None:
+        raise ProvisionError("no key pair on the board: run the start step first")
+    net.check(ssid, key)  # ValueError names the field, never the passphrase
+    ks.put("wifi", net.encode(ssid, key))
+    return {"wifi": ssid}
+
+
+def wifi(ssid, key):
+    _step(_wifi, ssid, key)
 
 
 def _wipe():
