@@ -12,6 +12,8 @@
 #   AP absent          no entry with the SSID, or "up": false
 #   link lost          the entry is removed or set "up": false while connected
 #   slow association   "assoc_ms": how long an attempt takes to get an IP
+#   driver hang        "hang": true: the next isconnected()/status() never
+#                      returns (what the hardware watchdog is for)
 #
 # What the port does and this copies (network_wlan.c, v1.28.0):
 #   * WLAN(IF_STA) is one object per interface; active(True) starts the
@@ -21,6 +23,8 @@
 #     background; the driver reconnects on its own after every disconnection
 #     while a connection is requested (conf_wifi_sta_reconnects == 0: forever),
 #     until disconnect() or active(False);
+#   * config(reconnects=n) (bounding the driver's retries), ipconfig() and
+#     status("rssi") are not modelled: the device code does not use them;
 #   * status() is STAT_GOT_IP while connected, else the last disconnection
 #     reason for the cases it names (STAT_NO_AP_FOUND, STAT_WRONG_PASSWORD,
 #     ...), STAT_CONNECTING while a connection is requested, STAT_IDLE;
@@ -134,8 +138,7 @@ class WLAN:
             o._ssid = None
             o._key = None
             o._attempt_end = None
-            o._reconnects = 0
-            o._tries = 0
+            o._assoc = False
             o._pinned = False  # ESPSIM_NET=up: a lab's link never drops
             cls._objs[interface_id] = o
         return o
@@ -143,18 +146,18 @@ class WLAN:
     def __init__(self, interface_id=STA_IF):
         pass
 
-    def __repr__(self):
-        return "<WLAN %s>" % ("STA" if self._if == STA_IF else "AP")
-
     # --- the driver ---------------------------------------------------------
     def _attempt(self):
-        self._tries += 1
+        # A scan when the AP is not in range, else an association (+ DHCP).
         ap = _ap(self._ssid)
+        self._assoc = ap is not None
         self._attempt_end = time.ticks_add(_now(), int(ap.get("assoc_ms", _ASSOC_MS)) if ap else _SCAN_MS)
 
     def _poll(self):
         if self._if != STA_IF or not self._active or self._pinned:
             return
+        while _read_world().get("hang"):
+            pass  # a driver call that never returns (re-reading the world: a test ends it)
         if self._connected:
             if _ap(self._ssid) is None:
                 # Beacons stopped: the driver reports the loss and, since a
@@ -162,7 +165,6 @@ class WLAN:
                 self._connected = False
                 self._reason = STAT_BEACON_TIMEOUT
                 _drop_sockets()
-                self._tries = 0
                 self._attempt()
             return
         if not self._requested or self._attempt_end is None or time.ticks_diff(_now(), self._attempt_end) < 0:
@@ -170,14 +172,13 @@ class WLAN:
         ap = _ap(self._ssid)
         if ap is None:
             self._reason = STAT_NO_AP_FOUND
+        elif not self._assoc:
+            pass  # found by this scan: associate now
         elif str(ap.get("key", ""))[:_KEY_MAX] != self._key:
             self._reason = STAT_WRONG_PASSWORD
         else:
             self._connected = True
             self._attempt_end = None
-            return
-        if self._reconnects and self._tries >= self._reconnects:
-            self._attempt_end = None  # out of retries: status() shows the last reason
             return
         self._attempt()
 
@@ -209,7 +210,6 @@ class WLAN:
         self._connected = False
         self._requested = True
         self._reason = 0
-        self._tries = 0
         self._attempt()
 
     def disconnect(self):
@@ -226,12 +226,6 @@ class WLAN:
 
     def status(self, param=None):
         self._poll()
-        if param == "rssi":
-            if self._if != STA_IF:
-                raise OSError("STA required")
-            if not self._connected:
-                raise OSError("Wifi Not Connected")
-            return int(_ap(self._ssid).get("rssi", -55))
         if param is not None:
             raise ValueError("unknown status param")
         if self._if != STA_IF:
@@ -243,26 +237,9 @@ class WLAN:
             return r
         if r == _REASON_ASSOC_LEAVE:
             return STAT_IDLE
-        if self._requested and (not self._reconnects or self._tries < self._reconnects):
+        if self._requested:
             return STAT_CONNECTING
         return STAT_IDLE if not r else r
-
-    def config(self, *args, **kwargs):
-        if args and kwargs:
-            raise TypeError("either pos or kw args are allowed")
-        if "reconnects" in kwargs:
-            n = int(kwargs.pop("reconnects"))
-            self._reconnects = 0 if n == -1 else n + 1
-        if kwargs:
-            raise ValueError("unknown config param")
-        if args:
-            if args[0] == "reconnects":
-                return self._reconnects - 1
-            if args[0] == "mac":
-                return espsim.flash().uid
-            if args[0] == "ssid":
-                return self._ssid or ""
-            raise ValueError("unknown config param")
 
     def ifconfig(self):
         self._poll()
@@ -271,14 +248,6 @@ class WLAN:
         ip = str(_read_world().get("ip", "192.168.4.20"))
         gw = ip.rsplit(".", 1)[0] + ".1"
         return (ip, "255.255.255.0", gw, gw)
-
-    def ipconfig(self, key):
-        c = self.ifconfig()
-        if key == "addr4":
-            return c[0], c[1]
-        if key == "gw4":
-            return c[2]
-        raise ValueError("unexpected key")
 
 
 def link_up():
