@@ -36,6 +36,9 @@ GOALS = {
     "fleet_bricked": ("==", 0),
     # platform
     "nvs_cut_failures": ("==", 0),
+    # network (issue 13)
+    "wifi_fault_cases": (">=", 6),
+    "wifi_fault_failures": ("==", 0),
 }
 
 _OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}

@@ -21,7 +21,13 @@ _wdt = None
 
 
 def start(timeout_ms=DEFAULT_MS):
+    """Start (or reconfigure) the watchdog; returns the timeout used. A
+    board the watchdog reset last time says so in the security log."""
     global _wdt
+    if _wdt is None and machine.reset_cause() == machine.WDT_RESET:
+        from ironclad import events
+
+        events.record("agent", "watchdog_reset", "failed", "the last run hung and was reset")
     timeout_ms = min(MAX_MS, max(MIN_MS, timeout_ms))
     _wdt = machine.WDT(0, timeout_ms)
     return timeout_ms
