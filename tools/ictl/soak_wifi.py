@@ -65,7 +65,7 @@ class Lab:
     def _start(self):
         st = self.stack
         self.br = st.enter_context(fleet_broker.Broker(os.path.join(self.root, "broker")))
-        keys = Keys(self.root)
+        self.keys = keys = Keys(self.root)
         self.devdir = os.path.join(self.root, "device")
         sim_device.create(self.devdir)
         hwid = sim_device.load(self.devdir)["hwid"]
@@ -94,6 +94,9 @@ class Lab:
     # --- the world and the board ---------------------------------------------
     def ap(self, **changes):
         wifisim.set_ap(self.devdir, self.ssid, **changes)
+
+    def world(self, **fields):
+        wifisim.set_world(self.devdir, **fields)
 
     def power_cycle(self):
         self.mark()

@@ -6,6 +6,7 @@ device runs, so changing it changes the world under a running board:
     wifisim.set_ap(devdir, ssid, up=False)        # the AP goes away (link lost)
     wifisim.set_ap(devdir, ssid, key="other")     # the AP's passphrase changed
     wifisim.set_ap(devdir, ssid, assoc_ms=3000)   # slow association
+    wifisim.set_world(devdir, hang=True)          # the driver hangs (watchdog)
 
 The passphrase here is the simulated access point's own configuration (as an
 AP's is on the AP), not the board's: the board keeps its copy sealed in its
@@ -53,4 +54,11 @@ def set_ap(devdir, ssid, **changes):
     for ap in world.get("aps", []):
         if ap.get("ssid") == ssid:
             ap.update(changes)
+    write(devdir, world)
+
+
+def set_world(devdir, **fields):
+    """World-wide faults: hang=True makes the next driver call never return."""
+    world = read(devdir)
+    world.update(fields)
     write(devdir, world)
