@@ -33,7 +33,7 @@ def mp_env(devdir=None, fault=None, extra=None):
 # A snippet drives library modules without the boot path: its simulated
 # radio starts on and its link up (firmware/unix/network.py); a test of the
 # order itself passes env={"ESPSIM_NET": ""}.
-LAB_NET = {"ESPSIM_NET": "up"}
+from ictl.wifisim import LAB_NET  # noqa: E402
 
 
 def run_mp(code, devdir=None, heap_kib=DEFAULT_HEAP_KIB, fault=None, timeout=60, env=None, args=()):

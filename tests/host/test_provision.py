@@ -25,7 +25,7 @@ from ictl import ToolError, broker as fleet_broker, pki
 from ictl import board as vboard
 from ictl import ca as fleet_ca
 from ictl import device as sim_device
-from ictl import provision
+from ictl import provision, wifisim
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,6 +34,9 @@ pytestmark = pytest.mark.timeout(180)
 # and MQTT client needs more than the 96 KiB a test default gives. On a board
 # the library is frozen into flash.
 BOARD_HEAP_KIB = 160
+# Each board's simulated access point (ictl.wifisim); its passphrase goes to
+# `ictl provision` through the environment, never an argument.
+WIFI = (wifisim.DEFAULT_SSID, "test passphrase " + os.urandom(6).hex())
 
 
 class CapturingBoard(vboard.VirtualBoard):
@@ -118,6 +121,7 @@ def fleet(tmp_path_factory):
 def board(tmp_path):
     d = str(tmp_path / "dev")
     sim_device.create(d)
+    wifisim.simulated_ap(d, *WIFI)
     b = CapturingBoard(d, heap_kib=BOARD_HEAP_KIB)
     b.start()
     try:
@@ -127,7 +131,7 @@ def board(tmp_path):
 
 
 def ictl(*args, stdin=subprocess.DEVNULL):
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"), ICTL_WIFI_PASSPHRASE=WIFI[1])
     return subprocess.run([sys.executable, "-m", "ictl", *args], capture_output=True, text=True, timeout=120,
                           env=env, stdin=stdin, cwd=ROOT)
 
@@ -135,7 +139,7 @@ def ictl(*args, stdin=subprocess.DEVNULL):
 def provision_cmd(fleet, port, *extra, log=None, broker_port=None):
     args = ["provision", "--port", port, "--ca-dir", fleet.pki_dir, "--broker-host", "127.0.0.1",
             "--broker-port", str(broker_port or fleet.port), "--fleet-data-pub", fleet.fleet_pub_path,
-            "--operator", "tech-7"]
+            "--operator", "tech-7", "--wifi-ssid", WIFI[0]]
     if log:
         args += ["--log", log]
     return ictl(*args, *extra)
@@ -150,7 +154,7 @@ def make(fleet, b, **kw):
     kw.setdefault("log_path", os.path.join(b.devdir, "..", "provision.jsonl"))
     return kw.pop("cls", provision.Provisioner)(
         b.port, pki.load_ca(fleet.pki_dir), provision.broker_settings("127.0.0.1", fleet.port),
-        fleet.fleet_pub, out=lambda s: None, **kw)
+        fleet.fleet_pub, out=lambda s: None, wifi=WIFI, **kw)
 
 
 def inventory(fleet):
@@ -166,8 +170,10 @@ DEVICE_TLS = """
 import gc
 from ironclad.mqtt import MQTTClient, MQTTError
 gc.collect()
-from ironclad import provision
+from ironclad import net, provision
 me = provision.require()
+net.radio_on()
+assert net.Station.provisioned(me._ks).up(10000), "no Wi-Fi"
 gc.collect()
 c = MQTTClient(me.device_id, me.host, me.port, me.tls_context(), server_hostname=me.hostname)
 try:

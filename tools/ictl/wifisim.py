@@ -17,6 +17,10 @@ import os
 import secrets
 
 FILE = "wifi.json"
+# The environment of a lab that drives library modules without the boot path
+# (no agent to bring the link up): the stand-in starts with the radio on and
+# the station connected. A virtual board never gets it.
+LAB_NET = {"ESPSIM_NET": "up"}
 DEFAULT_SSID = "ironclad-sim"
 
 
