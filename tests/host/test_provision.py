@@ -290,7 +290,10 @@ def test_provision_then_mutual_tls_and_no_secret_anywhere(fleet, board, tmp_path
     board.stop()
 
     secrets = secrets_of(board.devdir)
+    # The Wi-Fi passphrase too: it crossed the USB link sealed to the board's key.
+    secrets["Wi-Fi passphrase"] = WIFI[1].encode()
     blobs = files_under(board.devdir, fleet.state_dir)
+    del blobs[os.path.join(board.devdir, wifisim.FILE)]  # the simulated AP's own configuration
     blobs.update({"log " + log: open(log, "rb").read(), "captured TLS traffic": tls_bytes, "ictl output": ictl_out})
     assert any("console.log" in k for k in blobs) and any("usb-from-host" in k for k in blobs)
     assert any(k.endswith("flash.bin") for k in blobs) and any(k.endswith("mosquitto.log") for k in blobs)

@@ -19,7 +19,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -63,15 +62,6 @@ class DirectBoard(prov.Board):
         boot = "exec(open(%r).read())\n" % start
         return subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % PORT_HEAP_KIB, "-c", boot + code],
                               capture_output=True, text=True, timeout=self.timeout, env=env, cwd=self.devdir)
-
-    def _run_file(self, code):
-        # A secret step: read from a private file (through the host's
-        # filesystem: the device's root is its own littlefs), never argv.
-        with tempfile.TemporaryDirectory(prefix="ictl-") as d:
-            fd = os.open(os.path.join(d, "step.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(code)
-            return self._exec("import vfs\nexec(vfs.VfsPosix(%r).open('step.py').read())" % d)
 
 
 class Device:

@@ -16,9 +16,9 @@ Steps (each one `mpremote exec` of ironclad.provision on the board):
   4 the CA checks the CSR and issues the certificate (inventory: issued)
   5 the board checks the certificate is for its key and id and signed by the
     CA and the fleet data key is a P-256 point (one exec), stores the Wi-Fi
-    credentials when given (the passphrase goes over USB in a file that
-    `mpremote run` sends, never on a command line; it is in no output, log or
-    record), then stores
+    credentials when given (the passphrase sealed to the board's key from
+    its CSR: it crosses the USB link and the mpremote command line only
+    encrypted, and is in no output, log or record), then stores
     certificate, CA, broker settings and the fleet data key, sets its clock
     and the clock's floor to this host's time (a board has no battery-backed
     clock), and marks itself provisioned, its last write (another: P-256 and
@@ -41,12 +41,13 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ictl import ToolError, read_file, broker as fleet_broker, ca as fleet_ca, fleetkeys, pki
 
@@ -119,6 +120,21 @@ def wifi_credentials(ssid, passphrase):
     return ssid, passphrase
 
 
+WIFI_INFO = b"ironclad-wifi-v1"
+
+
+def seal_wifi(board_pub, device_id, ssid, passphrase):
+    """The passphrase sealed to the board's key (ironclad.provision.open_wifi
+    opens it): ephemeral P-256 point || nonce || AES-128-CCM(passphrase, AAD
+    SSID) with a 16-byte tag, under HKDF-SHA256(ECDH, info WIFI_INFO || id)."""
+    eph = ec.generate_private_key(ec.SECP256R1())
+    z = eph.exchange(ec.ECDH(), board_pub)
+    k = HKDF(hashes.SHA256(), 16, None, WIFI_INFO + device_id.encode()).derive(z)
+    nonce = secrets.token_bytes(13)
+    point = eph.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return point + nonce + AESCCM(k, tag_length=16).encrypt(nonce, passphrase.encode(), ssid.encode())
+
+
 def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFIX, ntp=None):
     """The broker entry the board keeps: where to connect, which name the
     broker's certificate must carry, and the time server (optional) it sets
@@ -173,21 +189,10 @@ class Board:
         return subprocess.run([self.mpremote, "connect", self.port, "exec", code],
                               capture_output=True, text=True, timeout=self.timeout)
 
-    def _run_file(self, code):
-        # A secret argument: the code goes in a private file that mpremote
-        # reads and sends, so it is on no command line (ps, shell history).
-        with tempfile.TemporaryDirectory(prefix="ictl-") as d:  # mode 0700
-            path = os.path.join(d, "step.py")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(code)
-            return subprocess.run([self.mpremote, "connect", self.port, "run", path],
-                                  capture_output=True, text=True, timeout=self.timeout)
-
-    def call(self, step, *args, secret=False):
+    def call(self, step, *args):
         code = DEVICE_IMPORT + "provision.%s(%s)" % (step, ", ".join(repr(a) for a in args))
         try:
-            r = self._run_file(code) if secret else self._exec(code)
+            r = self._exec(code)
         except subprocess.TimeoutExpired:
             raise ToolError("the board on %s did not answer within %d s" % (self.port, self.timeout)) from None
         except OSError as e:
@@ -288,6 +293,7 @@ class Provisioner:
 
             self._step(4, "issuing the certificate")
             csr = fleet_ca.load_csr(self.csr_received(csr_der))
+            board_pub = csr.public_key()
             with self.inventory.locked():
                 self.inventory.check_identity(dev, uid, self.reprovision)
                 cert = fleet_ca.issue_from_csr(self.ca, csr, dev, days=self.days)
@@ -304,7 +310,7 @@ class Provisioner:
             self.board.call("check", cert_hex, ca_hex, self.fleet_pub.hex())
             if self.wifi:
                 self.out("      Wi-Fi network %s (passphrase sealed in the board's keystore)" % self.wifi[0])
-                self.board.call("wifi", self.wifi[0], self.wifi[1], secret=True)
+                self.board.call("wifi", self.wifi[0], seal_wifi(board_pub, dev, *self.wifi).hex())
             done = self.board.call("finish", cert_hex, ca_hex, json.dumps(self.broker), self.fleet_pub.hex(),
                                    int(time.time()), self.broker_ca.hex() if self.broker_ca else None)
 

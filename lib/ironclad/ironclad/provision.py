@@ -9,9 +9,9 @@
 #                               keep it in the keystore, print the CSR
 #   check(cert, ca, fleet_pub)  the certificate is for this key and id and
 #                               signed by the CA; the fleet key is a P-256 point
-#   wifi(ssid, key)             the Wi-Fi credentials (ironclad.net), sealed in the
-#                               keystore; sent by the host from a file, never on
-#                               a command line; the passphrase is never printed
+#   wifi(ssid, sealed)          the Wi-Fi credentials (ironclad.net): the passphrase
+#                               arrives sealed to the board's own key (below), is
+#                               checked, kept sealed in the keystore, never printed
 #   finish(cert, ca, broker, fleet_pub, now)   the cheap checks again, store
 #                               it all, set the clock and its floor from the
 #                               host's time (ironclad.clock), then mark the
@@ -301,21 +301,47 @@ def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None, broker_ca_hex
     _step(_finish, cert_hex, ca_hex, broker_json, fleet_pub_hex, now, broker_ca_hex)
 
 
-def _wifi(ssid, key):
+WIFI_INFO = b"ironclad-wifi-v1"
+
+
+def open_wifi(d, device_id, ssid, sealed):
+    """The passphrase the host sealed to this board's key, so that it crosses
+    the USB link (and the mpremote command line) only encrypted: sealed =
+    ephemeral P-256 public key (65) || nonce (13) || AES-128-CCM ciphertext
+    and 16-byte tag; key = HKDF-SHA256(ECDH(d, ephemeral), salt empty,
+    info WIFI_INFO || device id, 16 bytes); AAD = the SSID."""
+    from ironclad import ccm, kdf, p256
+
+    if len(sealed) < 65 + 13 + 16:
+        raise ProvisionError("Wi-Fi passphrase: sealed message too short")
+    k = kdf.hkdf(p256.ecdh(d, sealed[:65]), b"", WIFI_INFO + device_id.encode(), 16)
+    try:
+        return ccm.decrypt(k, sealed[65:78], ssid.encode(), sealed[78:], 16).decode()
+    except (ccm.AuthError, UnicodeError):
+        raise ProvisionError("Wi-Fi passphrase: not sealed to this board's key")
+
+
+def _wifi(ssid, sealed_hex):
     from ironclad import net
 
     ks = KeyStore()
     if ks.get("provisioned") is not None:
         raise ProvisionError("board is already provisioned")
-    if ks.get("device_key") is None:
+    key = ks.get("device_key")
+    dev = ks.get("device_id")
+    if key is None or dev is None:
         raise ProvisionError("no key pair on the board: run the start step first")
-    net.check(ssid, key)  # ValueError names the field, never the passphrase
-    ks.put("wifi", net.encode(ssid, key))
+    if not isinstance(ssid, str):
+        raise ProvisionError("Wi-Fi SSID must be text")
+    pw = open_wifi(_sec1(key)[0], dev.decode(), ssid, binascii.unhexlify(sealed_hex))
+    net.check(ssid, pw)  # ValueError names the field, never the passphrase
+    gc.collect()
+    ks.put("wifi", net.encode(ssid, pw))
     return {"wifi": ssid}
 
 
-def wifi(ssid, key):
-    _step(_wifi, ssid, key)
+def wifi(ssid, sealed_hex):
+    _step(_wifi, ssid, sealed_hex)
 
 
 def _wipe():
