@@ -429,7 +429,7 @@ def run_mqtt_device(f, broker, cert_der, key_der, ca_der, seconds=60, **cfg):
     with open(spec, "w") as fh:
         json.dump(dict(cfg, dev=f.dev_id, key=f.scalar_hex(), port=broker.port, prefix=broker.prefix,
                        seconds=seconds, updates={}, **paths), fh)
-    env = dict(os.environ, MICROPYPATH=device_path(f.devdir), ESPSIM_DIR=f.devdir)
+    env = dict(os.environ, MICROPYPATH=device_path(f.devdir), ESPSIM_DIR=f.devdir, **wifisim.LAB_NET)
     env.pop("ESPSIM_FAULT", None)
     # 256 KiB: the package's bytecode (frozen on a board) and mbedTLS's
     # session buffers share the unix port's heap.
