@@ -188,11 +188,7 @@ class WLAN:
             return self._active
         is_active = bool(is_active)
         if self._active and not is_active:
-            self._requested = False
-            if self._connected:
-                _drop_sockets()
-            self._connected = False
-            self._attempt_end = None
+            self._stop()
         self._active = is_active
         return is_active
 
@@ -212,12 +208,16 @@ class WLAN:
         self._reason = 0
         self._attempt()
 
-    def disconnect(self):
+    def _stop(self):
+        # No connection requested any more: the driver stops retrying.
         self._requested = False
         if self._connected:
             _drop_sockets()
         self._connected = False
         self._attempt_end = None
+
+    def disconnect(self):
+        self._stop()
         self._reason = _REASON_ASSOC_LEAVE
 
     def isconnected(self):

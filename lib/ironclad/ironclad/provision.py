@@ -205,17 +205,24 @@ def parse_cert(cert):
     return bytes(cert[ts:tb]), spki, cns, sig
 
 
-def _mine(ks, cert):
-    """The board's key pair and device id, after checking that cert is for
-    them; raises ProvisionError otherwise."""
-    from ironclad import der
-
+def _pending(ks):
+    """(SEC1 key, device id) of a board between the start step and the
+    commit point; ProvisionError otherwise."""
     if ks.get("provisioned") is not None:
         raise ProvisionError("board is already provisioned")
     key = ks.get("device_key")
     dev = ks.get("device_id")
     if key is None or dev is None:
         raise ProvisionError("no key pair on the board: run the start step first")
+    return key, dev
+
+
+def _mine(ks, cert):
+    """The board's key pair and device id, after checking that cert is for
+    them; raises ProvisionError otherwise."""
+    from ironclad import der
+
+    key, dev = _pending(ks)
     d, pub = _sec1(key)
     tbs, spki, cns, sig = parse_cert(cert)
     if spki != der.spki_p256_encode(pub):
@@ -325,12 +332,7 @@ def _wifi(ssid, sealed_hex):
     from ironclad import net
 
     ks = KeyStore()
-    if ks.get("provisioned") is not None:
-        raise ProvisionError("board is already provisioned")
-    key = ks.get("device_key")
-    dev = ks.get("device_id")
-    if key is None or dev is None:
-        raise ProvisionError("no key pair on the board: run the start step first")
+    key, dev = _pending(ks)
     if not isinstance(ssid, str):
         raise ProvisionError("Wi-Fi SSID must be text")
     pw = open_wifi(_sec1(key)[0], dev.decode(), ssid, binascii.unhexlify(sealed_hex))
