@@ -1,6 +1,7 @@
 """The agent and its Wi-Fi on a virtual board: a slice of the Wi-Fi fault
 campaign (ictl.soak_wifi), the hardware watchdog firing on a hung agent, and
 the Wi-Fi passphrase kept out of every output, log and record."""
+import json
 import os
 import secrets
 import subprocess
@@ -86,3 +87,35 @@ def test_passphrase_in_no_output_log_or_record(tmp_path, capsys, monkeypatch):
         assert secret not in out.out + out.err
         hits = [p for p, data in _files(str(tmp_path), skip=("wifi.json", "wifi-pass")).items() if secret.encode() in data]
         assert not hits, hits  # console.log, provisioning logs, inventory, flash (sealed), console state
+
+
+def test_board_opens_only_a_passphrase_sealed_to_its_key(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from ictl import device as sim_device
+    from mphelp import run_mp
+
+    d = str(tmp_path / "dev")
+    sim_device.create(d)
+
+    def step(code):
+        r = run_mp("from ironclad import provision\n" + code, d, heap_kib=192, env={"ESPSIM_NET": ""})
+        assert r.returncode == 0, r.stderr
+        line = [x for x in r.stdout.splitlines() if x.startswith("ICPROV ")][-1]
+        return json.loads(line[7:]), r.stdout + r.stderr
+
+    # The radio is off at power-up (no lab link): each step turns it on before it draws a key.
+    ans, _ = step("provision.start('dev-1')")
+    pub = x509.load_der_x509_csr(bytes.fromhex(ans["csr"])).public_key()
+    good = "a good passphrase"
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    for sealed, why in ((provision.seal_wifi(other, "dev-1", "home", good), "not sealed to this board's key"),
+                        (provision.seal_wifi(pub, "dev-1", "elsewhere", good), "not sealed to this board's key"),
+                        (provision.seal_wifi(pub, "dev-1", "home", "short"), "passphrase must be 8-63")):
+        ans, out = step("provision.wifi('home', %r)" % sealed.hex())
+        assert why in ans["error"] and good not in out and "short" not in out, ans
+    ans, out = step("provision.wifi('home', %r)" % provision.seal_wifi(pub, "dev-1", "home", good).hex())
+    assert ans == {"wifi": "home"} and good not in out
+    ans, _ = step("from ironclad.keystore import KeyStore\nimport json\nprint('ICPROV', KeyStore().get('wifi').decode())")
+    assert ans == {"ssid": "home", "key": good}
