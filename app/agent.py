@@ -193,7 +193,6 @@ class Agent:
             sta.connect_ms = self.nvs.get_i32("wifi_ms")  # one connection attempt's limit
         except OSError:
             pass
-        self.sta = sta
         if sta.up(net.CONNECT_MS, tick=watchdog.feed):
             print("agent: Wi-Fi %s up, address %s" % (sta.ssid, sta.wlan.ifconfig()[0]))
         else:
