@@ -14,9 +14,6 @@ import machine
 from ironclad import clock
 from ironclad import events
 
-# More than before: the simulated radio (firmware/unix/network.py, socket.py; C on a board) that ironclad.rng asks compiles into this heap.
-HEAP_KIB = 128
-
 D = os.getenv("IC_TMP")
 events.PATH = D + "/events.bin"
 events.SENT_PATH = D + "/events.sent"

@@ -13,8 +13,7 @@ from ironclad.keystore import KeyStore, KeyStoreError
 # The library and this file are compiled from source into the heap here (and
 # the esp32 stand-in alone takes 18 KiB); on a board they are frozen and NVS is
 # C. test_heap_per_operation measures what the keystore itself allocates.
-# More than before: the simulated radio (firmware/unix/network.py, socket.py; C on a board) that ironclad.rng asks compiles into this heap.
-HEAP_KIB = 144
+HEAP_KIB = 128
 
 D = os.getenv("IC_TMP")
 events.PATH = D + "/events.bin"

@@ -1,11 +1,12 @@
 # Network bring-up (ironclad.net) against the stand-in `network` module, the
-# socket gate, and the entropy gate (ironclad.rng). The runner starts labs
-# with the link up (ESPSIM_NET=up); each test here first puts the radio back
-# to its power-up state: off, nothing connected.
+# socket gate, and the entropy gate (ironclad.rng). These run with the
+# simulated Wi-Fi a virtual board has (LAB_NET = False: no lab link), each
+# from the radio's power-up state: off, nothing connected.
 import json
 import os
 import time
 
+import _netsim
 import espsim
 import network
 import socket
@@ -16,6 +17,7 @@ from ironclad import events, net, rng
 # socket.py; C on a board) compiles into this heap, beside the keystore
 # (which test_keystore.py runs at 144).
 HEAP_KIB = 160
+LAB_NET = False
 
 D = os.getenv("IC_TMP")
 events.PATH = D + "/events.bin"
@@ -25,7 +27,6 @@ KEY = "correct horse battery"
 
 def _power_up():
     sta = network.WLAN(network.WLAN.IF_STA)
-    sta._pinned = False
     sta.active(False)
     return sta
 
@@ -33,7 +34,7 @@ def _power_up():
 def _world(*aps):
     with espsim.host().open("wifi.json", "w") as f:
         json.dump({"aps": list(aps)}, f)
-    network._read_at = None  # re-read now, not after the stand-in's 200 ms
+    _netsim._read_at = None  # re-read now, not after the stand-in's 200 ms
 
 
 class _Backoff:

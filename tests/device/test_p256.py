@@ -11,9 +11,6 @@ from ironclad import csr
 from ironclad import der
 from ironclad import p256
 
-# More than before: the simulated radio (firmware/unix/network.py, socket.py; C on a board) that ironclad.rng asks compiles into this heap.
-HEAP_KIB = 112
-
 _N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 _GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296

@@ -20,9 +20,6 @@ import os
 from ironclad import der
 from ironclad import p256
 
-# More than before: the simulated radio (firmware/unix/network.py, socket.py; C on a board) that ironclad.rng asks compiles into this heap.
-HEAP_KIB = 112
-
 unhex = binascii.unhexlify
 
 

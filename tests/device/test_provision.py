@@ -13,7 +13,7 @@ from ironclad.keystore import KeyStore, NAMESPACE
 # compiling p256.py needs large blocks, which the grown stand-ins (binary
 # partition table, RTC) leave too few of below 160 KiB. Provisioning on the
 # precompiled firmware runs within the app's 64 KiB heap (test_run.py).
-# More than before: the simulated radio (firmware/unix/network.py, socket.py; C on a board) that ironclad.rng asks compiles into this heap.
+# 176: each step now also turns the (simulated) radio on first (ironclad.rng).
 HEAP_KIB = 176
 
 D = os.getenv("IC_TMP")

@@ -273,23 +273,21 @@ _ARCH = {"x86_64": ("-march=x64",), "aarch64": ("-march=aarch64",)}.get(os.uname
 
 
 def build_mpy(force=False):
-    """lib/ironclad compiled by mpy-cross into build/mpy (as freezing does),
-    with the stand-ins for what is C on a board and the library imports
-    (network, socket: they then cost the small heap no compilation);
+    """lib/ironclad compiled by mpy-cross into build/mpy (as freezing does);
     returns the directory for MICROPYPATH. Each file is replaced atomically,
     so parallel test workers can share it."""
     src = os.path.join(LIB, "ironclad")
     dst = os.path.join(MPY_DIR, "ironclad")
     os.makedirs(dst, exist_ok=True)
-    unix = os.path.join(ROOT, "firmware", "unix")
-    files = [(os.path.join(src, n), os.path.join(dst, n[:-3] + ".mpy"), "ironclad/" + n)
-             for n in sorted(os.listdir(src)) if n.endswith(".py")]
-    files += [(os.path.join(unix, n), os.path.join(MPY_DIR, n[:-3] + ".mpy"), n) for n in ("network.py", "socket.py")]
-    for s, out, name in files:
+    for name in sorted(os.listdir(src)):
+        if not name.endswith(".py"):
+            continue
+        out = os.path.join(dst, name[:-3] + ".mpy")
+        s = os.path.join(src, name)
         if not force and os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(s):
             continue
         tmp = "%s.%d.tmp" % (out, os.getpid())
-        r = subprocess.run([MPY_CROSS, *_ARCH, "-o", tmp, "-s", name, s], capture_output=True, text=True)
+        r = subprocess.run([MPY_CROSS, *_ARCH, "-o", tmp, "-s", "ironclad/" + name, s], capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError("mpy-cross %s: %s" % (name, r.stderr.strip()))
         os.replace(tmp, out)
