@@ -66,7 +66,7 @@ class DeviceItem(pytest.Item):
         devdir = os.path.join(tmp, "dev")
         sim_device.create(devdir)
         cmd = [mphelp.MICROPYTHON, "-X", "heapsize=%dK" % self.heap, RUNNER, self.path.stem, self.name]
-        env = mphelp.mp_env(devdir, extra=mphelp.LAB_NET if self.lab_net else None)
+        env = mphelp.mp_env(devdir, lab_net=self.lab_net)
         env["IC_TMP"] = str(tmp)
         try:
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=self.timeout, cwd=str(tmp))

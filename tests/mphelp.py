@@ -7,19 +7,26 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+from ictl.wifisim import LAB_NET  # noqa: E402
+
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 DEFAULT_HEAP_KIB = 96
 MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix", "tests/device")])
+# The virtual board's simulated Wi-Fi and socket gate (start.py puts it on the path).
+BOARD_NET = os.path.join(ROOT, "firmware", "unix", "board")
 VECTORS_SRC = os.path.join(ROOT, "tests", "vectors", "wycheproof")
 VECTORS_DIR = os.path.join(ROOT, "build", "vectors")
 START = os.path.join(ROOT, "firmware", "unix", "start.py")
 SIGKILL_RC = -9  # a power cut or a reset ends the device process with SIGKILL
 
 
-def mp_env(devdir=None, fault=None, extra=None):
-    env = dict(os.environ)
-    env["MICROPYPATH"] = MICROPYPATH
+def mp_env(devdir=None, fault=None, extra=None, lab_net=True):
+    """lab_net: the simulated radio on and its link up from the start
+    (ictl.wifisim.LAB_NET), for code that drives library modules without
+    the boot path; a virtual board's boot (boot()) starts with it off."""
+    env = dict(os.environ, **(LAB_NET if lab_net else {}))
+    env["MICROPYPATH"] = MICROPYPATH if lab_net else BOARD_NET + ":" + MICROPYPATH
     env["IC_VECTORS"] = VECTORS_DIR
     env.pop("ESPSIM_FAULT", None)
     if devdir:
@@ -30,17 +37,11 @@ def mp_env(devdir=None, fault=None, extra=None):
     return env
 
 
-# A snippet drives library modules without the boot path: its simulated
-# radio starts on and its link up (firmware/unix/network.py); a test of the
-# order itself passes env={"ESPSIM_NET": ""}.
-from ictl.wifisim import LAB_NET  # noqa: E402
-
-
 def run_mp(code, devdir=None, heap_kib=DEFAULT_HEAP_KIB, fault=None, timeout=60, env=None, args=()):
     """Run a MicroPython snippet; returns CompletedProcess (text output)."""
     return subprocess.run(
         [MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, "-c", code, *args],
-        env=mp_env(devdir, fault, dict(LAB_NET, **(env or {}))), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=mp_env(devdir, fault, env), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
 
 
@@ -48,7 +49,7 @@ def boot(devdir, heap_kib=DEFAULT_HEAP_KIB, fault=None, timeout=60, env=None):
     """Boot a device the way the firmware does (start.py) without a REPL."""
     return subprocess.run(
         [MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, START],
-        env=mp_env(devdir, fault, env), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=mp_env(devdir, fault, env, lab_net=False), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
 
 

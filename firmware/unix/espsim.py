@@ -49,21 +49,6 @@ def devdir():
     return os.getenv("ESPSIM_DIR") or "device"
 
 
-_host = None
-
-
-def host():
-    """The device directory on the host, for the stand-ins' side channels
-    (wifi.json, wdt): a VfsPosix used directly, never mounted, since once
-    the root is the device's own littlefs a path there is not the host's."""
-    global _host
-    if _host is None:
-        import vfs
-
-        _host = vfs.VfsPosix(devdir())
-    return _host
-
-
 def _die():
     # Power is gone: kill our own process (sh's parent) with SIGKILL.
     os.system("kill -9 $PPID")

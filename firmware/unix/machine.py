@@ -126,5 +126,7 @@ class WDT:
         if WDT._fed is not None and time.ticks_diff(now, WDT._fed) < WDT._timeout // 8:
             return
         WDT._fed = now
-        with espsim.host().open("wdt", "w") as f:
+        import simhost
+
+        with simhost.host().open("wdt", "w") as f:
             f.write("%d\n" % WDT._timeout)

@@ -1,16 +1,26 @@
-# Stand-in for the ESP32 port's `network` module on the unix port.
+# Stand-in for the ESP32 port's `network` module in a lab: code that drives
+# library modules without the boot path (tests, rigs). Its station is active
+# and has an address from the start and never loses it; only what
+# ironclad.rng asks (labs do not run ironclad.net), kept small for the labs'
+# small heaps (on a board the module is C and costs the heap nothing). A lab
+# has no socket stand-in either: the port's own socket module.
 #
-# A virtual board (the boot path, the agent) gets the simulated Wi-Fi of
-# _netsim.py: the radio off at power-up, the access points of
-# <device dir>/wifi.json, the driver's status codes, reconnects and faults.
-# A lab that drives library modules without the boot path sets ESPSIM_NET=up
-# (ictl.wifisim.LAB_NET) and gets _netlab.py: the radio on and the link up
-# from the start, in a few hundred bytes of heap (on a board this module is C
-# and costs the heap nothing; the full simulation would crowd a lab's small
-# heap).
-import os
+# A virtual board gets the simulated Wi-Fi instead: board/network.py and
+# board/socket.py, which start.py puts first on the path (unless
+# ESPSIM_NET=up: a lab that boots through start.py).
+STA_IF = 0
+AP_IF = 1
 
-if os.getenv("ESPSIM_NET") == "up":
-    from _netlab import *  # noqa: F401,F403
-else:
-    from _netsim import *  # noqa: F401,F403
+
+class WLAN:
+    IF_STA = STA_IF
+    IF_AP = AP_IF
+
+    def __init__(self, interface_id=STA_IF):
+        self._sta = interface_id == STA_IF
+
+    def active(self, is_active=None):
+        return self._sta
+
+    def isconnected(self):
+        return self._sta

@@ -46,7 +46,10 @@ def _mount():
     os.chdir("/")
     # Frozen code only: nothing on the writable filesystem is ever imported
     # (a dropped /ironclad/ directory or main.py must not shadow the firmware).
-    sys.path[:] = [".frozen", "/.frozen/lib/ironclad", "/.frozen/firmware/unix"] + extra
+    # board/: the simulated Wi-Fi and the socket gate (network.py, socket.py),
+    # over the lab's always-up station, unless a lab boots the board (ESPSIM_NET=up).
+    net = [] if os.getenv("ESPSIM_NET") == "up" else ["/.frozen/firmware/unix/board"]
+    sys.path[:] = [".frozen", "/.frozen/lib/ironclad"] + net + ["/.frozen/firmware/unix"] + extra
 
 
 def _run(name):

@@ -6,8 +6,7 @@ import json
 import os
 import time
 
-import _netsim
-import espsim
+import simhost
 import network
 import socket
 
@@ -32,9 +31,9 @@ def _power_up():
 
 
 def _world(*aps):
-    with espsim.host().open("wifi.json", "w") as f:
+    with simhost.host().open("wifi.json", "w") as f:
         json.dump({"aps": list(aps)}, f)
-    _netsim._read_at = None  # re-read now, not after the stand-in's 200 ms
+    network._read_at = None  # re-read now, not after the stand-in's 200 ms
 
 
 class _Backoff:

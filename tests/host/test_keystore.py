@@ -107,5 +107,5 @@ def test_sweep_catches_a_put_that_is_not_atomic():
     assert run != soak_keystore.RUN
     points, failures = faults.sweep(None, run.replace("ROUNDS_VALUE", "2"),
                                     soak_keystore.CHECK.replace("ROUNDS_VALUE", "2"), tear_bytes=(),
-                                    heap_kib=112)  # the extra delete's garbage beside the simulated radio (C on a board)
+                                    heap_kib=112)  # the extra delete's garbage beside ironclad.rng (issue 13)
     assert failures and "not a state of the run" in failures[0][1]

@@ -100,12 +100,11 @@ def test_board_opens_only_a_passphrase_sealed_to_its_key(tmp_path):
     sim_device.create(d)
 
     def step(code):
-        r = run_mp("from ironclad import provision\n" + code, d, heap_kib=192, env={"ESPSIM_NET": ""})
+        r = run_mp("from ironclad import provision\n" + code, d, heap_kib=192)
         assert r.returncode == 0, r.stderr
         line = [x for x in r.stdout.splitlines() if x.startswith("ICPROV ")][-1]
         return json.loads(line[7:]), r.stdout + r.stderr
 
-    # The radio is off at power-up (no lab link): each step turns it on before it draws a key.
     ans, _ = step("provision.start('dev-1')")
     pub = x509.load_der_x509_csr(bytes.fromhex(ans["csr"])).public_key()
     good = "a good passphrase"

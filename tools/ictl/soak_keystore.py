@@ -11,8 +11,7 @@ from ictl import faults
 # then a delete and a new name (index writes). STATES lists the state after
 # each call; the check accepts exactly these.
 SCENARIO = """
-import esp32  # the stand-ins first, while the heap is empty (they are C on a board)
-import network
+import esp32  # the stand-in first, while the heap is empty (it is C on a board)
 from ironclad.keystore import KeyStore
 ROUNDS = ROUNDS_VALUE
 def val(name, i):

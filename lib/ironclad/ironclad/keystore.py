@@ -29,7 +29,7 @@
 # the erased entries are physically gone.
 from micropython import const
 
-from ironclad import ccm, rng
+from ironclad import ccm
 
 NAMESPACE = "ic_ks"
 KEY_NAMESPACE = "ic_sk"
@@ -115,6 +115,8 @@ class KeyStore:
                 # No key: whatever records are left (a wipe cut short) can
                 # never be opened again, so clear them before starting over.
                 self._erase_entries()
+                from ironclad import rng  # (here: a board that only reads never loads it)
+
                 k = rng.get(_KEY_LEN)
                 self._knvs.set_blob(_SK, k)
                 self._knvs.commit()
@@ -133,6 +135,8 @@ class KeyStore:
         c = self._ccm(True)
         out = bytearray(_OVERHEAD + len(value))
         out[0] = _VERSION
+        from ironclad import rng
+
         nonce = rng.get(_NONCE)
         out[1:1 + _NONCE] = nonce
         c.encrypt_into(nonce, self._aad(name), value, out, 1 + _NONCE)

@@ -16,6 +16,8 @@
 # order (its network stand-in starts with the radio off).
 import os
 
+import network  # loaded with this module, not at the first draw (a fragment in mid-heap)
+
 
 class EntropyError(Exception):
     """A random draw before the hardware RNG has its entropy source."""
@@ -23,8 +25,6 @@ class EntropyError(Exception):
 
 def ready():
     """True while Wi-Fi is on (station or access point interface active)."""
-    import network
-
     return network.WLAN(network.WLAN.IF_STA).active() or network.WLAN(network.WLAN.IF_AP).active()
 
 
@@ -43,8 +43,6 @@ def below(n):
 def radio_on():
     """Start the Wi-Fi driver (station interface active, not connected):
     from here draws are true random. Returns the station interface."""
-    import network
-
     sta = network.WLAN(network.WLAN.IF_STA)
     if not sta.active():
         sta.active(True)

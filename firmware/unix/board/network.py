@@ -1,5 +1,5 @@
-# The simulated Wi-Fi behind the stand-in `network` module (network.py) on a
-# virtual board: the WLAN station interface, as ports/esp32/network_wlan.c (MicroPython v1.28.0)
+# Stand-in for the ESP32 port's `network` module on a virtual board (start.py
+# puts this directory first on the path): the WLAN station interface, as ports/esp32/network_wlan.c (MicroPython v1.28.0)
 # implements it over the ESP-IDF Wi-Fi driver, with simulated access points.
 #
 # The world the radio sees is <device dir>/wifi.json, written by the host
@@ -32,14 +32,14 @@
 #     (network_common.c esp_exceptions, ESP_ERR_WIFI_NOT_STARTED).
 # The ESP-IDF reason codes are wifi_err_reason_t (esp_wifi_types_generic.h, v5.5).
 #
-# Sockets: the stand-in `socket` module (socket.py, _sockgate.py) asks
+# Sockets: the stand-in `socket` module (socket.py next to this file) asks
 # link_up() before it lets a connection out, and the sockets it opened are
 # closed when the link drops (on a board lwIP aborts them when the station
 # loses its address; the program sees its connection end either way).
 #
 # The radio is off and nothing is connected at power-up, as on a board.
-# (Labs that drive library modules without the boot path get _netlab.py
-# instead, see network.py.) Times are the simulation's (an absent AP is reported after a
+# (Labs that drive library modules without the boot path get the small
+# station of firmware/unix/network.py instead.) Times are the simulation's (an absent AP is reported after a
 # 300 ms scan; a board's all-channel scan takes seconds).
 import json
 import time
@@ -82,10 +82,10 @@ def _read_world():
     if _read_at is not None and time.ticks_diff(now, _read_at) < _REREAD_MS:
         return _world
     _read_at = now
-    import espsim  # here: a lab with its link pinned up never loads it
+    import simhost
 
     try:
-        with espsim.host().open("wifi.json", "r") as f:
+        with simhost.host().open("wifi.json", "r") as f:
             w = json.load(f)
         _world = w if isinstance(w, dict) else {"aps": []}
     except (OSError, ValueError):

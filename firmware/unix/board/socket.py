@@ -1,6 +1,9 @@
-# The gate the stand-in `socket` (socket.py) puts on the port's own socket
-# module on a virtual board: the simulated Wi-Fi link (_netsim.py) decides,
-# so that nothing
+# Stand-in for the ESP32 port's `socket` on a virtual board (start.py puts
+# this directory first on the path): the port's own socket module, reached
+# as `usocket` (an extensible built-in shadowed by this file keeps its
+# u-prefixed alias: py/objmodule.c mp_module_get_builtin, MicroPython
+# v1.28.0), gated by the simulated Wi-Fi link (network.py next to this
+# file), so that nothing
 # reaches the network before the station has an address, as on a board:
 #   * getaddrinfo of a name fails with OSError(-202) (lwIP EAI_FAIL, raised
 #     negated by ports/esp32/modsocket.c _getaddrinfo_inner: no DNS server
@@ -10,7 +13,7 @@
 #     lwIP's err_to_errno); a datagram socket's send() fails the same way.
 # Sockets made while the link is up are the port's own (TLS wraps them, poll
 # sees them); the simulated driver closes them when the link drops.
-from usocket import AF_INET, SOCK_DGRAM, SOCK_STREAM
+from usocket import *  # noqa: F401,F403  (constants and the rest, unchanged)
 import usocket as _port
 
 import network
