@@ -134,11 +134,22 @@ class Lab:
                 return m
         raise ToolError("the console received no reading within %ds" % (timeout or self.timeout))
 
-    def verdict(self, event=None):
-        """Why this case failed, or None."""
-        text = "\n".join(self.lines())
+    def _spool_counts(self, text):
         spooled = len(re.findall(r"agent: offline, reading \d+ spooled", text))
         delivered = sum(int(n) for n in re.findall(r"agent: delivered (\d+) spooled readings", text))
+        return spooled, delivered
+
+    def verdict(self, event=None):
+        """Why this case failed, or None. Waits (up to the timeout) for the
+        spool to be delivered: the console may open the first delivered
+        reading before the device prints how many it sent."""
+        end = time.monotonic() + self.timeout
+        while True:
+            text = "\n".join(self.lines())
+            spooled, delivered = self._spool_counts(text)
+            if delivered >= spooled or time.monotonic() > end:
+                break
+            time.sleep(0.2)
         why = []
         if "agent crash" in text or "event agent failed crash" in text or "Traceback" in text:
             why.append("the agent crashed")
