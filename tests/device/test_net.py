@@ -12,7 +12,7 @@ import socket
 
 from ironclad import events, net, rng
 
-# More than the default: the simulated radio (firmware/unix/network.py,
+# More than the default: the simulated radio (firmware/unix/board/network.py,
 # socket.py; C on a board) compiles into this heap, beside the keystore
 # (which test_keystore.py runs at 144).
 HEAP_KIB = 160

@@ -1,6 +1,6 @@
 """Wi-Fi fault campaign: the agent on a virtual board (the app's 64 KiB heap,
 mosquitto with mutual TLS, the fleet console) against each fault of its
-simulated access point (ictl.wifisim, firmware/unix/network.py):
+simulated access point (ictl.wifisim, firmware/unix/board/network.py):
 
   wrong_passphrase  the board boots, the AP refuses its passphrase; later the
                     AP takes it again

@@ -1,5 +1,5 @@
 """The simulated Wi-Fi a virtual board's radio sees: <device dir>/wifi.json,
-read by the stand-in `network` module (firmware/unix/network.py) while the
+read by the virtual board's stand-in `network` module (firmware/unix/board/network.py) while the
 device runs, so changing it changes the world under a running board:
 
     ssid, key = wifisim.simulated_ap(devdir)      # one AP, a fresh passphrase
