@@ -1,6 +1,10 @@
 # The agent: the app that the verified boot runs. It refuses to start any
 # network service on a board that is not provisioned, then keeps one mutual-TLS
 # MQTT connection to the fleet broker and:
+#   * brings up Wi-Fi first (ironclad.net, the technician's credentials),
+#     with the radio on before any random draw (ironclad.rng), and starts the
+#     hardware watchdog (ironclad.watchdog), fed by its loop; a link drop is
+#     handled like a broker drop;
 #   * publishes a reading every interval, sealed (COSE_Encrypt0) for the fleet;
 #     while the broker is out of reach readings go to the spool on flash and
 #     are delivered in order, QoS 1, once it is back;
@@ -15,7 +19,7 @@ import time
 import esp32
 import machine
 
-from ironclad import bootstate, clock, commands, events, identity, nonce, telemetry, update
+from ironclad import bootstate, clock, commands, events, identity, net, nonce, rng, telemetry, update, watchdog
 from ironclad import nvs as _nvs
 from ironclad.identity import NotProvisioned
 from ironclad.mqtt import MQTTClient, MQTTError
@@ -214,7 +218,22 @@ class Agent:
             print("agent: trial image confirmed (floor %d)" % bootstate.floor())
 
     # --- the loop ----------------------------------------------------------------
-    def run(self):
+    def run(self, sta):
+        # The watchdog first (a hang from here on resets the board), then the
+        # link, before the clock and MQTT; without it the loop spools.
+        try:
+            wdt_ms = self.nvs.get_i32("wdt_ms")
+        except OSError:
+            wdt_ms = watchdog.DEFAULT_MS
+        print("agent: watchdog %d ms" % watchdog.start(wdt_ms))
+        try:
+            sta.connect_ms = self.nvs.get_i32("wifi_ms")  # one connection attempt's limit
+        except OSError:
+            pass
+        if sta.up(net.CONNECT_MS, tick=watchdog.feed):
+            print("agent: Wi-Fi %s up, address %s" % (sta.ssid, sta.wlan.ifconfig()[0]))
+        else:
+            print("agent: Wi-Fi %s not up (%s); readings are spooled meanwhile" % (sta.ssid, sta.last or "connecting"))
         # Before the first connection: mbedTLS checks the broker's certificate
         # against this clock, which an ESP32 powers up at 2000-01-01. The
         # floor includes the newest time seen in signed update metadata.
@@ -222,10 +241,12 @@ class Agent:
         print("agent: clock set from %s (Unix time %d)" % (src, t))
         due = time.ticks_ms()
         while True:
+            watchdog.feed()
             clock.remember()  # the floor moves on with the time run (NVS at most every few minutes)
             was = self.online
             try:
-                self.online = self.client.maintain()
+                # No link: offline, as with the broker out of reach (readings spooled).
+                self.online = self.client.maintain() if sta.maintain() else False
                 if self.online and not was:
                     self._on_connect()
                 if time.ticks_diff(time.ticks_ms(), due) >= 0 or self.read_now:
@@ -303,7 +324,14 @@ def main():
         print("agent: not starting network services:", e)
         return
     try:
-        _agent(me).run()
+        sta = net.Station.provisioned(me._ks)
+    except net.NotConfigured as e:
+        events.record("network", "not_configured", "failed", "no usable Wi-Fi credentials")
+        print("agent: not starting network services:", e)
+        return
+    rng.radio_on()  # the RNG's entropy source, before the agent draws its nonce epoch (ironclad.rng)
+    try:
+        _agent(me).run(sta)
     except Exception as e:  # never left dead: record why, then reset (a trial image counts an attempt)
         events.record("agent", "crash", "failed", "%s %s" % (type(e).__name__, e))
         import sys

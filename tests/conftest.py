@@ -36,15 +36,18 @@ class DeviceFile(pytest.File):
         tree = ast.parse(self.path.read_text(), filename=str(self.path))
         heap = mphelp.DEFAULT_HEAP_KIB
         timeout = DEVICE_TIMEOUT
+        lab_net = True  # the link up from the start (firmware/unix/network.py), unless the file says LAB_NET = False
         for node in tree.body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 if node.targets[0].id == "HEAP_KIB":
                     heap = ast.literal_eval(node.value)
                 elif node.targets[0].id == "TIMEOUT_S":
                     timeout = ast.literal_eval(node.value)
+                elif node.targets[0].id == "LAB_NET":
+                    lab_net = ast.literal_eval(node.value)
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                yield DeviceItem.from_parent(self, name=node.name, heap=heap, timeout=timeout)
+                yield DeviceItem.from_parent(self, name=node.name, heap=heap, timeout=timeout, lab_net=lab_net)
 
 
 class DeviceFailure(Exception):
@@ -52,17 +55,18 @@ class DeviceFailure(Exception):
 
 
 class DeviceItem(pytest.Item):
-    def __init__(self, *, heap, timeout, **kw):
+    def __init__(self, *, heap, timeout, lab_net=True, **kw):
         super().__init__(**kw)
         self.heap = heap
         self.timeout = timeout
+        self.lab_net = lab_net
 
     def runtest(self):
         tmp = self.config._tmp_path_factory.mktemp(self.name[:30])
         devdir = os.path.join(tmp, "dev")
         sim_device.create(devdir)
         cmd = [mphelp.MICROPYTHON, "-X", "heapsize=%dK" % self.heap, RUNNER, self.path.stem, self.name]
-        env = mphelp.mp_env(devdir)
+        env = mphelp.mp_env(devdir, lab_net=self.lab_net)
         env["IC_TMP"] = str(tmp)
         try:
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=self.timeout, cwd=str(tmp))

@@ -7,21 +7,28 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+from ictl.sim.wifisim import LAB_NET  # noqa: E402
+
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 # 112: the stand-ins for the port's C modules (esp32, machine, time and the port
 # profile they hold to) take ~6 KiB of the unix port's heap; a board has them in C.
 DEFAULT_HEAP_KIB = 112
 MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix", "tests/device")])
+# The virtual board's simulated Wi-Fi and socket gate (start.py puts it on the path).
+BOARD_NET = os.path.join(ROOT, "firmware", "unix", "board")
 VECTORS_SRC = os.path.join(ROOT, "tests", "vectors", "wycheproof")
 VECTORS_DIR = os.path.join(ROOT, "build", "vectors")
 START = os.path.join(ROOT, "firmware", "unix", "start.py")
 SIGKILL_RC = -9  # a power cut or a reset ends the device process with SIGKILL
 
 
-def mp_env(devdir=None, fault=None, extra=None):
-    env = dict(os.environ)
-    env["MICROPYPATH"] = MICROPYPATH
+def mp_env(devdir=None, fault=None, extra=None, lab_net=True):
+    """lab_net: the simulated radio on and its link up from the start
+    (ictl.wifisim.LAB_NET), for code that drives library modules without
+    the boot path; a virtual board's boot (boot()) starts with it off."""
+    env = dict(os.environ, **(LAB_NET if lab_net else {}))
+    env["MICROPYPATH"] = MICROPYPATH if lab_net else BOARD_NET + ":" + MICROPYPATH
     env["IC_VECTORS"] = VECTORS_DIR
     env.pop("ESPSIM_FAULT", None)
     if devdir:
@@ -44,7 +51,7 @@ def boot(devdir, heap_kib=DEFAULT_HEAP_KIB, fault=None, timeout=60, env=None):
     """Boot a device the way the firmware does (start.py) without a REPL."""
     return subprocess.run(
         [MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, START],
-        env=mp_env(devdir, fault, env), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=mp_env(devdir, fault, env, lab_net=False), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
 
 

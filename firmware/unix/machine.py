@@ -72,20 +72,50 @@ class RTC:
 
 
 class WDT:
-    """Watchdog: a missed feed resets the device, as the task watchdog does."""
+    """machine.WDT as ports/esp32/machine_wdt.c (MicroPython v1.28.0) makes
+    it: the ESP-IDF task watchdog reconfigured to `timeout` ms with
+    trigger_panic, the MicroPython task subscribed. id must be 0 (ValueError
+    otherwise), timeout > 0 ("WDT timeout too short"); there is no way to
+    stop it. WDT() again reconfigures the same watchdog. When a feed is
+    missed the panic handler resets the chip and the next boot reads
+    WDT_RESET (esp_reset_reason() ESP_RST_TASK_WDT, modmachine.c).
+
+    The unix port has no timer interrupt, and a hung program cannot check a
+    deadline itself, so the timer is outside the device process, as the
+    watchdog's is outside the CPU's control flow: each feed writes the
+    timeout to <device dir>/wdt, and the virtual board's host side
+    (tools/ictl/board.py) kills the device process once that file is older
+    than the timeout, and records WDT as the reset cause. A feed writes at
+    most every timeout/8 ms, so the host may fire up to that much early,
+    never late. Without a virtual board (a bare `micropython start.py`)
+    nothing fires."""
+
+    _timeout = 0
+    _fed = None
+
+    def __new__(cls, id=0, timeout=5000):
+        if id != 0:
+            raise ValueError()
+        if timeout <= 0:
+            raise ValueError("WDT timeout too short")
+        WDT._timeout = timeout
+        WDT._fed = None
+        o = object.__new__(cls)
+        o.feed()
+        return o
 
     def __init__(self, id=0, timeout=5000):
-        self._timeout = timeout
-        self.feed()
+        pass
 
     def feed(self):
-        self._due = time.ticks_add(time.ticks_ms(), self._timeout)
+        now = time.ticks_ms()
+        if WDT._fed is not None and time.ticks_diff(now, WDT._fed) < WDT._timeout // 8:
+            return
+        WDT._fed = now
+        import simhost
 
-    def expired(self):
-        # The unix port has no timer interrupt: long loops call this to let a
-        # missed feed take effect at the next check.
-        if time.ticks_diff(time.ticks_ms(), self._due) > 0:
-            espsim.reset("WDT")
+        with simhost.host().open("wdt", "w") as f:
+            f.write("%d\n" % WDT._timeout)
 
 
 # What the board's machine lacks is not there (firmware/profile/<chip>.surface).

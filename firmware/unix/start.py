@@ -18,6 +18,7 @@ import vfs
 
 import espsim
 import espboard
+import simhost  # noqa: F401  (takes the host's vfs before the narrowing)
 
 # The repo root: what an ESP32 build freezes (boot.py, main.py, lib/).
 _FW = os.getenv("ESPSIM_FIRMWARE") or sys.argv[0].rsplit("/firmware/", 1)[0]
@@ -47,7 +48,10 @@ def _mount():
     os.chdir("/")
     # Frozen code only: nothing on the writable filesystem is ever imported
     # (a dropped /ironclad/ directory or main.py must not shadow the firmware).
-    sys.path[:] = [".frozen", "/.frozen/lib/ironclad", "/.frozen/firmware/unix"] + extra
+    # board/: the simulated Wi-Fi and the socket gate (network.py, socket.py),
+    # over the lab's always-up station, unless a lab boots the board (ESPSIM_NET=up).
+    net = [] if os.getenv("ESPSIM_NET") == "up" else ["/.frozen/firmware/unix/board"]
+    sys.path[:] = [".frozen", "/.frozen/lib/ironclad"] + net + ["/.frozen/firmware/unix"] + extra
 
 
 class _BoardModule:
@@ -77,6 +81,14 @@ def _board_surface():
     # stand-ins that already drop what the chip lacks (espboard.honour), time is
     # the board's by construction; sys stays whole (start.py and the REPL use
     # it; the profile check, ictl.portprofile, covers the device code's uses).
+    # The network and socket stand-ins (board/) talk to each other through
+    # names the board lacks (network.link_up): socket is imported first, so
+    # its own reference to network is the stand-in's whole module; only what
+    # the device code imports from now on is narrowed.
+    try:
+        import socket  # noqa: F401
+    except ImportError:
+        pass
     for name in espboard.board_modules():
         if name in ("esp32", "machine", "time", "sys"):
             continue
@@ -125,7 +137,7 @@ _BALLAST = []
 _POOL_JUMP = 512  # bytes: more than a qstr and its chunk; less than a pool of 64 entries
 
 
-def _qstr_pool_ahead(limit=1 << 16):
+def _qstr_pool_ahead(limit=512):
     # The names in loaded code (qstrs) are interned in pools that the VM
     # allocates in the GC heap, each twice the size of the one before
     # (qstr_add in py/qstr.c, MicroPython v1.28.0). On an ESP32 the frozen
@@ -137,6 +149,7 @@ def _qstr_pool_ahead(limit=1 << 16):
     # next pool now, with the code, by interning filler names until the VM
     # allocates it (seen as a jump in gc.mem_alloc()). The app then has that
     # whole pool's room for its own names. Returns the fillers interned.
+    # Only a nearly full pool matters: at most `limit` fillers are interned.
     i = 0
     last = gc.mem_alloc()
     while i < limit:
@@ -146,7 +159,10 @@ def _qstr_pool_ahead(limit=1 << 16):
         if now - last > _POOL_JUMP:
             return i
         last = now
-    raise MemoryError("no new qstr pool after %d names" % limit)
+    # No new pool within `limit` names: the last pool still has room for
+    # that many, more than the app's own new names; interning on would only
+    # spend the heap on fillers (qstrs are never freed).
+    return i
 
 
 def _cap_heap(kib):

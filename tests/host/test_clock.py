@@ -16,7 +16,10 @@ from mphelp import ROOT, run_mp
 from ictl import ToolError, pki, provision
 from ictl.sim import board as vboard
 from ictl.sim import device as sim_device
+from ictl.sim import wifisim
 from ictl.timeserver import REPLIES, TimeServer
+
+WIFI_KEY = "clock test " + os.urandom(4).hex()
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -192,7 +195,7 @@ print("OK")
 
 
 def _ictl(*args):
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"), ICTL_WIFI_PASSPHRASE=WIFI_KEY)
     return subprocess.run([sys.executable, "-m", "ictl", *args], capture_output=True, text=True, timeout=120,
                           env=env, stdin=subprocess.DEVNULL, cwd=ROOT)
 
@@ -211,10 +214,11 @@ def test_provisioning_stores_the_time_server_and_the_floor(tmp_path):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     d = str(tmp_path / "dev")
     sim_device.create(d)
+    wifisim.simulated_ap(d, key=WIFI_KEY)  # SNTP needs the link up, as on a board
     # heap as tests/host/test_provision.py gives its boards
-    with TimeServer(offset=300) as ts, vboard.VirtualBoard(d, heap_kib=160) as b:
+    with TimeServer(offset=300) as ts, vboard.VirtualBoard(d, heap_kib=192) as b:
         args = ["provision", "--port", b.port, "--ca-dir", ca_dir, "--broker-host", "127.0.0.1", "--broker-port",
-                "8883", "--fleet-data-pub", str(pub), "--log", str(tmp_path / "p.jsonl")]
+                "8883", "--fleet-data-pub", str(pub), "--log", str(tmp_path / "p.jsonl"), "--wifi-ssid", wifisim.DEFAULT_SSID]
         r = _ictl(*args, "--ntp", "127.0.0.1:99999")
         assert r.returncode == 2 and "time server" in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert '"provisioned": false' in _exec(b, "from ironclad import provision\nprovision.info()")
@@ -227,6 +231,7 @@ def test_provisioning_stores_the_time_server_and_the_floor(tmp_path):
         out = _exec(b, "from ironclad import clock, identity, events\n"
                        "events.PATH = %r\nevents.SENT_PATH = events.PATH + '.sent'\n"
                        "me = identity.load()\nprint('NTP', me.ntp, clock.stored(), clock.now())\n"
+                       "from ironclad import net\nnet.radio_on()\nassert net.Station.provisioned(me._ks).up(10000)\n"
                        "print('SET', *clock.ensure(me.ntp))\n" % str(tmp_path / "ev.bin"))
     ntp_line = next(line for line in out.splitlines() if line.startswith("NTP"))
     set_line = next(line for line in out.splitlines() if line.startswith("SET"))

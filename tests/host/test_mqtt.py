@@ -1,4 +1,4 @@
-"""The device MQTT client (ironclad.mqtt on the unix port, -X heapsize=64K)
+"""The device MQTT client (ironclad.mqtt on the unix port, -X heapsize=68K)
 against the real mosquitto from ictl.broker, with a paho-mqtt fleet console
 on the other side: commands in, telemetry out, QoS 0 and 1, keepalive, the
 last will, a frozen broker (PUBACK and PINGRESP deadlines, DUP resend), a

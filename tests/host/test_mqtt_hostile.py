@@ -1,7 +1,8 @@
 """The device MQTT client against a hostile broker (tools/ictl/sim/hostile.py): a
 TLS server on 127.0.0.1 that answers CONNECT properly and then sends raw
-bytes. The client runs on the unix port under -X heapsize=64K (the agent's
-whole heap), the library compiled by mpy-cross as the firmware freezes it.
+bytes. The client runs on the unix port under -X heapsize=68K (the agent's
+whole 64 KiB heap plus the library code loaded into it, which a board keeps
+in flash), the library compiled by mpy-cross as the firmware freezes it.
 
 For every case the client must drop the connection with the right reason,
 log one security event per reason, never raise anything but MQTTError (a

@@ -15,7 +15,10 @@ Steps (each one `mpremote exec` of ironclad.provision on the board):
   3 the board makes its P-256 key pair and a CSR (the key never leaves it)
   4 the CA checks the CSR and issues the certificate (inventory: issued)
   5 the board checks the certificate is for its key and id and signed by the
-    CA and the fleet data key is a P-256 point (one exec), then stores
+    CA and the fleet data key is a P-256 point (one exec), stores the Wi-Fi
+    credentials when given (the passphrase sealed to the board's key from
+    its CSR: it crosses the USB link and the mpremote command line only
+    encrypted, and is in no output, log or record), then stores
     certificate, CA, broker settings and the fleet data key, sets its clock
     and the clock's floor to this host's time (a board has no battery-backed
     clock), and marks itself provisioned, its last write (another: P-256 and
@@ -41,8 +44,10 @@ import sys
 import time
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ictl import ToolError, read_file, broker as fleet_broker, ca as fleet_ca, fleetkeys, pki
 
@@ -100,6 +105,34 @@ def load_broker_ca(path):
     except ValueError:
         raise ToolError("%s holds no certificate (PEM or DER)" % path) from None
     return b"".join(pki.cert_der(c) for c in certs)
+
+
+def wifi_credentials(ssid, passphrase):
+    """(ssid, passphrase) checked by the board's rule (ironclad.net.check);
+    errors never quote the passphrase."""
+    if not ssid or len(ssid.encode()) > 32:
+        raise ToolError("Wi-Fi SSID must be 1-32 bytes")
+    k = passphrase
+    ok = k == "" or (8 <= len(k) <= 63 and all(32 <= ord(c) < 127 for c in k)) or (
+        len(k) == 64 and all(c in "0123456789abcdefABCDEF" for c in k))
+    if not ok:
+        raise ToolError("the Wi-Fi passphrase must be 8-63 printable ASCII characters or 64 hex digits")
+    return ssid, passphrase
+
+
+WIFI_INFO = b"ironclad-wifi-v1"
+
+
+def seal_wifi(board_pub, device_id, ssid, passphrase):
+    """The passphrase sealed to the board's key (ironclad.provision.open_wifi
+    opens it): ephemeral P-256 point || nonce || AES-128-CCM(passphrase, AAD
+    SSID) with a 16-byte tag, under HKDF-SHA256(ECDH, info WIFI_INFO || id)."""
+    eph = ec.generate_private_key(ec.SECP256R1())
+    z = eph.exchange(ec.ECDH(), board_pub)
+    k = HKDF(hashes.SHA256(), 16, None, WIFI_INFO + device_id.encode()).derive(z)
+    nonce = secrets.token_bytes(13)
+    point = eph.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return point + nonce + AESCCM(k, tag_length=16).encrypt(nonce, passphrase.encode(), ssid.encode())
 
 
 def broker_settings(host, port, hostname=None, prefix=fleet_broker.DEFAULT_PREFIX, ntp=None):
@@ -197,8 +230,11 @@ def firmware_text(info):
 class Provisioner:
     def __init__(self, port, ca, broker, fleet_pub, device_id=None, operator=None, log_path=None,
                  reprovision=False, confirm=None, out=print, days=pki.CLIENT_DAYS, mpremote=MPREMOTE,
-                 broker_ca=None):
+                 broker_ca=None, wifi=None):
         self.board = Board(port, mpremote)
+        # (ssid, passphrase) the board joins, or None (a board with another
+        # link); the passphrase is kept here only until step 5 sends it.
+        self.wifi = wifi
         # The certificates the board trusts for the broker, when the fleet CA
         # does not certify it (AWS IoT Core: Amazon's root CA): DER bytes.
         self.broker_ca = broker_ca
@@ -221,7 +257,8 @@ class Provisioner:
 
     def run(self):
         self.record = {"operator": self.operator, "port": self.port, "device_id": self.device_id,
-                       "uid": None, "fingerprint": None, "firmware": None}
+                       "uid": None, "fingerprint": None, "firmware": None,
+                       "wifi_ssid": self.wifi[0] if self.wifi else None}
         issued = None
         touched = False  # the board's keystore may hold a half-made identity
         try:
@@ -256,6 +293,7 @@ class Provisioner:
 
             self._step(4, "issuing the certificate")
             csr = fleet_ca.load_csr(self.csr_received(csr_der))
+            board_pub = csr.public_key()
             with self.inventory.locked():
                 self.inventory.check_identity(dev, uid, self.reprovision)
                 cert = fleet_ca.issue_from_csr(self.ca, csr, dev, days=self.days)
@@ -270,6 +308,9 @@ class Provisioner:
             cert_hex = pki.cert_der(self.cert_to_send(cert)).hex()
             ca_hex = pki.cert_der(self.ca.cert).hex()
             self.board.call("check", cert_hex, ca_hex, self.fleet_pub.hex())
+            if self.wifi:
+                self.out("      Wi-Fi network %s (passphrase sealed in the board's keystore)" % self.wifi[0])
+                self.board.call("wifi", self.wifi[0], seal_wifi(board_pub, dev, *self.wifi).hex())
             done = self.board.call("finish", cert_hex, ca_hex, json.dumps(self.broker), self.fleet_pub.hex(),
                                    int(time.time()), self.broker_ca.hex() if self.broker_ca else None)
 
@@ -277,9 +318,10 @@ class Provisioner:
             after = self.board.call("info")
             want = hashlib.sha256(pki.cert_der(cert)).hexdigest()
             if not after.get("provisioned") or after.get("fingerprint") != want \
-                    or done.get("fingerprint") != want or after.get("device_id") != dev:
+                    or done.get("fingerprint") != want or after.get("device_id") != dev \
+                    or after.get("wifi") != (self.wifi[0] if self.wifi else None):
                 raise ToolError("the board did not keep the credentials (it reports %s)" % json.dumps(
-                    {k: after.get(k) for k in ("provisioned", "device_id", "fingerprint")}))
+                    {k: after.get(k) for k in ("provisioned", "device_id", "fingerprint", "wifi")}))
             self.inventory.append({"event": "provisioned", "device_id": dev, "uid": uid,
                                    "serial": fleet_ca.serial_hex(cert), "fingerprint": fp, "operator": self.operator})
             # The board's earlier certificates name a key it no longer has: revoked (superseded).

@@ -28,14 +28,13 @@
 # which the device then remembers: broker certificates look expired, a denial
 # of service. It can never move the clock below the floor, so it cannot make
 # an expired certificate valid again.
-import os
 import struct
 import time
 from micropython import const
 
 import machine
 
-from ironclad import mono
+from ironclad import mono, rng
 from ironclad import nvs as _nvs
 
 NTP_PORT = const(123)
@@ -188,7 +187,7 @@ def set_rtc(t):
 
 def request():
     """(packet, the 8 random bytes the reply must echo)."""
-    nonce = os.urandom(8)
+    nonce = rng.get(8)
     pkt = bytearray(_PACKET)
     pkt[0] = 0x23  # leap indicator 0, version 4, mode 3 (client)
     pkt[40:48] = nonce  # transmit timestamp: random, not our (unknown) time

@@ -28,14 +28,13 @@
 # and crypto-erase: wipe() destroys the storage key and then rewrites NVS until
 # the erased entries are physically gone.
 from micropython import const
-import os
 
 from ironclad import ccm
 from ironclad import nvs as _nvs
 
 NAMESPACE = "ic_ks"
 KEY_NAMESPACE = "ic_sk"
-WELL_KNOWN = ("device_id", "device_key", "cert", "ca", "broker", "fleet_data_pub", "provisioned")
+WELL_KNOWN = ("device_id", "device_key", "cert", "ca", "broker", "fleet_data_pub", "wifi", "provisioned")
 MAX_VALUE = const(2048)  # a device certificate and a short CA chain fit
 
 _VERSION = const(1)
@@ -116,7 +115,9 @@ class KeyStore:
                 # No key: whatever records are left (a wipe cut short) can
                 # never be opened again, so clear them before starting over.
                 self._erase_entries()
-                k = os.urandom(_KEY_LEN)
+                from ironclad import rng  # (here: a board that only reads never loads it)
+
+                k = rng.get(_KEY_LEN)
                 self._knvs.set_blob(_SK, k)
                 self._knvs.commit()
                 n = _KEY_LEN
@@ -134,7 +135,9 @@ class KeyStore:
         c = self._ccm(True)
         out = bytearray(_OVERHEAD + len(value))
         out[0] = _VERSION
-        nonce = os.urandom(_NONCE)
+        from ironclad import rng
+
+        nonce = rng.get(_NONCE)
         out[1:1 + _NONCE] = nonce
         c.encrypt_into(nonce, self._aad(name), value, out, 1 + _NONCE)
         return out

@@ -57,14 +57,13 @@
 #         no_memory qos2 truncated slow_packet bad_connack refused_<code>
 #   tls:  cert_expired cert_not_yet_valid hostname_mismatch cert_untrusted
 #         cert_invalid handshake
-import os
 import select
 import socket
 import ssl
 import time
 from micropython import const
 
-from ironclad import events
+from ironclad import events, rng
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
@@ -129,8 +128,7 @@ class ConnectionLost(MQTTError):
 
 
 def _rand_below(n):
-    # os.urandom is the hardware RNG on an ESP32.
-    return int.from_bytes(os.urandom(4), "big") % n if n > 0 else 0
+    return rng.below(n)  # the hardware RNG (ironclad.rng)
 
 
 class Backoff:

@@ -28,13 +28,14 @@
 # message every two seconds one NVS write per half hour (flash wear, and
 # the commit's milliseconds amortised to nothing), and 2**24 values, where
 # the Partial IV grows to 4 bytes, last 16,000 reboots.
-import os
 import struct
 from micropython import const
 
 from ironclad import nvs as _nvs
 
 from ironclad import mono
+
+from ironclad import rng
 
 NAMESPACE = "ic_nonce"
 BLOCK = 1024
@@ -84,12 +85,12 @@ class Counter:
         old += [bytes(prev[i:i + 8]) for i in range(0, k - k % 8, 8)]
         self.previous = old[:_PREV]
         # A new epoch at every boot (see the top of this file), stored with
-        # hi before any key is derived from it. os.urandom is esp_random(),
-        # truly random only while Wi-Fi/BT or the bootloader's entropy
-        # source is on (ESP-IDF v5.5 docs, "Random Number Generation"): on
-        # a board the draw must come after the radio is up (issue 13's rng
-        # module is to enforce it; only hardware can confirm the entropy).
-        self.epoch = os.urandom(8)
+        # hi before any key is derived from it. Drawn through ironclad.rng,
+        # which refuses until the radio is on: esp_random() is truly random
+        # only while Wi-Fi/BT or the bootloader's entropy source is on
+        # (ESP-IDF v5.5 docs, "Random Number Generation"); only hardware can
+        # confirm the entropy itself.
+        self.epoch = rng.get(8)
         self._nvs.set_blob(name + "_prev", b"".join(self.previous))  # (committed by _store)
         self._store(hi)
         self._next = hi

@@ -13,9 +13,10 @@
 # values are blinded with a random factor (see _inv). It is not constant time:
 # mpz arithmetic itself takes time that depends on the values, and table
 # indexing is data dependent. Secrets are ints, which cannot be wiped.
-import os
 import hashlib
 from micropython import const
+
+from ironclad import rng
 
 # Curve: y^2 = x^3 - 3x + b over GF(p); prime order n, cofactor 1, so every
 # point on the curve other than infinity is a valid public key.
@@ -162,7 +163,7 @@ def _inv(a, m):
     # input is blinded first: the loop sees a*b for a fresh random b, uniform
     # and independent of a (a nonce or a coordinate derived from one), and
     # a^-1 = b * (a*b)^-1. (MicroPython's pow(a, -1, m) silently returns 0.)
-    b = int.from_bytes(os.urandom(32), "big") % m or 1
+    b = int.from_bytes(rng.get(32), "big") % m or 1
     r0, r1 = m, a * b % m
     t0, t1 = 0, 1
     while r1:
@@ -347,7 +348,7 @@ def generate():
     """New private key: 32 bytes, uniform in [1, n-1] by rejection sampling
     (a draw is rejected with probability about 2^-32)."""
     while True:
-        d = os.urandom(32)
+        d = rng.get(32)
         if 0 < int.from_bytes(d, "big") < _N:
             return d
 

@@ -9,6 +9,9 @@
 #                               keep it in the keystore, print the CSR
 #   check(cert, ca, fleet_pub)  the certificate is for this key and id and
 #                               signed by the CA; the fleet key is a P-256 point
+#   wifi(ssid, sealed)          the Wi-Fi credentials (ironclad.net): the passphrase
+#                               arrives sealed to the board's own key (below), is
+#                               checked, kept sealed in the keystore, never printed
 #   finish(cert, ca, broker, fleet_pub, now)   the cheap checks again, store
 #                               it all, set the clock and its floor from the
 #                               host's time (ironclad.clock), then mark the
@@ -49,8 +52,12 @@ def _out(obj):
 
 def _step(fn, *args):
     # Refusals become one JSON line for the host; anything else is a bug and
-    # keeps its traceback.
+    # keeps its traceback. The radio first: keys, the storage key and every
+    # sealing nonce come from the hardware RNG (ironclad.rng).
+    from ironclad import rng
+
     try:
+        rng.radio_on()
         _out(fn(*args))
     except (ProvisionError, KeyStoreError, ValueError) as e:
         _out({"error": str(e)})
@@ -118,6 +125,8 @@ def _info():
             out["device_id"] = d.decode() if d else None
             c = ks.get("cert")
             out["fingerprint"] = _fingerprint(c) if c else None
+            w = ks.get("wifi")
+            out["wifi"] = json.loads(w)["ssid"] if w else None  # the SSID only
     except KeyStoreError as e:
         # A damaged store counts as provisioned: only a deliberate
         # --reprovision (which wipes) may replace it.
@@ -196,17 +205,24 @@ def parse_cert(cert):
     return bytes(cert[ts:tb]), spki, cns, sig
 
 
-def _mine(ks, cert):
-    """The board's key pair and device id, after checking that cert is for
-    them; raises ProvisionError otherwise."""
-    from ironclad import der
-
+def _pending(ks):
+    """(SEC1 key, device id) of a board between the start step and the
+    commit point; ProvisionError otherwise."""
     if ks.get("provisioned") is not None:
         raise ProvisionError("board is already provisioned")
     key = ks.get("device_key")
     dev = ks.get("device_id")
     if key is None or dev is None:
         raise ProvisionError("no key pair on the board: run the start step first")
+    return key, dev
+
+
+def _mine(ks, cert):
+    """The board's key pair and device id, after checking that cert is for
+    them; raises ProvisionError otherwise."""
+    from ironclad import der
+
+    key, dev = _pending(ks)
     d, pub = _sec1(key)
     tbs, spki, cns, sig = parse_cert(cert)
     if spki != der.spki_p256_encode(pub):
@@ -290,6 +306,44 @@ def _finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None, broker_ca_he
 
 def finish(cert_hex, ca_hex, broker_json, fleet_pub_hex, now=None, broker_ca_hex=None):
     _step(_finish, cert_hex, ca_hex, broker_json, fleet_pub_hex, now, broker_ca_hex)
+
+
+WIFI_INFO = b"ironclad-wifi-v1"
+
+
+def open_wifi(d, device_id, ssid, sealed):
+    """The passphrase the host sealed to this board's key, so that it crosses
+    the USB link (and the mpremote command line) only encrypted: sealed =
+    ephemeral P-256 public key (65) || nonce (13) || AES-128-CCM ciphertext
+    and 16-byte tag; key = HKDF-SHA256(ECDH(d, ephemeral), salt empty,
+    info WIFI_INFO || device id, 16 bytes); AAD = the SSID."""
+    from ironclad import ccm, kdf, p256
+
+    if len(sealed) < 65 + 13 + 16:
+        raise ProvisionError("Wi-Fi passphrase: sealed message too short")
+    k = kdf.hkdf(p256.ecdh(d, sealed[:65]), b"", WIFI_INFO + device_id.encode(), 16)
+    try:
+        return ccm.decrypt(k, sealed[65:78], ssid.encode(), sealed[78:], 16).decode()
+    except (ccm.AuthError, UnicodeError):
+        raise ProvisionError("Wi-Fi passphrase: not sealed to this board's key")
+
+
+def _wifi(ssid, sealed_hex):
+    from ironclad import net
+
+    ks = KeyStore()
+    key, dev = _pending(ks)
+    if not isinstance(ssid, str):
+        raise ProvisionError("Wi-Fi SSID must be text")
+    pw = open_wifi(_sec1(key)[0], dev.decode(), ssid, binascii.unhexlify(sealed_hex))
+    net.check(ssid, pw)  # ValueError names the field, never the passphrase
+    gc.collect()
+    ks.put("wifi", net.encode(ssid, pw))
+    return {"wifi": ssid}
+
+
+def wifi(ssid, sealed_hex):
+    _step(_wifi, ssid, sealed_hex)
 
 
 def _wipe():

@@ -1,8 +1,9 @@
 """ictl provision: give a board on USB its identity (see ictl/provision.py)."""
+import getpass
 import os
 import sys
 
-from ictl import ToolError, broker as fleet_broker, pki
+from ictl import ToolError, read_file, broker as fleet_broker, pki
 from ictl import provision
 from ictl.cli.pki import DEFAULT_DIR
 
@@ -29,6 +30,11 @@ def register(sub):
                    help="time server the board sets its clock from before TLS (SNTP, port 123 by default); "
                         "without it the board's clock starts from its floor: this host's time at provisioning, "
                         "moved on while the board runs")
+    p.add_argument("--wifi-ssid", metavar="SSID", help="the Wi-Fi network the board joins (station mode)")
+    p.add_argument("--wifi-passphrase-file", metavar="PATH",
+                   help="file whose first line is the Wi-Fi passphrase (default: $%s, else asked at the terminal; "
+                        "never given on the command line)" % PASSPHRASE_ENV)
+    p.add_argument("--wifi-open", action="store_true", help="the Wi-Fi network is open (no passphrase)")
     p.add_argument("--fleet-data-pub", required=True, metavar="PATH",
                    help="the fleet data public key (P-256; PEM, DER or the 65-byte point)")
     p.add_argument("--operator", help="who provisions, for the records (default: your login name)")
@@ -37,6 +43,30 @@ def register(sub):
     p.add_argument("--reprovision", action="store_true", help="wipe a provisioned board first (asks for confirmation)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
     p.set_defaults(func=do_provision)
+
+
+PASSPHRASE_ENV = "ICTL_WIFI_PASSPHRASE"
+
+
+def wifi_from_args(args):
+    """(ssid, passphrase) or None. The passphrase from a file, the
+    environment or a prompt without echo: never an argument."""
+    if not args.wifi_ssid:
+        if args.wifi_passphrase_file or args.wifi_open:
+            raise ToolError("--wifi-passphrase-file/--wifi-open need --wifi-ssid")
+        return None
+    if args.wifi_open:
+        key = ""
+    elif args.wifi_passphrase_file:
+        text = read_file(args.wifi_passphrase_file, "the Wi-Fi passphrase file").decode("utf-8", "replace")
+        key = (text.splitlines() or [""])[0]
+    elif os.environ.get(PASSPHRASE_ENV) is not None:
+        key = os.environ[PASSPHRASE_ENV]
+    elif sys.stdin.isatty():
+        key = getpass.getpass("Wi-Fi passphrase for %s: " % args.wifi_ssid)
+    else:
+        raise ToolError("no Wi-Fi passphrase: give --wifi-passphrase-file, set %s, or run at a terminal" % PASSPHRASE_ENV)
+    return provision.wifi_credentials(args.wifi_ssid, key)
 
 
 def _confirm(yes):
@@ -69,7 +99,8 @@ def do_provision(args):
     if ca.development:
         print("note: the fleet CA in %s is DEVELOPMENT ONLY" % ca.dir)
     fleet_pub = provision.load_fleet_pub(args.fleet_data_pub)
+    wifi = wifi_from_args(args)
     provision.Provisioner(args.port, ca, broker, fleet_pub, device_id=args.device_id, operator=args.operator,
                           log_path=args.log, reprovision=args.reprovision, confirm=_confirm(args.yes),
-                          days=args.days,
+                          days=args.days, wifi=wifi,
                           broker_ca=provision.load_broker_ca(args.broker_ca) if args.broker_ca else None).run()

@@ -33,7 +33,8 @@ from ictl import console as fleet_console
 from ictl.sim import device as sim_device
 from ictl.sim import factory
 from ictl.sim.demo import Keys, build_app, bump_version
-from ictl import fleetkeys
+from ictl import fleetkeys, image as app_image
+from ictl.sim import wifisim
 from ictl import provision as prov
 from ictl.timeserver import TimeServer
 from ictl import update as upd
@@ -124,10 +125,13 @@ class Stream:
 
 def provision(board, br, keys, root, ntp=None):
     ca = pki.load_ca(br.pki_dir)
+    # The simulated board's access point: an SSID and a fresh passphrase the
+    # board is provisioned with.
+    wifi = wifisim.simulated_ap(board.devdir)
     p = prov.Provisioner(board.port, ca, prov.broker_settings(br.host, br.port, "localhost", br.prefix, ntp=ntp),
                          fleetkeys.public_point(keys.fleet), operator="make-run",
                          log_path=os.path.join(root, "provisioning.jsonl"),
-                         out=lambda s: print("  provision | " + s, flush=True))
+                         out=lambda s: print("  provision | " + s, flush=True), wifi=wifi)
     return p.run()
 
 

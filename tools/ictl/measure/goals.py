@@ -56,6 +56,9 @@ GOALS = {
     # fleet service ingest and rollouts (issue 16)
     "ingest_rate_ratio": (">=", 0.5),
     "rollout_auto_stops": ("==", 1.0),
+    # network (issue 13)
+    "wifi_fault_cases": (">=", 6),
+    "wifi_fault_failures": ("==", 0),
 }
 
 _OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t, "==": lambda v, t: v == t}

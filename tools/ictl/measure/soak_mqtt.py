@@ -1,4 +1,4 @@
-"""MQTT campaigns against the device client on the unix port (-X heapsize=64K,
+"""MQTT campaigns against the device client on the unix port (-X heapsize=68K,
 the library as .mpy as the firmware freezes it).
 
 fuzz: mutated and malformed broker packets. In-process, at full size: the
@@ -25,7 +25,9 @@ from ictl import broker as fleet_broker
 from ictl import pki
 from ictl.sim.hostile import CONNACK_OK, CONNECT, DeviceRunner, HostileBroker, packet, publish, varint
 
-HEAP_KIB = 64
+# 68: the 64 KiB budget plus the code this lab loads into the heap that a
+# board keeps in flash, grown by ironclad.rng and the network stand-in (issue 13).
+HEAP_KIB = 68
 # Live heap the client may keep over its start: its buffers (4 KiB receive,
 # 1 KiB write, 64 B read-ahead) and objects, the TLS context (3 KiB), the
 # in-flight copies.

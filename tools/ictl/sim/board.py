@@ -11,7 +11,11 @@ board's hardware would:
   on the same state, print "MPY: soft reboot" as the firmware does and, if the
   soft reset came from the raw REPL, bring the new process back into the raw
   REPL without running main.py (as the ESP32 port does), hiding its banner;
-- machine.reset() or a power cut ends the process; the board boots again.
+- machine.reset() or a power cut ends the process; the board boots again;
+- the hardware watchdog: machine.WDT's stand-in writes its timeout to
+  <device dir>/wdt at each feed; once that file is older than the timeout
+  the relay kills the device process and records WDT as the reset cause, as
+  the task watchdog's panic resets an ESP32 (the next boot reads WDT_RESET).
 """
 import os
 import pty
@@ -40,7 +44,7 @@ _IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
 # and firmware/unix/start.py loads the code first and holds it apart, leaving
 # the app a heap of APP_HEAP_KIB in one piece (ESPSIM_DATA_HEAP_KIB): the
 # budget of an ESP32 without PSRAM.
-PORT_HEAP_KIB = 512
+PORT_HEAP_KIB = 1024
 APP_HEAP_KIB = 64
 
 
@@ -60,6 +64,7 @@ class VirtualBoard:
         self.proc = None
         self.boots = 0
         self.resets = 0  # boots after machine.reset() or a power cut (not a soft reboot)
+        self.wdt_resets = 0
         self._stop = threading.Event()
         self._thread = None
 
@@ -109,6 +114,10 @@ class VirtualBoard:
     def _spawn(self, raw, soft=False):
         m, s = pty.openpty()
         tty.setraw(s)
+        try:
+            os.unlink(os.path.join(self.devdir, "wdt"))  # a new boot: the watchdog is off until the app starts it
+        except FileNotFoundError:
+            pass
         fw = unixfw.build()  # the frozen code precompiled, as an ESP32 firmware carries it
         env = dict(os.environ, MICROPYPATH=":".join(os.path.join(fw, p) for p in ("lib/ironclad", "firmware/unix")),
                    ESPSIM_DIR=self.devdir, **self.extra_env)
@@ -218,8 +227,24 @@ class VirtualBoard:
             except OSError:
                 pass
 
+    def _watchdog(self):
+        path = os.path.join(self.devdir, "wdt")
+        try:
+            age = time.time() - os.stat(path).st_mtime
+            with open(path) as f:
+                timeout_ms = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if timeout_ms > 0 and age * 1000 > timeout_ms and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            with open(os.path.join(self.devdir, "reset"), "wb") as f:
+                f.write(b"%-16s" % b"WDT")  # espsim's reset record: the next boot's reset_cause()
+            self.wdt_resets += 1
+
     def _relay(self):
         while not self._stop.is_set():
+            self._watchdog()
             try:
                 r, _, _ = select.select([self.cm, self.dm], [], [], 0.1)
             except (OSError, ValueError):

@@ -9,13 +9,14 @@ import tempfile
 
 from ictl import ROOT
 from ictl.sim import device as sim_device
+from ictl.sim import wifisim
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix")])
 
 
 def run_device(code, devdir, fault=None, heap_kib=112, env=None, timeout=120):
-    e = dict(os.environ, MICROPYPATH=MICROPYPATH, ESPSIM_DIR=str(devdir), **(env or {}))
+    e = dict(os.environ, MICROPYPATH=MICROPYPATH, ESPSIM_DIR=str(devdir), **dict(wifisim.LAB_NET, **(env or {})))
     e.pop("ESPSIM_FAULT", None)
     if fault:
         e["ESPSIM_FAULT"] = fault

@@ -28,6 +28,7 @@ from ictl import console as fleet_console
 from ictl.sim import device as sim_device
 from ictl.sim import factory
 from ictl import fleetkeys, image as app_image
+from ictl.sim import wifisim
 from ictl import provision as prov
 from ictl.timeline import timeline_png
 from ictl import update as upd
@@ -151,7 +152,7 @@ def provision_all(names, devdirs, br, keys, log_path, workers=2):
                     return
                 name, devdir = todo.pop(0)
             p = prov.Provisioner("device:" + name, ca, settings, pub, device_id=name, operator="fleet-sim",
-                                 log_path=log_path, out=lambda s: None)
+                                 log_path=log_path, out=lambda s: None, wifi=wifisim.simulated_ap(devdir))
             p.board = DirectBoard(devdir)
             try:
                 p.run()

