@@ -85,7 +85,7 @@ def test_payload_that_runs_out_of_memory_falls_back(lab, tmp_path):
     # Finding 5 with a board whose limit would allow the copy: the heap
     # cannot hold it (MemoryError while mapping), the other slot runs.
     dev = trial_device(lab, tmp_path, lab.big, map_max=256 * 1024)
-    boots = [bootlab.Boot(bootlab.boot(dev, heap_kib=96)) for _ in range(3)]
+    boots = [bootlab.Boot(bootlab.boot(dev, heap_kib=128)) for _ in range(3)]
     assert [b.ran for b in boots] == ["1.0.0"] * 3, [(b, b.result.stderr[-300:]) for b in boots]
     assert ["boot", "failed", "no_memory"] in boots[0].events
     assert not any(b.escaped for b in boots)

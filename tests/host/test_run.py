@@ -41,8 +41,10 @@ def test_run_end_to_end(tmp_path):
     db.close()
     log = (tmp_path / "run" / "device" / "console.log").read_text(errors="replace")
     assert "ironclad: boot app_b v2.0.0" in log
-    # Every boot ran the agent in an ESP32's heap (64 KiB, code held apart: test_app_heap.py).
-    assert log.count("device: 64 KiB heap for the app") >= log.count("ironclad: boot ") >= 3
+    # Every boot that ran the agent ran it in an ESP32's heap (64 KiB, code held
+    # apart: test_app_heap.py). (A boot that provisioning's Ctrl-C interrupted
+    # while the code was still loading never reached the app, nor the cap.)
+    assert log.count("device: 64 KiB heap for the app") >= log.count("agent: heap ") >= 3
     assert not _mosquittos(tmp_path)  # the broker it started is gone
     left = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

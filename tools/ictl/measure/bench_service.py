@@ -21,7 +21,7 @@ import threading
 import time
 
 from ictl import broker as fleet_broker
-from ictl import fleetkeys, pki
+from ictl import ROOT, fleetkeys, pki
 from ictl.service import db as service_db
 from ictl.service import ingest, pgserver, runner, simdev
 
@@ -132,7 +132,7 @@ def _measure(br, db_url, workers, devs, rounds=None):
 
 def _serve_procs(br, db_url, n):
     """n `ictl serve` ingest-only processes (one worker each, shared)."""
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools"))
     procs = []
     try:
         for k in range(1, n + 1):

@@ -37,8 +37,9 @@ class Responder:
     """One stand-in device answering update metadata: fail=None -> asks for
     the chunks, then reports confirmed; fail="rolled_back" -> downloads,
     then reports rolled_back; fail="silent" -> never answers (times out);
-    any other fail -> rejected with that reason. hostile: the download
-    report carries an out-of-range pct and markup in its reason."""
+    any other fail -> rejected with that reason. hostile: a download
+    report with an out-of-range pct and markup in its reason comes first
+    (the rollout refuses it), then a well-formed one."""
 
     def __init__(self, dev, broker, fail=None):
         self.dev = dev
@@ -68,8 +69,10 @@ class Responder:
                     return
                 if self.fail and self.fail != "rolled_back":
                     self._report("rejected", reason=self.fail)
-                elif self.hostile:      # numbers and text a compromised device might send
+                elif self.hostile:      # numbers and text a compromised device might send,
+                    # refused by ictl.update.check_report; then a well-formed request
                     self._report("downloading", next=0, want=self.n, pct=2 ** 40, reason="<svg onload=alert(1)>")
+                    self._report("downloading", next=0, want=self.n, pct=0)
                 else:
                     self._report("downloading", next=0, want=self.n, pct=0)
             elif p[:1] == b"C" and self.fail in (None, "rolled_back"):

@@ -53,7 +53,7 @@ def app_heap_env(kib=APP_HEAP_KIB):
 
 
 class VirtualBoard:
-    def __init__(self, devdir, heap_kib=96, env=None, log=None, app_heap_kib=None):
+    def __init__(self, devdir, heap_kib=128, env=None, log=None, app_heap_kib=None):
         sim_device.load(devdir)  # a one-line error if the directory is missing or corrupt
         self.devdir = os.path.abspath(devdir)
         self.heap_kib = heap_kib
@@ -304,7 +304,7 @@ class VirtualBoard:
             time.sleep(0.02)
 
 
-def run_forever(devdir, heap_kib=96, app_heap_kib=None):
+def run_forever(devdir, heap_kib=128, app_heap_kib=None):
     board = VirtualBoard(devdir, heap_kib=heap_kib, app_heap_kib=app_heap_kib).start()
     print("board: %s is on %s (also %s); Ctrl-C stops it" % (devdir, board.port, board.link), flush=True)
     stop = threading.Event()

@@ -434,7 +434,8 @@ def run_mqtt_device(f, broker, cert_der, key_der, ca_der, seconds=60, **cfg):
                        seconds=seconds, updates={}, **paths), fh)
     env = dict(os.environ, MICROPYPATH=device_path(f.devdir), ESPSIM_DIR=f.devdir, **wifisim.LAB_NET)
     env.pop("ESPSIM_FAULT", None)
-    # 256 KiB: the package's bytecode (frozen on a board) and mbedTLS's
-    # session buffers share the unix port's heap.
-    return subprocess.Popen([MICROPYTHON, "-X", "heapsize=256K", "-c", MQTT_DRIVER, spec], env=env,
+    # 320 KiB: the package's bytecode (frozen on a board), the stand-ins held
+    # to the port profile and mbedTLS's session buffers share the unix port's
+    # heap (256 left the updater no room once the library grew: no_memory).
+    return subprocess.Popen([MICROPYTHON, "-X", "heapsize=320K", "-c", MQTT_DRIVER, spec], env=env,
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
