@@ -99,25 +99,110 @@ def honour(ns, name):
 FF16 = b"\xff" * 16
 _noise = None
 
+# Flash encryption (ESP-IDF v5.5, components/spi_flash/esp_flash_api.c,
+# esp_flash_write_encrypted, and docs "Flash Encryption"): software reads an
+# encrypted partition through the XTS-AES (ESP32: AES-256 with a key tweaked
+# per 32-byte row) decryption and writes it through the encryption. So
+#   * an erased 16-byte block (0xFF on the chip) reads back as the decryption
+#     of 0xFF..: noise, not 0xFF; code must not test for 0xFF there;
+#   * a programmed block reads back as written, 0xFF included;
+#   * a write must start 16-byte aligned (ESP_ERR_INVALID_ARG) and be a
+#     multiple of 16 bytes long (ESP_ERR_INVALID_SIZE): esp32.Partition;
+#   * a block whose ciphertext is only partly programmed (a torn write) or
+#     programmed twice without an erase (NOR ANDs the two ciphertexts) decrypts
+#     to noise as a whole.
+# The stand-in keeps flash.bin in the clear, which the host tools read and
+# write, and remembers in crypt.map which blocks were programmed since their
+# erase (espsim.Flash.pmap): a block reads as noise when it is erased (all
+# 0xFF and not programmed); a torn or rewritten block is stored as noise. The
+# noise is made from the address, keyed per chip. On the ESP32 the driver
+# writes a half row by re-encrypting the other half as read: the same
+# ciphertext, a no-op on NOR, so the stand-in does not model it.
 
-def erased_reads_as_noise(addr, buf):
-    """Flash encryption: software reads an encrypted partition through the
-    XTS-AES decryption, so an erased 16-byte block (0xFF on the chip) reads back
-    as the decryption of 0xFF..: noise, not 0xFF (ESP-IDF "Flash Encryption":
-    encrypted partitions are decrypted on read). Code must not test for 0xFF to
-    find erased space there. The stand-in keeps flash.bin in the clear and
-    makes the noise from the address, keyed per chip."""
+
+def _aes():
     global _noise
     if _noise is None:
         import cryptolib
         import hashlib
 
         _noise = cryptolib.aes(hashlib.sha256(b"flash-encryption" + espsim.flash().uid).digest(), 1)
+    return _noise
+
+
+def _noise_block(a, blk, tag=0x4E4F4953):
+    struct.pack_into("<IIII", blk, 0, a, tag, 0, 0)
+    _aes().encrypt(blk, blk)
+
+
+def _pmap_read(addr, n):
+    """The map bytes covering blocks addr//16 .. (addr+n-1)//16, and the first
+    block's bit index in them."""
+    b0, b1 = addr // 16, (addr + n + 15) // 16
+    m = espsim.flash().pmap
+    m.seek(b0 // 8)
+    out = bytearray((b1 + 7) // 8 - b0 // 8)
+    m.readinto(out)
+    return out, b0 % 8
+
+
+def erased_reads_as_noise(addr, buf):
+    """Reads of an encrypted partition: every erased 16-byte block in buf
+    (read from flash at addr) becomes the decryption of 0xFF: noise."""
     mv = memoryview(buf)
     blk = bytearray(16)
+    bits, i = _pmap_read(addr, len(buf))
     for a in range(addr - addr % 16, addr + len(buf), 16):
         lo, hi = max(a, addr), min(a + 16, addr + len(buf))
-        if mv[lo - addr:hi - addr] == FF16[:hi - lo]:
-            struct.pack_into("<IIII", blk, 0, a, 0x4E4F4953, 0, 0)
-            _noise.encrypt(blk, blk)
-            mv[lo - addr:hi - addr] = blk[lo - a:hi - a]
+        if not bits[i >> 3] & (1 << (i & 7)):
+            full = bytearray(16)
+            if hi - lo < 16:
+                espsim.flash().read(a, full)
+            else:
+                full = mv[lo - addr:hi - addr]
+            if full == FF16:
+                _noise_block(a, blk)
+                mv[lo - addr:hi - addr] = blk[lo - a:hi - a]
+        i += 1
+
+
+def forget(addr, n):
+    """An erase of whole sectors: their blocks are erased again. Called before
+    the erase, so a cut in between leaves them reading as noise at worst."""
+    m = espsim.flash().pmap
+    m.seek(addr // 128)
+    z = bytes(32)  # one sector's bits
+    for _ in range(n // espsim.SECTOR):
+        m.write(z)
+
+
+def write_encrypted(addr, data):
+    """One write operation to an encrypted partition (aligned, checked by the
+    caller): each 16-byte block lands as written if it was erased or already
+    holds the same bytes; a torn block, or a different one over a programmed
+    block, becomes noise. Power-cut and tear injection as espsim.Flash.write."""
+    fl = espsim.flash()
+    n = len(data)
+    fl._check(addr, n)
+    land = fl._op("W", addr, n)
+    mv = memoryview(data)
+    bits, i0 = _pmap_read(addr, n)
+    old = bytearray(16)
+    blk = bytearray(16)
+    i = i0
+    for off in range(0, min(land + 15, n) // 16 * 16, 16):
+        a = addr + off
+        fl.read(a, old)
+        done = bits[i >> 3] & (1 << (i & 7)) or old != FF16
+        new = mv[off:off + 16]
+        if land - off < 16 or (done and old != new):
+            _noise_block(a, blk, 0x54524E20 ^ fl.ops)
+            new = blk
+        fl.f.seek(a)
+        fl.f.write(new)
+        bits[i >> 3] |= 1 << (i & 7)
+        i += 1
+    fl.pmap.seek(addr // 128)
+    fl.pmap.write(bits)
+    if land < n:
+        espsim._die()

@@ -70,6 +70,10 @@ class Flash:
             # or the simulated eFuse "flash_encryption". Off by default.
             self.crypt = os.getenv("ESPSIM_FLASH_ENCRYPTION") == "1" or bool(self.efuse.get("flash_encryption"))
             self.f = open(path + "/flash.bin", "r+b")
+            # Under flash encryption, which 16-byte blocks of flash have been
+            # programmed since their last erase (espboard: erased blocks of
+            # an encrypted partition read as noise, programmed ones as written).
+            self.pmap = _open_pmap(path + "/crypt.map", int(cfg["flash_size"]) // 128) if self.crypt else None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
         self.f.seek(0, 2)
@@ -218,6 +222,21 @@ class Flash:
             if p["label"] == label:
                 return p
         return None
+
+
+def _open_pmap(path, n):
+    # One bit per 16-byte block, made all-clear (erased) when missing. Kept
+    # open: after start.py mounts the device's filesystem at / the host path
+    # no longer resolves.
+    try:
+        f = open(path, "r+b")
+    except OSError:
+        f = open(path, "w+b")
+    f.seek(0, 2)
+    z = bytes(_CHUNK)
+    while f.tell() < n:
+        f.write(z[:min(_CHUNK, n - f.tell())])
+    return f
 
 
 def flash():

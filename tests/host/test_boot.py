@@ -10,6 +10,7 @@ import pytest
 
 from ictl.sim import bootlab
 from ictl.sim import factory
+from ictl.sim import device as sim_device
 from ictl import image
 
 HDR = image.HEADER_SIZE
@@ -88,7 +89,25 @@ def test_fresh_board_is_in_recovery_and_says_so(lab, tmp_path):
     r = bootlab.boot(dev)
     assert r.returncode == 0 and bootlab.ran(r) is None
     assert "recovery mode" in r.stdout
-    assert ("boot", "failed", "recovery") in events_on_flash(dev)
+    ev = events_on_flash(dev)
+    assert ("boot", "failed", "recovery") in ev
+    # The board is flash-encrypted: its erased slots read as noise, not 0xFF,
+    # and are still empty slots, not attacks (no "rejected bad_magic").
+    assert sim_device.load(dev)["efuse"]["flash_encryption"]
+    assert not [e for e in ev if e[1] == "rejected"], ev
+
+
+def test_plaintext_board_tells_a_wrong_magic_from_an_erased_slot(lab, tmp_path):
+    # Without flash encryption an erased slot reads 0xFF: a header without
+    # the magic that is not erased is an attack, and says so.
+    dev = str(tmp_path / "dev")
+    sim_device.create(dev, flash_encryption=False)
+    factory.trust_device(dev, [("k1", lab.keys["k1"].public_key())])
+    r = bootlab.boot(dev)
+    assert "recovery mode" in r.stdout and "rejected" not in r.stdout, r.stdout
+    factory.flash_image(dev, b"XCIM" + lab.v1[0][4:])
+    r = bootlab.boot(dev)
+    assert "ironclad: event boot rejected bad_magic app_a" in r.stdout, r.stdout
 
 
 def _mutants(data):
@@ -108,7 +127,9 @@ def _mutants(data):
 
     return [
         ("truncated", data[:HDR + n // 2], "bad_hash"),
-        ("wrong magic", b"XCIM" + data[4:], "bad_magic"),
+        # Under flash encryption (the simulated production board) a header
+        # without the magic is no image: erased flash there reads as noise.
+        ("wrong magic", b"XCIM" + data[4:], None),
         ("format version", field(4, "<H", 2), "bad_format"),
         ("length beyond slot", field(16, "<I", 0x7FFFFFF0), "too_large"),
         ("header bit (counter)", flip(12, 3), "bad_signature"),
@@ -128,7 +149,10 @@ def test_bad_images_rejected_and_flash_unchanged(lab, tmp_path):
         before = bootlab.flash_outside(dev)
         r = bootlab.boot(dev)
         assert bootlab.ran(r) is None, name
-        assert "ironclad: event boot rejected %s app_a" % reason in r.stdout, (name, r.stdout)
+        if reason:
+            assert "ironclad: event boot rejected %s app_a" % reason in r.stdout, (name, r.stdout)
+        else:
+            assert "rejected" not in r.stdout, (name, r.stdout)
         assert "recovery mode" in r.stdout, name
         assert bootlab.flash_outside(dev) == before, name  # only boot state and log changed
     assert ("boot", "rejected", "bad_signature") in events_on_flash(dev)
