@@ -97,7 +97,6 @@ def honour(ns, name):
 
 
 FF16 = b"\xff" * 16
-_noise = None
 
 # Flash encryption (ESP-IDF v5.5, components/spi_flash/esp_flash_api.c,
 # esp_flash_write_encrypted, and docs "Flash Encryption"): software reads an
@@ -120,50 +119,44 @@ _noise = None
 # ciphertext, a no-op on NOR, so the stand-in does not model it.
 
 
-def _aes():
-    global _noise
-    if _noise is None:
-        import cryptolib
-        import hashlib
-
-        _noise = cryptolib.aes(hashlib.sha256(b"flash-encryption" + espsim.flash().uid).digest(), 1)
-    return _noise
-
-
 def _noise_block(a, blk, tag=0x4E4F4953):
     struct.pack_into("<IIII", blk, 0, a, tag, 0, 0)
-    _aes().encrypt(blk, blk)
+    espsim.flash().noise.encrypt(blk, blk)
 
 
-def _pmap_read(addr, n):
-    """The map bytes covering blocks addr//16 .. (addr+n-1)//16, and the first
-    block's bit index in them."""
+def _pmap_read(addr, n, out):
+    """The map bytes covering the blocks of [addr, addr+n) (n <= 4 KiB + 16)
+    into out; returns (their number, the first block's bit index)."""
     b0, b1 = addr // 16, (addr + n + 15) // 16
     m = espsim.flash().pmap
     m.seek(b0 // 8)
-    out = bytearray((b1 + 7) // 8 - b0 // 8)
-    m.readinto(out)
-    return out, b0 % 8
+    k = (b1 + 7) // 8 - b0 // 8
+    m.readinto(memoryview(out)[:k])
+    return k, b0 % 8
 
 
 def erased_reads_as_noise(addr, buf):
     """Reads of an encrypted partition: every erased 16-byte block in buf
-    (read from flash at addr) becomes the decryption of 0xFF: noise."""
+    (read from flash at addr) becomes the decryption of 0xFF: noise. In 4 KiB
+    pieces through buffers made once (espsim.Flash.b16): no allocation per
+    block, the app's heap is the stand-in's."""
+    fl = espsim.flash()
+    blk, full, bits = fl.b16
     mv = memoryview(buf)
-    blk = bytearray(16)
-    bits, i = _pmap_read(addr, len(buf))
-    for a in range(addr - addr % 16, addr + len(buf), 16):
-        lo, hi = max(a, addr), min(a + 16, addr + len(buf))
-        if not bits[i >> 3] & (1 << (i & 7)):
-            full = bytearray(16)
-            if hi - lo < 16:
-                espsim.flash().read(a, full)
-            else:
-                full = mv[lo - addr:hi - addr]
-            if full == FF16:
-                _noise_block(a, blk)
-                mv[lo - addr:hi - addr] = blk[lo - a:hi - a]
-        i += 1
+    end = addr + len(buf)
+    a = addr - addr % 16
+    while a < end:
+        top = min(end, a + 4096)
+        _, i = _pmap_read(a, top - a, bits)
+        while a < top:
+            lo, hi = max(a, addr), min(a + 16, end)
+            if not bits[i >> 3] & (1 << (i & 7)):
+                fl.read(a, full)
+                if full == FF16:
+                    _noise_block(a, blk)
+                    mv[lo - addr:hi - addr] = memoryview(blk)[lo - a:hi - a]
+            i += 1
+            a += 16
 
 
 def forget(addr, n):
@@ -186,23 +179,26 @@ def write_encrypted(addr, data):
     fl._check(addr, n)
     land = fl._op("W", addr, n)
     mv = memoryview(data)
-    bits, i0 = _pmap_read(addr, n)
-    old = bytearray(16)
-    blk = bytearray(16)
-    i = i0
-    for off in range(0, min(land + 15, n) // 16 * 16, 16):
-        a = addr + off
-        fl.read(a, old)
-        done = bits[i >> 3] & (1 << (i & 7)) or old != FF16
-        new = mv[off:off + 16]
-        if land - off < 16 or (done and old != new):
-            _noise_block(a, blk, 0x54524E20 ^ fl.ops)
-            new = blk
-        fl.f.seek(a)
-        fl.f.write(new)
-        bits[i >> 3] |= 1 << (i & 7)
-        i += 1
-    fl.pmap.seek(addr // 128)
-    fl.pmap.write(bits)
+    blk, old, bits = fl.b16
+    off = 0
+    stop = min(land + 15, n) // 16 * 16  # the blocks any of whose bytes land
+    while off < stop:
+        a0 = addr + off
+        k, i = _pmap_read(a0, min(4096, stop - off), bits)
+        for off in range(off, min(off + 4096, stop), 16):
+            a = addr + off
+            fl.read(a, old)
+            done = bits[i >> 3] & (1 << (i & 7)) or old != FF16
+            new = mv[off:off + 16]
+            if land - off < 16 or (done and old != new):
+                _noise_block(a, blk, 0x54524E20 ^ fl.ops)
+                new = blk
+            fl.f.seek(a)
+            fl.f.write(new)
+            bits[i >> 3] |= 1 << (i & 7)
+            i += 1
+        off += 16
+        fl.pmap.seek(a0 // 128)
+        fl.pmap.write(memoryview(bits)[:k])
     if land < n:
         espsim._die()

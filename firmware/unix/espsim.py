@@ -74,6 +74,13 @@ class Flash:
             # programmed since their last erase (espboard: erased blocks of
             # an encrypted partition read as noise, programmed ones as written).
             self.pmap = _open_pmap(path + "/crypt.map", int(cfg["flash_size"]) // 128) if self.crypt else None
+            if self.crypt:
+                # Made once, now: long-lived objects made later, mid-boot, would
+                # split the app's heap (the stand-in shares it).
+                import cryptolib
+
+                self.noise = cryptolib.aes(hashlib.sha256(b"flash-encryption" + self.uid).digest(), 1)
+                self.b16 = (bytearray(16), bytearray(16), bytearray(40))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
         self.f.seek(0, 2)
