@@ -166,7 +166,9 @@ def cut_campaign(workdir, tear_bytes=(1, 5, 17)):
         setup_code = pre + INSTALL % (ev, imgs["v1"], "app_a") + "os.system(%r)\n" % child + \
             "".join(INSTALL % (ev, imgs[i], slot) for i, slot in setup) + after
         code = pre + ("".join(INSTALL % (ev, imgs[i], slot) for i, slot in swept) if swept else BOOT % v)
-        n, fails = faults.sweep(setup_code, code, pre + CHECK % v, tear_bytes=tear_bytes, workdir=wd)
+        # 128 KiB as bootlab.fault_boot: the check imports the boot modules
+        # twice beside the flash-encryption stand-in, in one heap.
+        n, fails = faults.sweep(setup_code, code, pre + CHECK % v, tear_bytes=tear_bytes, workdir=wd, heap_kib=128)
         total += n
         failures += [(name, f, out) for f, out in fails]
     return total, failures
