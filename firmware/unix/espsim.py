@@ -67,7 +67,8 @@ class Flash:
             # The simulated eFuse: keys the hardware keeps from software (esp32.NVS).
             self.efuse = cfg.get("efuse") or {}
             # Flash encryption on (a production board): $ESPSIM_FLASH_ENCRYPTION=1
-            # or the simulated eFuse "flash_encryption". Off by default.
+            # or the simulated eFuse "flash_encryption", which `ictl device
+            # create` sets unless --development.
             self.crypt = os.getenv("ESPSIM_FLASH_ENCRYPTION") == "1" or bool(self.efuse.get("flash_encryption"))
             self.f = open(path + "/flash.bin", "r+b")
             # Under flash encryption, which 16-byte blocks of flash have been
