@@ -169,6 +169,22 @@ def test_encrypted_partition_reads_erased_flash_as_noise(tmp_path):
     assert out[-2:] == ["A -258", "A -260"], out
 
 
+def test_littlefs_on_the_encrypted_filesystem_partition(tmp_path):
+    # MicroPython's VfsLfs2 on the flash-encrypted vfs partition: littlefs
+    # programs 32-byte aligned blocks and assumes nothing of erased flash, so
+    # files (0xFF runs included) survive a remount in a new process.
+    dev = tmp_path / "dev"
+    sim_device.create(str(dev))
+    mount = ("import esp32, vfs\nb = esp32.Partition.find(1, label='vfs')[0]\nprint('ENC', b.info()[5])\n"
+             "try:\n    fs = vfs.VfsLfs2(b)\nexcept OSError:\n    vfs.VfsLfs2.mkfs(b)\n    fs = vfs.VfsLfs2(b)\n"
+             "vfs.mount(fs, '/mnt')\n")
+    data = "(b'\\xff' * 4096 + bytes(range(256)) * 3 + b'\\xff' * 77)"
+    r = mphelp.run_mp(mount + "with open('/mnt/f', 'wb') as f:\n    f.write(%s)\nprint('W')\n" % data, devdir=dev)
+    assert "ENC True" in r.stdout and "W" in r.stdout, r.stdout + r.stderr
+    r = mphelp.run_mp(mount + "print('R', open('/mnt/f', 'rb').read() == %s)\n" % data, devdir=dev)
+    assert "R True" in r.stdout, r.stdout + r.stderr
+
+
 def test_decommission_erases_every_sector_of_the_nvs_partition(tmp_path):
     # Real NVS keeps marked-erased entries on flash until their page is
     # reused: decommissioning erases the partition's sectors themselves, then
