@@ -330,6 +330,9 @@ def read_flash(devdir, a, b):
 
 
 def write_flash(devdir, a, data):
+    """Host bytes into flash.bin; under flash encryption they read back as
+    written (as esptool --encrypt leaves them)."""
     with open(os.path.join(str(devdir), "flash.bin"), "r+b") as f:
         f.seek(a)
         f.write(data)
+    sim_device.set_programmed(str(devdir), a, len(data))
