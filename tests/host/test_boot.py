@@ -332,3 +332,22 @@ def test_slot_writer_streams_odd_pieces_into_an_encrypted_slot(lab, tmp_path):
                          "    w.write(data[pos:pos + n])\n    pos += n\n    i += 1\nw.close()\n"
                          "print('OK', image.verify('app_b', floor=0, event=None).describe())\n" % lab.v2[1])
     assert "OK v2.0.0 ctr=2 key=k1" in r.stdout, r.stdout + r.stderr
+
+
+def test_board_after_the_first_boot_encryption(lab, tmp_path):
+    # On its first boot in release mode the ESP-IDF bootloader encrypts every
+    # flagged partition in place, whole (ESP-IDF v5.5 bootloader_support
+    # flash_encrypt.c, encrypt_partition): its untouched 0xFF then reads back
+    # as 0xFF, not noise, until erased, and a write over it without an erase
+    # would be garbage. The boot path, the installer and littlefs work on a
+    # board in that state too (the simulation starts after a later erase).
+    dev = device(lab, tmp_path)
+    for p in sim_device.load(dev)["partitions"]:
+        if p["label"] in ("app_a", "app_b", "bootstate", "vfs"):
+            sim_device.set_programmed(dev, p["offset"], p["size"])
+    r = bootlab.boot(dev)  # formats littlefs on the programmed-0xFF vfs
+    assert "recovery mode" in r.stdout and "rejected" not in r.stdout, r.stdout + r.stderr
+    assert ("boot", "failed", "recovery") in events_on_flash(dev)
+    assert "INSTALLED v1.0.0" in bootlab.install(dev, lab.v1[1], "app_a").stdout
+    r = bootlab.boot(dev)
+    assert bootlab.ran(r) == "1.0.0", r.stdout + r.stderr
