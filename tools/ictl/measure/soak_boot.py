@@ -283,7 +283,7 @@ def run(fig, args):
         points, failures = cut_campaign(os.path.join(tmp, "cuts"))
         fig.add("bootstate_cut_points", points, "cuts",
                 "power cut before, and tear at 1/5/17 bytes of, every flash operation of an install (slot write and "
-                "switch), a confirmation and a trial expiry; a boot follows each")
+                "switch), a confirmation and a trial expiry; a boot follows each; flash encryption on")
         fig.add("bootstate_cut_failures", len(failures), "count",
                 "cuts after which no valid boot state copy was left, the floor dropped, or the next boot did "
                 "not run a verified, allowed image (must be 0)")
