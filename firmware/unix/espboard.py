@@ -124,37 +124,35 @@ def _noise_block(a, blk, tag=0x4E4F4953):
     espsim.flash().noise.encrypt(blk, blk)
 
 
-def _pmap_read(addr, n, out):
-    """The map bytes covering the blocks of [addr, addr+n) (n <= 4 KiB + 16)
-    into out; returns (their number, the first block's bit index)."""
-    b0, b1 = addr // 16, (addr + n + 15) // 16
+def _pmap_read(addr, out):
+    """The map bytes from the one holding block addr // 16 on (enough for
+    4 KiB) into out; returns that block's bit index in them."""
     m = espsim.flash().pmap
-    m.seek(b0 // 8)
-    k = (b1 + 7) // 8 - b0 // 8
-    m.readinto(memoryview(out)[:k])
-    return k, b0 % 8
+    m.seek(addr // 128)
+    m.readinto(out)  # whole: a slice would be an allocation; the rest is unused
+    return addr // 16 % 8
 
 
 def erased_reads_as_noise(addr, buf):
     """Reads of an encrypted partition: every erased 16-byte block in buf
     (read from flash at addr) becomes the decryption of 0xFF: noise. In 4 KiB
-    pieces through buffers made once (espsim.Flash.b16): no allocation per
-    block, the app's heap is the stand-in's."""
+    pieces through buffers made once (espsim.Flash.b16), and no allocation
+    at all: the stand-in shares the app's heap, and garbage made here on
+    every littlefs read would move where the boot's buffers fit."""
     fl = espsim.flash()
     blk, full, bits = fl.b16
-    mv = memoryview(buf)
     end = addr + len(buf)
     a = addr - addr % 16
     while a < end:
         top = min(end, a + 4096)
-        _, i = _pmap_read(a, top - a, bits)
+        i = _pmap_read(a, bits)
         while a < top:
-            lo, hi = max(a, addr), min(a + 16, end)
             if not bits[i >> 3] & (1 << (i & 7)):
                 fl.read(a, full)
                 if full == FF16:
                     _noise_block(a, blk)
-                    mv[lo - addr:hi - addr] = memoryview(blk)[lo - a:hi - a]
+                    for x in range(max(a, addr), min(a + 16, end)):
+                        buf[x - addr] = blk[x - a]
             i += 1
             a += 16
 
@@ -173,32 +171,40 @@ def write_encrypted(addr, data):
     """One write operation to an encrypted partition (aligned, checked by the
     caller): each 16-byte block lands as written if it was erased or already
     holds the same bytes; a torn block, or a different one over a programmed
-    block, becomes noise. Power-cut and tear injection as espsim.Flash.write."""
+    block, becomes noise. Power-cut and tear injection as espsim.Flash.write.
+    In 4 KiB pieces, a few allocations per piece, none per block."""
     fl = espsim.flash()
     n = len(data)
     fl._check(addr, n)
     land = fl._op("W", addr, n)
     mv = memoryview(data)
     blk, old, bits = fl.b16
-    off = 0
+    garbled = fl.garbled
     stop = min(land + 15, n) // 16 * 16  # the blocks any of whose bytes land
+    off = 0
     while off < stop:
         a0 = addr + off
-        k, i = _pmap_read(a0, min(4096, stop - off), bits)
-        for off in range(off, min(off + 4096, stop), 16):
-            a = addr + off
-            fl.read(a, old)
-            done = bits[i >> 3] & (1 << (i & 7)) or old != FF16
-            new = mv[off:off + 16]
-            if land - off < 16 or (done and old != new):
-                _noise_block(a, blk, 0x54524E20 ^ fl.ops)
-                new = blk
-            fl.f.seek(a)
-            fl.f.write(new)
+        top = min(off + 4096, stop)
+        i0 = i = _pmap_read(a0, bits)
+        for o in range(off, top, 16):
+            # A block programmed before (its bit set, or host data in it)
+            # takes only the same bytes again; a torn one is noise.
+            fl.read(addr + o, old)
+            g = land - o < 16
+            if not g and (bits[i >> 3] & (1 << (i & 7)) or old != FF16):
+                g = old != mv[o:o + 16]
+            garbled[(o - off) >> 4] = g
             bits[i >> 3] |= 1 << (i & 7)
             i += 1
-        off += 16
+        fl.f.seek(a0)
+        fl.f.write(mv[off:top])
+        for o in range(off, top, 16):
+            if garbled[(o - off) >> 4]:
+                _noise_block(addr + o, blk, 0x54524E20 ^ fl.ops)
+                fl.f.seek(addr + o)
+                fl.f.write(blk)
         fl.pmap.seek(a0 // 128)
-        fl.pmap.write(memoryview(bits)[:k])
+        fl.pmap.write(memoryview(bits)[:(i0 + (top - off) // 16 + 7) // 8])
+        off = top
     if land < n:
         espsim._die()

@@ -82,6 +82,7 @@ class Flash:
 
                 self.noise = cryptolib.aes(hashlib.sha256(b"flash-encryption" + self.uid).digest(), 1)
                 self.b16 = (bytearray(16), bytearray(16), bytearray(40))
+                self.garbled = bytearray(256)  # per block of a 4 KiB write
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
         self.f.seek(0, 2)
