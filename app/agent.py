@@ -25,6 +25,11 @@ VERSION = "1"
 NVS_NS = "ic_agent"
 DEFAULT_INTERVAL_S = 2
 TICK_MS = 100
+MAX_REPORTS = 8  # update reports waiting to be published
+
+
+def _tb(s):
+    return s.encode() if isinstance(s, str) else bytes(s)
 
 
 def _settings():
@@ -54,7 +59,7 @@ class Agent:
         self.reports = []
         # First, while the heap is fresh: an interrupted download resumes
         # with buffers from one unfragmented stretch.
-        self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self.reports.append)
+        self.updater = update.Updater(me.device_id, ks.get("device_key"), report=self._queue_report)
         if resume:
             self.updater.prepare()
         # Next the other long-lived big blocks (the MQTT receive buffer, the
@@ -62,6 +67,8 @@ class Agent:
         # with small long-lived objects and no large block is left.
         self.topics = {k: me.topic(k) for k in ("telemetry", "events", "state", "reply", "cmd", "update")}
         self.topics["report"] = me.topic("state/update")
+        self._cmd_b = _tb(self.topics["cmd"])
+        self._update_b = _tb(self.topics["update"])
         c = MQTTClient(me.device_id, me.host, me.port, me.tls_context(), server_hostname=me.hostname, keepalive=30,
                        max_packet=update.MAX_PACKET)
         c.set_last_will(self.topics["state"], b"offline", retain=True, qos=1)
@@ -72,7 +79,7 @@ class Agent:
         self.sealer = telemetry.Sealer(z, me.device_id, self.counter)
         self.verifier = commands.Verifier(z, me.device_id, self.counter.epoch, me.topic("cmd"))
         z = None
-        self.hello = telemetry.hello(ks.get("cert"), self.counter.epoch)
+        self.hello = telemetry.hello(ks.get("cert"), self.counter.epoch, self.counter.previous)
         self.spool = Spool()
         self.nvs, self.interval_s = _settings()
         self.seq = 0
@@ -81,17 +88,37 @@ class Agent:
         self.read_now = False
         gc.collect()
 
+    def _queue_report(self, rep):
+        # Bounded: a flood of junk on the update topic is one rejection
+        # report per message, all made inside the MQTT callback before the
+        # loop can publish any (the agent ran out of heap growing this list).
+        # The oldest rejection goes first; the fleet learns the newest state.
+        q = self.reports
+        if len(q) >= MAX_REPORTS:
+            for i in range(len(q)):
+                if q[i].get("state") == update.REJECTED:
+                    q.pop(i)
+                    break
+            else:
+                q.pop(0)
+        q.append(rep)
+
     # --- messages from the broker ---------------------------------------------
     def _on_message(self, topic, msg):
-        t = topic.decode() if isinstance(topic, (bytes, bytearray, memoryview)) else topic
-        if t == self.topics["cmd"]:
+        # Topics are compared as bytes: whatever a broker sends (the client
+        # refuses ill-formed UTF-8, but this must not depend on it) is never
+        # decoded here, so it cannot raise.
+        t = bytes(topic) if isinstance(topic, (bytearray, memoryview)) else _tb(topic)
+        if t == self._cmd_b:
             try:
-                # (A copy: a reply published from here reuses the receive buffer.)
-                cmd = self.verifier.open(t, bytes(msg))
+                # (A copy: a reply published from here reuses the receive
+                # buffer. Only of what may be a command: a longer message is
+                # refused from the view, not copied onto the heap.)
+                cmd = self.verifier.open(t, bytes(msg) if len(msg) <= commands.MAX_MESSAGE else msg)
             except commands.Rejected:
                 return  # recorded as a security event; no answer to a forgery
             self._obey(cmd)
-        elif t == self.topics["update"]:
+        elif t == self._update_b:
             self.updater.on_message(msg)
 
     def _obey(self, cmd):
@@ -227,14 +254,23 @@ class Agent:
 
     def _updates(self):
         self.updater.tick()
-        while self.reports and self.online:
-            rep = self.reports[0]
+        # The reports queued now, not "until none is left": each publish
+        # waits for its PUBACK and handles what arrives meanwhile, and under
+        # a flood of junk on the update topic every message queues another
+        # rejection, so that loop never ended (the agent's loop starved,
+        # events went unsent until the ring overflowed: found by the agent
+        # fuzz campaign). Taken off the queue before the publish: the bound
+        # in _queue_report may drop from the front meanwhile.
+        for _ in range(len(self.reports)):
+            if not (self.reports and self.online):
+                break
+            rep = self.reports.pop(0)
             try:
                 self.client.publish(self.topics["report"], update.report_bytes(rep), qos=1)
             except MQTTError:
+                self.reports.insert(0, rep)  # sent again once connected
                 self.online = False
                 return
-            self.reports.pop(0)
             print("agent: update", rep.get("state"), rep.get("reason") or rep.get("pct") or "")
         u = self.updater
         if (u.reboot_due or u.restart_due) and not self.reports:

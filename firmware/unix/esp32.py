@@ -152,9 +152,9 @@ class Partition:
         p = self._p
         if p["type"] != _TYPE_APP or not (_SUB_OTA0 <= p["subtype"] < _SUB_OTA0 + 16):
             raise OSError(_ERR_INVALID_ARG, "ESP_ERR_INVALID_ARG")
-        import os
-
-        if not _app_valid(p) or os.getenv("ESPSIM_SET_BOOT_FAIL"):
+        # espsim's os: the unix port's, which has getenv (the os the device
+        # code imports after start-up is the board's, which has not).
+        if not _app_valid(p) or espsim.os.getenv("ESPSIM_SET_BOOT_FAIL"):
             raise OSError(_ERR_OTA_VALIDATE, "ESP_ERR_OTA_VALIDATE_FAILED")
         ent = _ota_entries()
         n = len(_ota_slots())

@@ -122,6 +122,31 @@ def _load_code():
 
 
 _BALLAST = []
+_POOL_JUMP = 512  # bytes: more than a qstr and its chunk; less than a pool of 64 entries
+
+
+def _qstr_pool_ahead(limit=1 << 16):
+    # The names in loaded code (qstrs) are interned in pools that the VM
+    # allocates in the GC heap, each twice the size of the one before
+    # (qstr_add in py/qstr.c, MicroPython v1.28.0). On an ESP32 the frozen
+    # library's qstrs are in flash (the frozen ROM pool, MICROPY_QSTR_EXTRA_POOL);
+    # on the unix port its ~1300 qstrs fill heap pools, and the next pool is
+    # some 14 KiB (1280 entries of 11 bytes). If the loaded code leaves the
+    # last pool nearly full, the app's first new name after the cap allocates
+    # that pool in the app's heap, an ESP32's app never pays that: so start the
+    # next pool now, with the code, by interning filler names until the VM
+    # allocates it (seen as a jump in gc.mem_alloc()). The app then has that
+    # whole pool's room for its own names. Returns the fillers interned.
+    i = 0
+    last = gc.mem_alloc()
+    while i < limit:
+        getattr(None, "~%x" % i, None)  # getattr interns its name (mp_obj_str_get_qstr)
+        i += 1
+        now = gc.mem_alloc()
+        if now - last > _POOL_JUMP:
+            return i
+        last = now
+    raise MemoryError("no new qstr pool after %d names" % limit)
 
 
 def _cap_heap(kib):
@@ -131,6 +156,8 @@ def _cap_heap(kib):
     # free block except one of `kib` KiB, which becomes the app's heap: the
     # whole of it, in one piece, as on a fresh ESP32 heap.
     _load_code()
+    gc.collect()
+    _qstr_pool_ahead()
     gc.collect()
     code = gc.mem_alloc()
     heap = bytearray(kib * 1024 - 32)  # the app's heap to be (32: its object header)

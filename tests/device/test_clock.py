@@ -100,6 +100,21 @@ def test_floor_is_stored_in_nvs_and_survives():
     assert clock.floor() == 2 ** 31 + 5
 
 
+def test_a_later_trusted_time_moves_clock_and_floor_up_only():
+    # Issue 14 item 7: no time server reachable, the clock at the floor.
+    assert clock.ensure() == ("floor", clock.RELEASED)
+    t = clock.RELEASED + 9 * 86400
+    assert clock.advance(t) and clock.source == "signed"
+    assert clock.now() - t in (0, 1) and clock.stored() == t  # clock and floor
+    assert not clock.advance(t - 3600)  # never backwards
+    assert clock.now() - t in (0, 1) and clock.stored() == t
+    assert not clock.advance(clock.floor() + clock.MAX_AHEAD_S + 1)  # not absurdly far
+    assert not clock.advance("soon") and not clock.advance(None)
+    clock.source = "ntp"  # a time server answered this boot: its time stands
+    assert not clock.advance(t + 3600)
+    assert clock.now() - t in (0, 1)
+
+
 def test_remember_writes_at_most_every_few_minutes():
     clock.set_rtc(clock.RELEASED + 100)
     clock.remember()

@@ -33,14 +33,16 @@ print("LOADED", "ironclad.update" in sys.modules and "ironclad.mqtt" in sys.modu
 """
 
 
-def _probe(tmp_path, capped):
+def _probe(tmp_path, capped, probe=PROBE, port_kib=vboard.PORT_HEAP_KIB, **modules):
     # The probe is the app: built, signed, flashed, verified at boot and run
     # by the frozen main.py, the way the agent is.
     dev = tmp_path / "dev"
     sim_device.create(str(dev))
     src = tmp_path / "app"
     src.mkdir()
-    (src / "main.py").write_text(PROBE)
+    (src / "main.py").write_text(probe)
+    for name, text in modules.items():
+        (src / (name + ".py")).write_text(text)
     key = tmp_path / "signing.pem"
     app_image.keygen(str(key))
     factory.setup_device(str(dev), str(src), str(key))
@@ -50,7 +52,7 @@ def _probe(tmp_path, capped):
     env.pop("ESPSIM_DATA_HEAP_KIB", None)
     if capped:
         env.update(vboard.app_heap_env())
-    r = subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % vboard.PORT_HEAP_KIB,
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % port_kib,
                         os.path.join(fw, "firmware", "unix", "start.py")],
                        capture_output=True, text=True, timeout=60, cwd=str(dev), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -75,3 +77,59 @@ def test_without_the_cap_the_port_heap_is_all_there(tmp_path):
     out = _probe(tmp_path, capped=False)
     assert "heap for the app" not in out
     assert "BLOCK66 ok" in out
+
+
+# An app module, loaded with the code before the cap, that leaves the VM's
+# last qstr pool (py/qstr.c: each pool twice the size of the one before) 8
+# names short of full: it interns names until a new pool appears (a jump in
+# gc.mem_alloc()), counts the next pool's P entries until the one after (2P)
+# appears, then fills all but 8 entries of that one.
+NEAR_FULL_POOL = """
+import gc
+
+
+def _to_next_pool(i):
+    last = gc.mem_alloc()
+    while True:
+        getattr(None, "@%x" % i, None)  # interns the name
+        i += 1
+        now = gc.mem_alloc()
+        if now - last > 512:
+            return i
+        last = now
+
+
+_i = _to_next_pool(0)
+_j = _to_next_pool(_i)
+for _k in range(_j, _j + 2 * (_j - _i) - 1 - 8):
+    getattr(None, "@%x" % _k, None)
+"""
+
+NEW_NAMES = """
+import gc
+gc.collect()
+free = gc.mem_free()
+print("FREE", free)
+try:
+    for i in range(32):
+        getattr(None, "%%%x" % i, None)  # 32 names the loaded code never used
+    gc.collect()
+    print("NAMES cost", free - gc.mem_free())
+except MemoryError:
+    print("NAMES cost MemoryError")
+"""
+
+
+def test_the_apps_first_new_names_do_not_cost_it_a_qstr_pool(tmp_path):
+    # The loaded code's names fill qstr pools that are held apart with the code
+    # (on an ESP32 the frozen library's qstrs are in flash). If they leave the
+    # last pool nearly full, the app's first new names must not allocate the
+    # next one (14 KiB and more on the unix port) in the app's heap: start.py
+    # starts it before the cap (_qstr_pool_ahead).
+    # (A larger port heap: the module's two pools and the one after them are
+    # held apart with the code, ~120 KiB on top of it.)
+    out = _probe(tmp_path, capped=True, probe=NEW_NAMES, port_kib=1024, nearfull=NEAR_FULL_POOL)
+    assert "device: %d KiB heap for the app" % vboard.APP_HEAP_KIB in out, out
+    cost = out.split("NAMES cost ")[1].split()[0]
+    assert cost.isdigit() and int(cost) < 1024, out  # the names' bytes, not a pool
+    assert int(out.split("FREE ")[1].split()[0]) >= vboard.APP_HEAP_KIB * 1024 - 4096, out  # and the heap is whole

@@ -123,6 +123,23 @@ def test_virtual_board_offers_only_the_boards_surface(chip, tmp_path):
     assert "E the board's os has no getenv" in r.stdout
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_set_boot_works_behind_the_boards_surface(tmp_path, fail):
+    # A firmware update's esp32.Partition.set_boot() on a started virtual board,
+    # whose os (the board's) has no getenv: it switches, or with
+    # ESPSIM_SET_BOOT_FAIL refuses as esp_ota_set_boot_partition would
+    # (OSError), never AttributeError from the stand-in itself.
+    code = ("exec(open(%r).read())\nimport esp32\n"
+            "p = esp32.Partition(esp32.Partition.RUNNING).get_next_update()\n"
+            "p.writeblocks(0, b'\\xe9' + bytes(4095))\n"  # an image's magic byte: worth verifying
+            "try:\n    p.set_boot()\n    print('B set', p.info()[4])\nexcept OSError as e:\n    print('B', e)\n"
+            % mphelp.START)
+    env = {"ESPSIM_RAW_REPL": "1", "ESPSIM_FIRMWARE": mphelp.ROOT}
+    if fail:
+        env["ESPSIM_SET_BOOT_FAIL"] = "1"
+    r, b = _run_on_chip(tmp_path, "esp32", code, "B", 512, env)
+    assert b == ("B (-5379, 'ESP_ERR_OTA_VALIDATE_FAILED')" if fail else "B set ota_1"), r.stdout
+
 def test_partitions_holding_images_state_and_files_are_encrypted(tmp_path):
     from ictl import ToolError, firmware
 

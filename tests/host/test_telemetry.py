@@ -52,6 +52,8 @@ z = telemetry.shared_secret(u(job["key"]), u(job["fleet"]))
 ctr = nonce.Counter()
 s = telemetry.Sealer(z, job["id"], ctr)
 print("EPOCH", hexlify(ctr.epoch).decode())
+if job.get("cert"):
+    print("HELLO", hexlify(telemetry.hello(u(job["cert"]), ctr.epoch, ctr.previous)).decode())
 for r in job.get("readings", []):
     print("T", hexlify(s.seal_reading(job["topic"], r)).decode())
 for e in job.get("ev", []):
@@ -92,8 +94,8 @@ def device_seal(fleet, **job):
     out = {"T": [], "E": []}
     for line in r.stdout.splitlines():
         tag, _, val = line.partition(" ")
-        if tag == "EPOCH":
-            out["epoch"] = bytes.fromhex(val)
+        if tag in ("EPOCH", "HELLO"):
+            out[tag.lower()] = bytes.fromhex(val)
         elif tag in out:
             out[tag].append(bytes.fromhex(val))
     return out
@@ -181,6 +183,23 @@ def test_console_opens_device_messages_and_flags_tampering(fleet, tmp_path):
     assert "replayed" in con2.handle(TOPIC, out["T"][0])[0].text
 
 
+def test_readings_spooled_before_reboots_open_after_the_hello(fleet):
+    # The key epoch is new every boot (ironclad.nonce). Readings spooled in
+    # one boot are delivered in a later one, after that boot's hello: it
+    # names the last boots' epochs too, so they still open.
+    cert = pki.cert_der(fleet["cert"]).hex()
+    first = device_seal(fleet, readings=[{"seq": 1, "temp_c": 20}])
+    device_seal(fleet)
+    last = device_seal(fleet, readings=[{"seq": 3, "temp_c": 20}], cert=cert)
+    assert len({first["epoch"], last["epoch"]}) == 2
+    con = Console("127.0.0.1", 1, fleet["ca"].cert_path, None, None, fleet["fkey"], PREFIX)
+    m = con.handle("%s/%s/state/keys" % (PREFIX, DEV), last["hello"])[0]
+    assert not m.alarm, m.text
+    got = [con.handle(TOPIC, msg)[0] for msg in first["T"] + last["T"]]
+    assert [(m.alarm, m.body and m.body["seq"]) for m in got] == [(False, 1), (False, 3)], [m.text for m in got]
+    assert con.devices[DEV]["epochs"][0] == last["epoch"]  # the current epoch is the newest
+
+
 def test_hello_needs_a_fleet_certificate_for_that_device(fleet, tmp_path):
     con = Console("127.0.0.1", 1, fleet["ca"].cert_path, None, None, fleet["fkey"], PREFIX)
     other_ca = pki.init_ca(tmp_path / "other", dev=True)
@@ -197,6 +216,13 @@ def _console(fleet, state=None):
     return Console("127.0.0.1", 1, fleet["ca"].cert_path, None, None, fleet["fkey"], PREFIX, state)
 
 
+def _booted(con, fleet, out):
+    # Each device run is a boot with a new key epoch (ironclad.nonce), which
+    # the agent's hello at connect tells the console.
+    con.add_device(DEV, pki.cert_der(fleet["cert"]), epoch=out["epoch"])
+    return out
+
+
 def _feed(con, msgs):
     return [m for msg in msgs for m in con.handle(EV_TOPIC, msg)]
 
@@ -211,7 +237,7 @@ def test_console_verifies_the_event_chain(fleet, tmp_path):
     assert not any(m.alarm for m in seen) and "boot/r0" in str(seen[0])
     # Resent (the device's sent mark lagged): nothing new, no alarm.
     (fleet["tmp"] / "events" / "events.sent").write_text("3")
-    assert _feed(con, device_seal(fleet, send=True)["E"]) == []
+    assert _feed(con, _booted(con, fleet, device_seal(fleet, send=True))["E"]) == []
 
     # The device goes on: 6..9 are recorded, then someone with the flash
     # blanks #7 before it is sent. The console, restarted in between,
@@ -220,7 +246,7 @@ def test_console_verifies_the_event_chain(fleet, tmp_path):
                                   ["boot", "bad_signature", "rejected"], ["wipe", "requested", "ok"]],
                        tamper=[(6, "00" * 128)], send=True)
     con = _console(fleet, state)
-    seen = _feed(con, more["E"])
+    seen = _feed(con, _booted(con, fleet, more)["E"])
     assert any(m.alarm and "#7..#7 missing" in m.text for m in seen), [m.text for m in seen]
     assert [m.body["seq"] for m in seen if not m.alarm] == [6, 8, 9]
 
@@ -235,7 +261,7 @@ def test_console_detects_altered_and_rewritten_records(fleet, tmp_path):
     device_seal(fleet, ev=[["cmd", "forged", "rejected"], ["cmd", "old", "rejected"], ["boot", "ok", "ok"]])
     r6 = bytearray(ring(fleet)[5])
     r6[19 + 3:19 + 9] = b"benign"  # "cmdforged..." -> "cmdbenign..."
-    seen = _feed(con, device_seal(fleet, tamper=[(5, rehash(r6).hex())], send=True)["E"])
+    seen = _feed(con, _booted(con, fleet, device_seal(fleet, tamper=[(5, rehash(r6).hex())], send=True))["E"])
     assert [m.alarm for m in seen] == [False, False, True], [m.text for m in seen]
     assert "chain broken before #7" in seen[2].text
     # History rewritten: #1 replaced by a record that hashes fine, and the
@@ -243,7 +269,7 @@ def test_console_detects_altered_and_rewritten_records(fleet, tmp_path):
     r1 = bytearray(ring(fleet)[0])
     r1[19 + 4:19 + 6] = b"zz"
     (fleet["tmp"] / "events" / "events.sent").write_text("0")
-    seen = _feed(con, device_seal(fleet, tamper=[(0, rehash(r1).hex())], send=True)["E"])
+    seen = _feed(con, _booted(con, fleet, device_seal(fleet, tamper=[(0, rehash(r1).hex())], send=True))["E"])
     assert len(seen) == 1 and seen[0].alarm and "#1 rewritten" in seen[0].text, [m.text for m in seen]
     assert decode_event(rehash(r1)) is not None
     # A record altered without re-hashing never leaves the device (its ring
@@ -251,5 +277,5 @@ def test_console_detects_altered_and_rewritten_records(fleet, tmp_path):
     device_seal(fleet, ev=[["boot", "x", "info"], ["boot", "y", "info"]])
     r8 = bytearray(ring(fleet)[7])
     r8[30] ^= 1
-    seen = _feed(con, device_seal(fleet, tamper=[(7, bytes(r8).hex())], send=True)["E"])
+    seen = _feed(con, _booted(con, fleet, device_seal(fleet, tamper=[(7, bytes(r8).hex())], send=True))["E"])
     assert [m.alarm for m in seen] == [True, False] and "#8..#8 missing" in seen[0].text

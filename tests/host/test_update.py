@@ -207,7 +207,44 @@ def test_bad_metadata_rejected_before_a_byte_is_written(tmp_path, images):
     reps = [r for r in reps if r["state"] != "idle"]
     assert [r.get("reason") for r in reps] == [r for r, _ in cases], reps
     assert all(r["state"] == "rejected" for r in reps)
-    assert_untouched(f, [r for r, _ in cases])
+    # One event per reason (the repeats are counted, not recorded).
+    assert_untouched(f, list(dict.fromkeys(r for r, _ in cases)))
+
+
+def test_hostile_update_messages_never_raise_and_record_one_event_per_reason(tmp_path, images):
+    # Issue 14 items 1, 3 and 6: a key id that is not UTF-8 (the agent
+    # crashed on it: UnicodeError out of on_message, a trial attempt
+    # burnt); metadata expired before the device's trusted time floor
+    # (clock.floor(): here the firmware's build time) though no newer signed
+    # iat ever reached the device; and 80 junk messages, which must not
+    # push the other events out of the 64-record ring.
+    import re
+
+    import cbor2
+
+    with open(os.path.join(ROOT, "lib", "ironclad", "ironclad", "clock.py")) as fh:
+        released = int(re.search(r"^RELEASED = (\d+)", fh.read(), re.M).group(1))
+    f = fleet(tmp_path, images)
+    good = Update.create(images["v2"], base=images["v1"])
+    payload = cbor2.loads(cbor2.loads(good.metadata(f.dev_id, f.dev_pub, f.sign_key, f.key_id)[1:]).value[2])
+    prot = cbor2.dumps({1: -37, 4: b"\xff\xfeki\xc0\xaf"}, canonical=True)
+    bad_kid = b"M" + cbor2.dumps(cbor2.CBORTag(18, [prot, {}, cbor2.dumps(payload), bytes(384)]))
+    old = released - 20 * 86400
+    expired = signed_meta(f, good, iat=old, exp=old + 10 * 86400)  # expired 10 days before this firmware
+    # Item 7: signed metadata is a later trusted time for a clock no time
+    # server set (this driver never sets it: the RTC says 2000): its iat is
+    # taken even when the update is then refused (here: not newer).
+    iat = int(time.time()) + 86400  # above the floor (this trust module's BUILT is the time it was made)
+    same = signed_meta(f, good, ver=app_image.parse_version("1.0.0"), iat=iat, exp=iat + 30 * 86400)
+    send = [write(tmp_path, "kid.bin", bad_kid)] + [["raw", "5a%02x" % i] for i in range(80)] \
+        + [write(tmp_path, "exp.bin", expired), write(tmp_path, "same.bin", same)]
+    rc, lines, reps = f.run(send=send)
+    assert rc == 0, f.last.stdout + f.last.stderr
+    assert states(reps) == ["rejected/unknown_key"] + ["rejected/bad_message"] * 80 \
+        + ["rejected/expired", "rejected/not_newer"], states(reps)
+    assert_untouched(f, ["unknown_key", "bad_message", "expired", "not_newer"])
+    clock = [int(l.split()[1]) for l in lines if l.startswith("CLOCK ")]
+    assert clock and 0 <= clock[0] - iat <= 60, (clock, iat)
 
 
 def test_bad_content_rejected_running_slot_untouched(tmp_path, images):

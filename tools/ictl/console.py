@@ -597,6 +597,14 @@ class Console:
         changed = old is not None and old["pub"] != pub
         was = old["serial"] if changed else None
         d = self._device(dev, pub, serial, int(cert.not_valid_before_utc.timestamp()))
+        # The epochs of the device's last boots (a new one every boot), for
+        # readings it spooled before a reboot; oldest first, so the current
+        # epoch stays the newest.
+        prev = st.get("prev")
+        if isinstance(prev, list):
+            for e in reversed(prev[:MAX_EPOCHS - 1]):
+                if isinstance(e, bytes) and len(e) == 8:
+                    self._add_epoch(d, e)
         self._add_epoch(d, st["epoch"])
         self._save_state()
         if changed:

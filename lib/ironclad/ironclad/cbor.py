@@ -14,7 +14,12 @@
 #     bytes left is rejected at once);
 #   * a string length is checked against the bytes left before slicing;
 #   * duplicate map keys are rejected (two readers of one header map must not
-#     disagree on which value counts), and so are trailing bytes.
+#     disagree on which value counts), and so are trailing bytes;
+#   * map keys are integers or text only (every format here uses those): a
+#     byte-string key could equal a text key's content, and comparing the
+#     two prints "Warning: Comparison between bytes and str", which the
+#     ESP32 port enables (MicroPython v1.28.0 ports/esp32/mpconfigport.h
+#     MICROPY_PY_STR_BYTES_CMP_WARN): a line on the UART per hostile map.
 # The encoder writes the shortest heads and sorts map keys bytewise (RFC 8949
 # section 4.2.1 deterministic encoding).
 import struct
@@ -281,9 +286,7 @@ def decode(data, max_depth=_MAX_DEPTH, max_items=_MAX_ITEMS, views=False):
                 c.append(val)
             elif isinstance(c, dict):
                 if f[2] is _NOKEY:
-                    if isinstance(val, memoryview):
-                        val = bytes(val)
-                    elif not isinstance(val, (int, str, bytes)):
+                    if not isinstance(val, (int, str)):
                         raise CBORError("unsupported map key")
                     f[2] = val
                 else:

@@ -35,6 +35,7 @@ from micropython import const
 
 import machine
 
+from ironclad import mono
 from ironclad import nvs as _nvs
 
 NTP_PORT = const(123)
@@ -54,6 +55,7 @@ _PACKET = const(48)
 _MAX_REPLY = const(68)  # 48 + key id + MD5/SHA-1 MAC: more is cut off by recv
 
 _due = None  # ticks_ms when remember() next writes
+source = None  # where the clock was last set from: "ntp", "floor", "rtc", "signed" (ensure, advance)
 _quiet = None  # ticks_ms until which a Kiss-o'-Death server is left alone
 
 
@@ -81,17 +83,21 @@ def built():
 
 
 def stored():
-    """The last known good time kept in NVS (0 if none)."""
+    """The last known good time kept in NVS and in its copy outside NVS
+    (ironclad.mono: an NVS partition written back from an old dump does not
+    move it back); 0 if none."""
     try:
-        return _nvs.open(NVS_NS).get_i32(_KEY) & 0xFFFFFFFF
+        t = _nvs.open(NVS_NS).get_i32(_KEY) & 0xFFFFFFFF
     except OSError:
-        return 0
+        t = 0
+    return max(t, mono.get("clock"))
 
 
-def _store(t):
+def _store(t, force=False):
     nvs = _nvs.open(NVS_NS)
     nvs.set_i32(_KEY, t - (1 << 32) if t >= 1 << 31 else t)
     nvs.commit()
+    mono.put("clock", t, force)
 
 
 def floor(signed=0):
@@ -123,7 +129,32 @@ def provisioned(t):
         raise ValueError("host time %r is not between this firmware's build time %d and 20 years later: "
                          "check the host's clock" % (t, b))
     set_rtc(t)
+    _store(t, force=True)
+
+
+def synced():
+    """True once a time server answered this boot: only then is the clock
+    precise enough to judge a command's time to the minute."""
+    return source == "ntp"
+
+
+def advance(t):
+    """A later trusted time (the iat of verified update metadata, of an
+    authenticated command): the clock and the floor move up to it, never
+    down, and never more than MAX_AHEAD_S above the floor. Returns True if
+    the clock moved. The rule, and why a broker certificate's notBefore is
+    not one: docs/brokers.md, "Clock"."""
+    global source, _due
+    if synced() or not isinstance(t, int):
+        return False  # (a time server's answer this boot is the better source)
+    low = floor()
+    if t <= now() or t <= low or t > low + MAX_AHEAD_S:
+        return False  # (below the floor: ensure() raises the clock to the floor itself)
+    set_rtc(t)
     _store(t)
+    _due = time.ticks_add(time.ticks_ms(), SAVE_EVERY_S * 1000)
+    source = "signed"
+    return True
 
 
 # --- the RTC ------------------------------------------------------------------
@@ -228,7 +259,7 @@ def ensure(server=None, signed=0, timeout_ms=TIMEOUT_MS):
     Returns (source, Unix time): "ntp" (the server's checked time), "floor"
     (the clock read below the floor and was raised to it) or "rtc" (it
     already read at or above the floor and no server answered acceptably)."""
-    global _quiet, _due
+    global _quiet, _due, source
     from ironclad import events
 
     low = floor(signed)
@@ -248,9 +279,12 @@ def ensure(server=None, signed=0, timeout_ms=TIMEOUT_MS):
             set_rtc(t)
             _store(t)
             _due = time.ticks_add(time.ticks_ms(), SAVE_EVERY_S * 1000)
+            source = "ntp"
             return "ntp", t
     t = now()
     if t < low:
         set_rtc(low)
+        source = "floor"
         return "floor", low
+    source = "rtc"
     return "rtc", t

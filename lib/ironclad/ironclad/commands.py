@@ -25,8 +25,9 @@
 import struct
 from micropython import const
 
-from ironclad import cbor, cose, events, telemetry
+from ironclad import cbor, clock, cose, events, telemetry
 from ironclad import nvs as _nvs
+from ironclad.throttle import Throttle
 
 NAMESPACE = "ic_cmd"
 _REC = "<8sQ"  # epoch, last accepted counter
@@ -84,22 +85,11 @@ class Verifier:
         # A floor kept for another epoch belongs to other keys: commands
         # under those never open now, so counting restarts.
         self.floor = floor if ep == self._epoch else 0
-        self._logged = []  # reasons recorded since the last accepted command
-        self.suppressed = 0  # rejections not recorded since the last recorded event
+        self.throttle = Throttle("cmd")  # each reason once until a command is accepted
 
     def _reject(self, reason, detail=""):
-        # Each reason is recorded once until a command is accepted: anyone on
-        # the broker can send garbage, and a flood of one kind of rejection
-        # must not overwrite the rest of the event ring. The rejections left
-        # out are counted, and the count goes into the next recorded event.
-        if reason in self._logged:
-            self.suppressed += 1
-        else:
-            self._logged.append(reason)
-            if self.suppressed:
-                detail = ("+%d " % self.suppressed + detail)[:39]
-                self.suppressed = 0
-            events.record("cmd", reason, "rejected", detail)
+        # Recorded once per reason until a command is accepted (ironclad.throttle).
+        self.throttle.record(reason, detail)
         raise Rejected(reason)
 
     def open(self, topic, msg):
@@ -130,12 +120,27 @@ class Verifier:
         iat = body.get("iat")
         if not isinstance(iat, int):
             self._reject("bad_args", "iat")
-        now = events._wall()
+        # The board's clock. On an ESP32 time.time() and machine.RTC are one
+        # clock (MicroPython v1.28.0 ports/esp32/machine_rtc.c settimeofday,
+        # modtime.c gettimeofday); the unix stand-in leaves time.time() on
+        # the host's clock, so the RTC is read, as clock.ensure set it.
+        now = clock.now()
+        if now < clock.RELEASED:
+            now = 0  # never set: no judgement of time
+        ahead = False
         if now:
             if iat < now - MAX_AGE_S:
                 self._reject("expired", "%s %ds old" % (op, now - iat))
             if iat > now + MAX_SKEW_S:
-                self._reject("future", op)
+                # From the future by this device's clock. A clock that no
+                # time server set this boot may be days behind (set to the
+                # stored floor): the console's authenticated time is then
+                # the better one, taken once every check has passed
+                # (clock.advance; a replay is stopped by the counter). A
+                # clock a time server set keeps the skew limit.
+                if clock.synced():
+                    self._reject("future", op)
+                ahead = True
         if len(body) != 2 + len(spec):
             self._reject("bad_args", op)
         args = {}
@@ -144,11 +149,12 @@ class Verifier:
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 self._reject("bad_args", "%s %s" % (op, name))
             args[name] = v
+        if ahead and not clock.advance(iat):
+            self._reject("future", op)  # further ahead than clock.advance takes
         # Commit the counter before anything acts on the command.
         self._nvs.set_blob("floor", struct.pack(_REC, self._epoch, ctr))
         self._nvs.commit()
         self.floor = ctr
-        self._logged = []
-        events.record("cmd", op, "ok", ("ctr %d" % ctr) + (" +%d rejected" % self.suppressed if self.suppressed else ""))
-        self.suppressed = 0
+        n = self.throttle.reset()
+        events.record("cmd", op, "ok", ("ctr %d" % ctr) + (" +%d rejected" % n if n else ""))
         return Command(op, args, ctr)

@@ -37,6 +37,10 @@
 #     dropped); PINGRESP within timeout_s.
 #   * QoS 0 and 1 (QoS 2 is never requested, so a QoS 2 packet is a protocol
 #     violation), packet ids tracked in a bounded in-flight window.
+#   * MQTT 3.1.1's rules on what the broker sends: topics are well-formed
+#     UTF-8 without U+0000 (utf8_ok), a QoS 0 PUBLISH has no DUP, a CONNACK
+#     answering a clean session has session-present 0. Any packet read after
+#     a PINGREQ proves the broker alive: a burst does not starve keepalive.
 #
 # Errors: every failure of the connection raises an MQTTError subclass and
 # leaves the client disconnected (the socket closed); maintain() catches them.
@@ -172,6 +176,38 @@ def _tls_reason(msg):
 
 def _b(s):
     return s.encode() if isinstance(s, str) else s
+
+
+def utf8_ok(b):
+    """True if b is well-formed UTF-8 as RFC 3629 defines it (section 4's
+    syntax: no overlong forms, no surrogates D800-DFFF, nothing above
+    U+10FFFF) without U+0000: what MQTT 3.1.1 requires of a topic
+    [MQTT-1.5.3-1, -2]. (MicroPython's own decode checks only the shape of
+    each sequence, py/unicode.c utf8_check, so overlong forms and
+    surrogates pass it.)"""
+    i = 0
+    n = len(b)
+    while i < n:
+        c = b[i]
+        if c < 0x80:
+            if not c:
+                return False
+            i += 1
+            continue
+        if c < 0xC2 or c > 0xF4:
+            return False  # a continuation byte, C0/C1 (overlong) or F5-FF
+        k = 1 if c < 0xE0 else 2 if c < 0xF0 else 3  # bytes after the lead
+        # The second byte's range: narrower after E0, F0 (overlong forms),
+        # ED (surrogates) and F4 (past U+10FFFF).
+        lo = 0xA0 if c == 0xE0 else 0x90 if c == 0xF0 else 0x80
+        hi = 0x9F if c == 0xED else 0x8F if c == 0xF4 else 0xBF
+        if i + k >= n or not lo <= b[i + 1] <= hi:
+            return False
+        for j in range(i + 2, i + k + 1):
+            if b[j] & 0xC0 != 0x80:
+                return False
+        i += k + 1
+    return True
 
 
 class MQTTClient:
@@ -495,8 +531,10 @@ class MQTTClient:
                     msg = bytes(msg)
             except MemoryError:
                 raise ProtocolError("no_memory", "no room for a %d-byte message" % n)
-            if b"+" in topic or b"#" in topic or b"\x00" in topic:
-                raise ProtocolError("bad_topic", "wildcard or NUL in a PUBLISH topic")
+            if b"+" in topic or b"#" in topic or not utf8_ok(topic):
+                raise ProtocolError("bad_topic", "wildcard, NUL or not UTF-8 in a PUBLISH topic")
+            if op & _DUP and not qos:
+                raise ProtocolError("bad_packet", "QoS 0 PUBLISH with DUP set")  # [MQTT-3.3.1-2]
             pid = 0
             if qos:
                 pid = (buf[pos] << 8) | buf[pos + 1]
@@ -558,8 +596,13 @@ class MQTTClient:
 
     def _timers(self):
         now = time.ticks_ms()
-        if self._ping_at is not None and time.ticks_diff(now, self._ping_at) >= self.timeout_ms:
-            raise Timeout("keepalive", "no PINGRESP in %d ms" % self.timeout_ms)
+        if self._ping_at is not None:
+            # Any packet read since the PINGREQ proves the broker alive: a
+            # PINGRESP queued behind a burst of PUBLISHes is not a dead link.
+            if time.ticks_diff(self._last_rx, self._ping_at) > 0:
+                self._ping_at = None
+            elif time.ticks_diff(now, self._ping_at) >= self.timeout_ms:
+                raise Timeout("keepalive", "no packet in %d ms after PINGREQ" % self.timeout_ms)
         for e in self._inflight:
             if time.ticks_diff(now, e[2]) >= self.timeout_ms:
                 if e[3] >= 2:
@@ -686,11 +729,18 @@ class MQTTClient:
         p = self._read_packet(max(left, 1))
         if p is None:
             raise Timeout("connack", "no CONNACK in %d ms" % self.connect_ms)
-        op, n = p
+        return self._connack(p[0], p[1], clean_session)
+
+    def _connack(self, op, n, clean_session):
+        # The CONNACK in self._buf -> session_present.
         if op != _CONNACK or n != 2 or self._buf[0] > 1:
             raise ProtocolError("bad_connack", "0x%02x of %d bytes" % (op, n))
         if self._buf[1]:
             raise Refused(self._buf[1])
+        if clean_session and self._buf[0]:
+            # [MQTT-3.2.2-1]: a clean session has no stored state. Believing
+            # the flag would skip restoring the subscriptions.
+            raise ProtocolError("bad_connack", "session present answering a clean session")
         return bool(self._buf[0] & 1)
 
     @staticmethod

@@ -90,23 +90,27 @@ def check_pseudonym(device_id):
 HELLO = "state/keys"
 
 
-def hello(cert_der, epoch):
+def hello(cert_der, epoch, previous=()):
     """The message the agent publishes (retained, QoS 1) on
     <prefix>/<id>/state/keys at every connect, before anything sealed: the
     device certificate, from which the console takes the public key (after
-    checking it against the fleet CA), and the key epoch. Plain CBOR: neither
-    is secret, and a forged one only makes the console derive keys that open
-    nothing."""
-    return cbor.encode({"v": 1, "cert": bytes(cert_der), "epoch": bytes(epoch)})
+    checking it against the fleet CA), and the key epoch, with the epochs
+    of the last boots ("prev", newest first: the epoch is new every boot,
+    ironclad.nonce, and readings spooled before a reboot are sealed under
+    an earlier one). Plain CBOR: none is secret, and a forged one only makes
+    the console derive keys that open nothing."""
+    m = {"v": 1, "cert": bytes(cert_der), "epoch": bytes(epoch)}
+    if previous:
+        m["prev"] = [bytes(e) for e in previous]
+    return cbor.encode(m)
 
 
 class Sealer:
     """Seals everything the device publishes, under its device-to-fleet key.
 
     Long-lived: keeps one Encrypt0 (key schedules, CCM work buffers) and one
-    output buffer, so sealing a reading allocates only its CBOR encoding. A
-    returned message is a view of that buffer: publish (or spool) it before
-    sealing the next."""
+    output buffer for readings and one for the rest, so sealing a reading
+    allocates only its CBOR encoding."""
 
     def __init__(self, z, device_id, counter, fields=FIELDS):
         self.device_id = check_pseudonym(device_id)
@@ -114,6 +118,7 @@ class Sealer:
         key, iv = derive(z, counter.epoch, UP, device_id)
         self._enc = cose.Encrypt0(key, iv)
         self._out = bytearray(_OUT0)
+        self._rout = bytearray(_OUT0)  # readings' own: see seal_reading
         self._topic = None  # the last topic and its bytes (the AAD)
         self._topic_b = b""
         self.fields = fields
@@ -136,15 +141,23 @@ class Sealer:
         self._at = 1 if len(order) < 24 else 2
         self._body = bytearray(self._at + sum(len(e) + 9 for _, e in keys))
 
-    def seal(self, topic, plaintext):
-        """Any plaintext -> COSE_Encrypt0 bound to topic (a memoryview)."""
+    def seal(self, topic, plaintext, reading=False):
+        """Any plaintext -> COSE_Encrypt0 bound to topic: a view of the
+        shared output buffer, valid until the next seal. Publish it at once
+        (the MQTT client copies what it keeps for a resend). reading=True
+        (seal_reading): a view of the readings' own buffer instead."""
         n = len(plaintext) + 32  # header (at most 21 bytes here) and tag
-        if n > len(self._out):
-            self._out = bytearray(n)
+        out = self._rout if reading else self._out
+        if n > len(out):
+            out = bytearray(n)
+            if reading:
+                self._rout = out
+            else:
+                self._out = out
         if topic != self._topic:
             self._topic = topic
             self._topic_b = topic.encode() if isinstance(topic, str) else bytes(topic)
-        return self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=self._out)
+        return self._enc.encrypt_seq(self.counter.next(), plaintext, self._topic_b, out=out)
 
     def body(self, reading):
         """The reading as it will be sent: allowlisted numeric fields, the
@@ -187,7 +200,14 @@ class Sealer:
         return memoryview(b)[start:pos]
 
     def seal_reading(self, topic, reading):
-        return self.seal(topic, self.body(reading))
+        """The sealed reading, a view of a buffer only readings use (valid
+        until the next reading is sealed): it may wait for its PUBACK while
+        a command reply is sealed from inside the MQTT callback, and go to
+        the spool if the publish then fails; in the shared buffer it would
+        by then hold the reply (issue 14: the console saw a forgery, the
+        reading was lost). Replies and event batches are never spooled, and
+        the client copies them into its packet before publish returns."""
+        return self.seal(topic, self.body(reading), True)
 
     def seal_events(self, topic, records):
         """Raw security-event records (ironclad.events.raw_since), oldest
@@ -207,14 +227,22 @@ def send_events(sealer, publish, topic, batch=4):
     oldest first, `batch` records per message: publish(msg) must return only
     after the PUBACK (QoS 1), and raise otherwise. The sent mark moves after
     each acknowledged message, so a reconnect resends from there (the console
-    drops duplicates by seq). Returns the number of records sent."""
+    drops duplicates by seq). Returns the number of records sent.
+
+    Sends what was recorded when it was called, and stops there: each
+    publish waits for its PUBACK and handles the messages that arrive
+    meanwhile, which may record more events; under a flood of hostile
+    messages "until none is left" never ended, and the agent's loop
+    (readings, everything else) starved while the ring overflowed."""
     from ironclad import events
 
     n = 0
-    while True:
+    end = events.head()[0]
+    while events.sent() < end:
         recs = events.raw_since(events.sent())[:batch]
         if not recs:
             return n
         publish(sealer.seal_events(topic, recs))
         events.mark_sent(events.decode(recs[-1])["seq"])
         n += len(recs)
+    return n

@@ -41,8 +41,9 @@ import esp32
 
 # Everything imported up front: a module loaded mid-update would scatter its
 # code through the free heap just before the 4 KiB buffers are allocated.
-from ironclad import bootstate, cbor, der, detools, events, image, kdf, keywrap, p256, rsapss, slots
+from ironclad import bootstate, cbor, clock, der, detools, events, image, kdf, keywrap, p256, rsapss, slots
 from ironclad.ccm import CCM, AuthError
+from ironclad.throttle import Throttle
 
 STORE = "/ironclad/update"  # littlefs directory (tests point it elsewhere)
 
@@ -256,7 +257,12 @@ def open_metadata(msg, anchors):
     if not isinstance(hdr, dict) or hdr.get(1) != _ALG_PS256 or not isinstance(hdr.get(4), bytes) \
             or set(hdr) != {1, 4}:
         raise Rejected("bad_message")
-    kid = hdr[4].decode()
+    try:
+        kid = hdr[4].decode()
+    except UnicodeError:
+        # Any bytes can arrive here before the signature is checked: a key
+        # id that is not UTF-8 names no key of ours.
+        raise Rejected("unknown_key", "key id not UTF-8")
     if kid in anchors.RETIRED:
         raise Rejected("key_retired")
     key = anchors.KEYS.get(kid)
@@ -300,6 +306,7 @@ class Updater:
         self._foreign = None  # id of the last stray chunk reported
         self.reboot_due = False
         self.restart_due = False  # restart to resume a download on a fresh heap
+        self.throttle = Throttle("update")  # each rejection once until metadata is accepted
 
     # -- persistent state --------------------------------------------------
 
@@ -336,7 +343,11 @@ class Updater:
         return rep
 
     def _reject(self, reason, uid=None, detail=""):
-        events.record("update", reason, outcome="rejected", detail=detail)
+        # Each reason is recorded once until metadata is accepted (as
+        # ironclad.commands does, ironclad.throttle): anyone on the broker can
+        # send junk to the update topic, and 80 junk messages must not push
+        # the real events out of the ring. The fleet still gets every report.
+        self.throttle.record(reason, detail)
         return self._report(REJECTED, uid, reason=reason)
 
     # -- start-up -------------------------------------------------------------
@@ -533,6 +544,7 @@ class Updater:
             self._abandon()
             events.record("update", "superseded", outcome="info", detail=bytes(job.man.id).hex()[:16])
         self._begin(b"M" + bytes(body), man=man)
+        self.throttle.reset()  # signed metadata passed every check: rejections are news again
         self._ask()
 
     # -- checks ---------------------------------------------------------------
@@ -550,7 +562,14 @@ class Updater:
         if man.iat > self._st["seen"]:
             self._st["seen"] = man.iat
             self._save_state()
-        if man.exp < self._st["seen"]:
+        # Also a later time for a clock no time server set (clock.advance).
+        clock.advance(man.iat)
+        # And against the device's trusted time floor (ironclad.clock: build
+        # time, the remembered clock): metadata that expired before it is
+        # refused even if no newer signed iat ever reached this device, so
+        # a broker holding old per-device metadata cannot install a
+        # withdrawn release.
+        if man.exp < self._st["seen"] or man.exp < clock.floor():
             raise Rejected("expired")
         if self._st.get("pending"):
             raise Rejected("busy", "update on trial")

@@ -308,6 +308,8 @@ for item in [None] + cfg.get("send", []):
             machine.reset()  # as the agent does once the "applied" report is out, or to restart for memory
 print("STATE", json.dumps(u.state()))
 print("EVENTS", json.dumps([(e["kind"], e["reason"], e["outcome"]) for e in events.since(0)]))
+from ironclad import clock
+print("CLOCK", clock.now())
 print("IDLE")
 """
 
