@@ -191,7 +191,7 @@ def test_littlefs_on_the_encrypted_filesystem_partition(tmp_path):
     # programs 32-byte aligned blocks and assumes nothing of erased flash, so
     # files (0xFF runs included) survive a remount in a new process.
     dev = tmp_path / "dev"
-    sim_device.create(str(dev))
+    sim_device.create(str(dev), flash_encryption=True)
     mount = ("import esp32, vfs\nb = esp32.Partition.find(1, label='vfs')[0]\nprint('ENC', b.info()[5])\n"
              "try:\n    fs = vfs.VfsLfs2(b)\nexcept OSError:\n    vfs.VfsLfs2.mkfs(b)\n    fs = vfs.VfsLfs2(b)\n"
              "vfs.mount(fs, '/mnt')\n")

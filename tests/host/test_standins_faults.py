@@ -79,7 +79,7 @@ def test_torn_encrypted_block(tmp_path, k):
     # written, the torn one as noise (neither what was written nor 0xFF),
     # the untouched rest as erased. A rewrite without erase is noise too.
     d = tmp_path / "dev"
-    sim_device.create(str(d))
+    sim_device.create(str(d), flash_encryption=True)
     r = run_mp(WRITES, d, fault="tear:3:%d" % k)
     assert r.returncode == SIGKILL_RC and "done" not in r.stdout
     got = bytes.fromhex(run_mp(READ_A, d).stdout.split()[0])

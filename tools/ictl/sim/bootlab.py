@@ -97,7 +97,7 @@ def ran(result):
 
 def new_device(devdir, keys, retired=()):
     """A fresh board whose firmware trusts keys [(key id, private key)]."""
-    sim_device.create(str(devdir), force=True)
+    sim_device.create(str(devdir), force=True, flash_encryption=True)
     factory.trust_device(str(devdir), [(kid, k.public_key()) for kid, k in keys], retired)
     return str(devdir)
 

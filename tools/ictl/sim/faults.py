@@ -40,7 +40,7 @@ def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None, heap_k
     print OK. Returns (cut_points, failures: list of (fault, output))."""
     tmp = workdir or tempfile.mkdtemp(prefix="ictl-sweep-")
     base = os.path.join(tmp, "base")
-    sim_device.create(base, force=True)
+    sim_device.create(base, force=True, flash_encryption=True)  # a production board
     if setup:
         r = run_device(setup, base, heap_kib=heap_kib)
         if r.returncode:
