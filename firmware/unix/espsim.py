@@ -67,9 +67,22 @@ class Flash:
             # The simulated eFuse: keys the hardware keeps from software (esp32.NVS).
             self.efuse = cfg.get("efuse") or {}
             # Flash encryption on (a production board): $ESPSIM_FLASH_ENCRYPTION=1
-            # or the simulated eFuse "flash_encryption". Off by default.
+            # or the simulated eFuse "flash_encryption", which `ictl device
+            # create` sets unless --development.
             self.crypt = os.getenv("ESPSIM_FLASH_ENCRYPTION") == "1" or bool(self.efuse.get("flash_encryption"))
             self.f = open(path + "/flash.bin", "r+b")
+            # Under flash encryption, which 16-byte blocks of flash have been
+            # programmed since their last erase (espboard: erased blocks of
+            # an encrypted partition read as noise, programmed ones as written).
+            self.pmap = _open_pmap(path + "/crypt.map", int(cfg["flash_size"]) // 128) if self.crypt else None
+            if self.crypt:
+                # Made once, now: long-lived objects made later, mid-boot, would
+                # split the app's heap (the stand-in shares it).
+                import cryptolib
+
+                self.noise = cryptolib.aes(hashlib.sha256(b"flash-encryption" + self.uid).digest(), 1)
+                self.b16 = (bytearray(16), bytearray(16), bytearray(40))
+                self.garbled = bytearray(256)  # per block of a 4 KiB write
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
         self.f.seek(0, 2)
@@ -218,6 +231,21 @@ class Flash:
             if p["label"] == label:
                 return p
         return None
+
+
+def _open_pmap(path, n):
+    # One bit per 16-byte block, made all-clear (erased) when missing. Kept
+    # open: after start.py mounts the device's filesystem at / the host path
+    # no longer resolves.
+    try:
+        f = open(path, "r+b")
+    except OSError:
+        f = open(path, "w+b")
+    f.seek(0, 2)
+    z = bytes(_CHUNK)
+    while f.tell() < n:
+        f.write(z[:min(_CHUNK, n - f.tell())])
+    return f
 
 
 def flash():

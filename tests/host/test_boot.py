@@ -10,6 +10,7 @@ import pytest
 
 from ictl.sim import bootlab
 from ictl.sim import factory
+from ictl.sim import device as sim_device
 from ictl import image
 
 HDR = image.HEADER_SIZE
@@ -88,7 +89,25 @@ def test_fresh_board_is_in_recovery_and_says_so(lab, tmp_path):
     r = bootlab.boot(dev)
     assert r.returncode == 0 and bootlab.ran(r) is None
     assert "recovery mode" in r.stdout
-    assert ("boot", "failed", "recovery") in events_on_flash(dev)
+    ev = events_on_flash(dev)
+    assert ("boot", "failed", "recovery") in ev
+    # The board is flash-encrypted: its erased slots read as noise, not 0xFF,
+    # and are still empty slots, not attacks (no "rejected bad_magic").
+    assert sim_device.load(dev)["efuse"]["flash_encryption"]
+    assert not [e for e in ev if e[1] == "rejected"], ev
+
+
+def test_plaintext_board_tells_a_wrong_magic_from_an_erased_slot(lab, tmp_path):
+    # Without flash encryption an erased slot reads 0xFF: a header without
+    # the magic that is not erased is an attack, and says so.
+    dev = str(tmp_path / "dev")
+    sim_device.create(dev, flash_encryption=False)
+    factory.trust_device(dev, [("k1", lab.keys["k1"].public_key())])
+    r = bootlab.boot(dev)
+    assert "recovery mode" in r.stdout and "rejected" not in r.stdout, r.stdout
+    factory.flash_image(dev, b"XCIM" + lab.v1[0][4:])
+    r = bootlab.boot(dev)
+    assert "ironclad: event boot rejected bad_magic app_a" in r.stdout, r.stdout
 
 
 def _mutants(data):
@@ -108,7 +127,9 @@ def _mutants(data):
 
     return [
         ("truncated", data[:HDR + n // 2], "bad_hash"),
-        ("wrong magic", b"XCIM" + data[4:], "bad_magic"),
+        # Under flash encryption (the simulated production board) a header
+        # without the magic is no image: erased flash there reads as noise.
+        ("wrong magic", b"XCIM" + data[4:], None),
         ("format version", field(4, "<H", 2), "bad_format"),
         ("length beyond slot", field(16, "<I", 0x7FFFFFF0), "too_large"),
         ("header bit (counter)", flip(12, 3), "bad_signature"),
@@ -128,7 +149,10 @@ def test_bad_images_rejected_and_flash_unchanged(lab, tmp_path):
         before = bootlab.flash_outside(dev)
         r = bootlab.boot(dev)
         assert bootlab.ran(r) is None, name
-        assert "ironclad: event boot rejected %s app_a" % reason in r.stdout, (name, r.stdout)
+        if reason:
+            assert "ironclad: event boot rejected %s app_a" % reason in r.stdout, (name, r.stdout)
+        else:
+            assert "rejected" not in r.stdout, (name, r.stdout)
         assert "recovery mode" in r.stdout, name
         assert bootlab.flash_outside(dev) == before, name  # only boot state and log changed
     assert ("boot", "rejected", "bad_signature") in events_on_flash(dev)
@@ -295,3 +319,35 @@ def test_espsecure_key_signs_images_the_device_accepts(lab, tmp_path):
     src = bootlab.make_app(str(tmp_path / "app"), "3.1.4")
     factory.flash_image(dev, image.build(src, key, "sbv2", "3.1.4", 5))
     assert bootlab.ran(bootlab.boot(dev)) == "3.1.4"
+
+
+def test_slot_writer_streams_odd_pieces_into_an_encrypted_slot(lab, tmp_path):
+    # An encrypted partition takes only 16-byte blocks at 16-byte offsets
+    # (ESP-IDF esp_flash_write_encrypted); a download arrives in pieces of
+    # any size. The writer holds the partial block until the next piece or
+    # close(), and the slot then verifies.
+    dev = device(lab, tmp_path)
+    r = bootlab.run(dev, "from ironclad import image\nw = image.SlotWriter('app_b')\ndata = open(%r, 'rb').read()\n"
+                         "pos, i = 0, 0\nwhile pos < len(data):\n    n = (7, 13, 1, 1000, 16, 33)[i %% 6]\n"
+                         "    w.write(data[pos:pos + n])\n    pos += n\n    i += 1\nw.close()\n"
+                         "print('OK', image.verify('app_b', floor=0, event=None).describe())\n" % lab.v2[1])
+    assert "OK v2.0.0 ctr=2 key=k1" in r.stdout, r.stdout + r.stderr
+
+
+def test_board_after_the_first_boot_encryption(lab, tmp_path):
+    # On its first boot in release mode the ESP-IDF bootloader encrypts every
+    # flagged partition in place, whole (ESP-IDF v5.5 bootloader_support
+    # flash_encrypt.c, encrypt_partition): its untouched 0xFF then reads back
+    # as 0xFF, not noise, until erased, and a write over it without an erase
+    # would be garbage. The boot path, the installer and littlefs work on a
+    # board in that state too (the simulation starts after a later erase).
+    dev = device(lab, tmp_path)
+    for p in sim_device.load(dev)["partitions"]:
+        if p["label"] in ("app_a", "app_b", "bootstate", "vfs"):
+            sim_device.set_programmed(dev, p["offset"], p["size"])
+    r = bootlab.boot(dev)  # formats littlefs on the programmed-0xFF vfs
+    assert "recovery mode" in r.stdout and "rejected" not in r.stdout, r.stdout + r.stderr
+    assert ("boot", "failed", "recovery") in events_on_flash(dev)
+    assert "INSTALLED v1.0.0" in bootlab.install(dev, lab.v1[1], "app_a").stdout
+    r = bootlab.boot(dev)
+    assert bootlab.ran(r) == "1.0.0", r.stdout + r.stderr

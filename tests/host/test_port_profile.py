@@ -160,12 +160,14 @@ def test_encrypted_partition_reads_erased_flash_as_noise(tmp_path):
     import json
 
     dev = tmp_path / "dev"
-    sim_device.create(str(dev))
+    sim_device.create(str(dev), flash_encryption=False)
     code = ("import esp32\nP = esp32.Partition\nfor l in ('app_a', 'bootstate', 'vfs', 'nvs'):\n"
             "    p = P.find(1, label=l)[0]\n    b = bytearray(64)\n    p.readblocks(1, b)\n"
             "    print('R', l, p.info()[5], b == b'\\xff' * 64)\n"
             "p = P.find(1, label='app_b')[0]\np.writeblocks(0, b'x' * 16, 0)\nb = bytearray(32)\np.readblocks(0, b)\n"
             "print('W', b[:16] == b'x' * 16, b[16:] == b'\\xff' * 16)\n"
+            "p.writeblocks(0, b'\\xff' * 16, 32)\nb = bytearray(16)\np.readblocks(0, b, 32)\n"
+            "print('F', b == b'\\xff' * 16)\n"
             "for off, n in ((8, 16), (16, 5)):\n    try:\n        p.writeblocks(0, b'y' * n, off)\n        print('A ok')\n"
             "    except OSError as e:\n        print('A', e.args[0])\n")
     plain = mphelp.run_mp(code, devdir=dev)
@@ -179,8 +181,25 @@ def test_encrypted_partition_reads_erased_flash_as_noise(tmp_path):
     out = enc.stdout.splitlines()
     for l in ("app_a", "bootstate", "vfs"):
         assert "R %s True False" % l in out, out
-    assert "R nvs False True" in out and "W True False" in out
+    # A block written with 0xFF is programmed: it reads back as written.
+    assert "R nvs False True" in out and "W True False" in out and "F True" in out
     assert out[-2:] == ["A -258", "A -260"], out
+
+
+def test_littlefs_on_the_encrypted_filesystem_partition(tmp_path):
+    # MicroPython's VfsLfs2 on the flash-encrypted vfs partition: littlefs
+    # programs 32-byte aligned blocks and assumes nothing of erased flash, so
+    # files (0xFF runs included) survive a remount in a new process.
+    dev = tmp_path / "dev"
+    sim_device.create(str(dev), flash_encryption=True)
+    mount = ("import esp32, vfs\nb = esp32.Partition.find(1, label='vfs')[0]\nprint('ENC', b.info()[5])\n"
+             "try:\n    fs = vfs.VfsLfs2(b)\nexcept OSError:\n    vfs.VfsLfs2.mkfs(b)\n    fs = vfs.VfsLfs2(b)\n"
+             "vfs.mount(fs, '/mnt')\n")
+    data = "(b'\\xff' * 4096 + bytes(range(256)) * 3 + b'\\xff' * 77)"
+    r = mphelp.run_mp(mount + "with open('/mnt/f', 'wb') as f:\n    f.write(%s)\nprint('W')\n" % data, devdir=dev)
+    assert "ENC True" in r.stdout and "W" in r.stdout, r.stdout + r.stderr
+    r = mphelp.run_mp(mount + "print('R', open('/mnt/f', 'rb').read() == %s)\n" % data, devdir=dev)
+    assert "R True" in r.stdout, r.stdout + r.stderr
 
 
 def test_decommission_erases_every_sector_of_the_nvs_partition(tmp_path):

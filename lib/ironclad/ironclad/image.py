@@ -60,12 +60,17 @@ class Rejected(Exception):
 
 
 class Header:
-    def __init__(self, raw):
+    def __init__(self, raw, encrypted=False):
         (self.magic, self.format, self.header_size, self.version, self.counter, self.length,
          self.sig_len, self.flags, reserved1, self.sha256, hwid, key_id, reserved2) = struct.unpack(_FMT, raw)
         self.raw = bytes(raw)
         if self.magic != MAGIC:
-            raise Rejected(EMPTY if raw == b"\xff" * HEADER_SIZE else BAD_MAGIC)
+            # An erased slot reads as 0xFF, but under flash encryption as the
+            # decryption of 0xFF: noise (ESP-IDF "Flash Encryption"). There
+            # erased and overwritten flash cannot be told apart (software
+            # cannot read the ciphertext), and nobody without the chip's key
+            # can write a header that decrypts to the magic: no image.
+            raise Rejected(EMPTY if encrypted or raw == b"\xff" * HEADER_SIZE else BAD_MAGIC)
         if self.format != FORMAT:
             raise Rejected(BAD_FORMAT)
         if self.header_size != HEADER_SIZE or self.flags or reserved1 != bytes(8) or reserved2 != bytes(32):
@@ -124,7 +129,7 @@ def read_header(part):
     part = _part(part)
     buf = bytearray(HEADER_SIZE)
     part.readblocks(0, buf, 0)
-    return Header(buf)
+    return Header(buf, part.info()[5])
 
 
 def check(h, slot_size, floor, anchors, hwid=None):
@@ -262,7 +267,12 @@ def map_payload(part, h):
 
 class SlotWriter:
     """Write an image into an app slot as a stream: each 4 KiB sector is
-    erased when the first byte for it arrives. Bounded by the slot size."""
+    erased when the first byte for it arrives. Bounded by the slot size.
+    Writes go to flash in whole 16-byte blocks at 16-byte offsets, as an
+    encrypted partition requires (ESP-IDF v5.5 esp_flash_write_encrypted:
+    ESP_ERR_INVALID_ARG / ESP_ERR_INVALID_SIZE otherwise): up to 15 bytes
+    wait in a small buffer until the next write or close(), which pads the
+    last block with 0xFF (past the image, never read by the verifier)."""
 
     def __init__(self, part):
         from ironclad import bootstate
@@ -271,18 +281,46 @@ class SlotWriter:
         if bootstate.running(label(self.part)):
             raise ValueError("cannot write the running slot")
         self.size = self.part.info()[3]
-        self.pos = 0
+        self.pos = 0  # bytes accepted
+        self._tail = bytearray(16)  # the last pos % 16 bytes, not yet on flash
 
     def write(self, data):
         mv = memoryview(data)
         if self.pos + len(mv) > self.size:
             raise Rejected(TOO_LARGE)
-        while mv:
-            sector = self.pos // 4096
-            if self.pos % 4096 == 0:
-                self.part.ioctl(6, sector)  # BP_IOCTL_SEC_ERASE
-            n = min(len(mv), 4096 - self.pos % 4096)
-            self.part.writeblocks(0, mv[:n], self.pos)
+        t = self.pos % 16
+        if t:
+            k = min(len(mv), 16 - t)
+            self._tail[t:t + k] = mv[:k]
+            self.pos += k
+            mv = mv[k:]
+            if self.pos % 16 == 0:
+                self._flash(self.pos - 16, self._tail)
+        n = len(mv) - len(mv) % 16
+        if n:
+            self._flash(self.pos, mv[:n])
             self.pos += n
-            mv = mv[n:]
+        if len(mv) > n:
+            k = len(mv) - n
+            self._tail[:k] = mv[n:]
+            self.pos += k
         return len(data)
+
+    def close(self):
+        """Write the last partial block, padded with 0xFF."""
+        t = self.pos % 16
+        if t:
+            for i in range(t, 16):
+                self._tail[i] = 0xFF
+            self._flash(self.pos - t, self._tail)
+
+    def _flash(self, at, mv):
+        # Aligned blocks at `at`, erasing each sector as the stream reaches it.
+        mv = memoryview(mv)
+        while mv:
+            if at % 4096 == 0:
+                self.part.ioctl(6, at // 4096)  # BP_IOCTL_SEC_ERASE
+            n = min(len(mv), 4096 - at % 4096)
+            self.part.writeblocks(0, mv[:n], at)
+            at += n
+            mv = mv[n:]

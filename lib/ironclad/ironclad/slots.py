@@ -100,4 +100,5 @@ def install_file(path, label=None):
             if not n:
                 break
             w.write(memoryview(buf)[:n])
+        w.close()
     return install(label)

@@ -15,6 +15,8 @@ def register(sub):
     c.add_argument("--force", action="store_true", help="replace an existing device")
     c.add_argument("--chip", default="esp32", choices=("esp32", "esp32s3"),
                    help="the chip whose MicroPython surface the stand-ins offer (firmware/profile/; default esp32)")
+    c.add_argument("--development", action="store_true",
+                   help="a development board: flash encryption off (default: on, as on a production board)")
     c.set_defaults(func=do_create)
     i = s.add_parser("info", help="print a device's identity and partition table")
     i.add_argument("dir", help="device state directory")
@@ -22,8 +24,10 @@ def register(sub):
 
 
 def do_create(args):
-    cfg = device.create(args.dir, hwid=args.hwid, table=args.table, force=args.force, chip=args.chip)
-    print("created device %s (hwid %s, unique id %s)" % (args.dir, cfg["hwid"], cfg["unique_id"]))
+    cfg = device.create(args.dir, hwid=args.hwid, table=args.table, force=args.force, chip=args.chip,
+                        flash_encryption=not args.development)
+    print("created device %s (hwid %s, unique id %s, flash encryption %s)"
+          % (args.dir, cfg["hwid"], cfg["unique_id"], "on" if cfg["efuse"]["flash_encryption"] else "off"))
 
 
 def do_info(args):

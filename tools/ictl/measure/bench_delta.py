@@ -92,6 +92,8 @@ def _write_partition(devdir, label, data):
     with open(os.path.join(devdir, "flash.bin"), "r+b") as f:
         f.seek(p["offset"])
         f.write(data + b"\xff" * (p["size"] - len(data)))
+    sim_device.set_programmed(devdir, p["offset"], p["size"], False)  # under flash encryption
+    sim_device.set_programmed(devdir, p["offset"], len(data))
 
 
 TIMING = """

@@ -166,7 +166,9 @@ def cut_campaign(workdir, tear_bytes=(1, 5, 17)):
         setup_code = pre + INSTALL % (ev, imgs["v1"], "app_a") + "os.system(%r)\n" % child + \
             "".join(INSTALL % (ev, imgs[i], slot) for i, slot in setup) + after
         code = pre + ("".join(INSTALL % (ev, imgs[i], slot) for i, slot in swept) if swept else BOOT % v)
-        n, fails = faults.sweep(setup_code, code, pre + CHECK % v, tear_bytes=tear_bytes, workdir=wd)
+        # 128 KiB as bootlab.fault_boot: the check imports the boot modules
+        # twice beside the flash-encryption stand-in, in one heap.
+        n, fails = faults.sweep(setup_code, code, pre + CHECK % v, tear_bytes=tear_bytes, workdir=wd, heap_kib=128)
         total += n
         failures += [(name, f, out) for f, out in fails]
     return total, failures
@@ -281,7 +283,7 @@ def run(fig, args):
         points, failures = cut_campaign(os.path.join(tmp, "cuts"))
         fig.add("bootstate_cut_points", points, "cuts",
                 "power cut before, and tear at 1/5/17 bytes of, every flash operation of an install (slot write and "
-                "switch), a confirmation and a trial expiry; a boot follows each")
+                "switch), a confirmation and a trial expiry; a boot follows each; flash encryption on")
         fig.add("bootstate_cut_failures", len(failures), "count",
                 "cuts after which no valid boot state copy was left, the floor dropped, or the next boot did "
                 "not run a verified, allowed image (must be 0)")

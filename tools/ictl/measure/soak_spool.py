@@ -208,7 +208,7 @@ def run(fig, args):
     points, failures = spool_sweep(args.spool_puts, tear_bytes=(1, 5, 17))
     fig.add("spool_cut_points", points, "cuts",
             "store-and-forward spool on littlefs: power cut before, and tear at 1/5/17 bytes of, every flash "
-            "operation while %d readings are queued and delivered" % args.spool_puts)
+            "operation while %d readings are queued and delivered; flash encryption on" % args.spool_puts)
     fig.add("spool_cut_failures", len(failures), "count",
             "cuts after which a reading whose put() returned was lost, reordered or sent twice more than once (must be 0)")
     npoints, nfail = nonce_sweep(args.spool_nonces, tear_bytes=(1, 5, 17))

@@ -170,7 +170,7 @@ def run(fig, args):
         n, failures, ops = random_campaign(os.path.join(work, "random"), args.update_seeds, args.update_cuts)
         fig.add("update_cut_points", n, "faults",
                 "%d seeds x %d consecutive random power cuts/torn writes during a delta (%d flash ops) or full "
-                "(%d ops) app update: download, apply, switch, trial boot" % (args.update_seeds, args.update_cuts,
+                "(%d ops) app update: download, apply, switch, trial boot; flash encryption on" % (args.update_seeds, args.update_cuts,
                                                                             ops["delta"], ops["full"]))
         if args.update_sweep_stride:
             m, sweep_fail, ops = sweep_campaign(os.path.join(work, "sweep"), "full", args.update_sweep_stride)

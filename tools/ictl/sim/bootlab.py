@@ -97,7 +97,7 @@ def ran(result):
 
 def new_device(devdir, keys, retired=()):
     """A fresh board whose firmware trusts keys [(key id, private key)]."""
-    sim_device.create(str(devdir), force=True)
+    sim_device.create(str(devdir), force=True, flash_encryption=True)
     factory.trust_device(str(devdir), [(kid, k.public_key()) for kid, k in keys], retired)
     return str(devdir)
 
@@ -308,7 +308,9 @@ class Boot:
 def fault_boot(devdir, faults=(), heap_kib=160, extra_env=None, timeout=60):
     """Boot once with faults [(step, index, slot, kind)] injected; a Boot.
     160 KiB: the fault harness and its tracing wrappers are compiled from
-    source into the same heap as the boot path (a board runs it frozen)."""
+    source into the same heap as the boot path (a board runs it frozen),
+    beside the flash-encryption stand-in; the boot's own budget is held by
+    boot() at 112 KiB (tests/host/test_boot.py)."""
     code = FAULT_BOOT % {"faults": json.dumps([list(f) for f in faults]), "start": start()}
     r = subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % heap_kib, "-c", code], env=env(devdir, extra_env),
                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -330,6 +332,9 @@ def read_flash(devdir, a, b):
 
 
 def write_flash(devdir, a, data):
+    """Host bytes into flash.bin; under flash encryption they read back as
+    written (as esptool --encrypt leaves them)."""
     with open(os.path.join(str(devdir), "flash.bin"), "r+b") as f:
         f.seek(a)
         f.write(data)
+    sim_device.set_programmed(str(devdir), a, len(data))

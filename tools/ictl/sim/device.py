@@ -20,10 +20,14 @@ def stub_firmware():
     return b"\xe9" + b"\x00" * 23 + b"IRONCLAD-SIM-FIRMWARE"
 
 
-def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32"):
+def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32", flash_encryption=False):
     """Make a fresh device as `ictl firmware flash` leaves a board: the binary
     partition table at CONFIG_PARTITION_TABLE_OFFSET (where the simulated
-    bootloader reads it), firmware in ota_0, the rest erased; a random unique id."""
+    bootloader reads it), firmware in ota_0, the rest erased; a random unique id.
+    flash_encryption: the eFuse of a production board (firmware/sdkconfig.production,
+    release mode), as `ictl device create` and the boot, update and power-cut
+    labs make it; off here by default for the agent's 64 KiB boards (the
+    stand-in's own bookkeeping shares their heap)."""
     if os.path.exists(os.path.join(path, "device.json")) and not force:
         raise ToolError("%s already holds a device: pass --force to replace it" % path)
     t = firmware.partition_table(table)  # ESP-IDF's own checks: overlaps, alignment, room for the table, fit
@@ -36,7 +40,7 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32
         "chip": chip,  # the port profile the stand-ins hold to (firmware/profile/<chip>.surface)
         "unique_id": secrets.token_bytes(6).hex(),
         # The simulated eFuse (read-protected on a chip): the NVS encryption key.
-        "efuse": {"nvs_key": secrets.token_bytes(32).hex()},
+        "efuse": {"nvs_key": secrets.token_bytes(32).hex(), "flash_encryption": bool(flash_encryption)},
         "flash_size": FLASH_SIZE,
         "partition_table_offset": offset,
         "partitions": parts,
@@ -51,12 +55,42 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32
         f.write(flash)
     with open(os.path.join(path, "device.json"), "w") as f:
         json.dump(cfg, f, indent=1)
-    for stale in ("reset",):
+    for stale in ("reset", PMAP):
         try:
             os.unlink(os.path.join(path, stale))
         except FileNotFoundError:
             pass
     return cfg
+
+
+PMAP = "crypt.map"  # firmware/unix/espboard.py: the programmed 16-byte blocks under flash encryption
+
+
+def set_programmed(path, addr, n, programmed=True):
+    """Host writes into flash.bin (factory flashing, as `esptool --encrypt`
+    writes an encrypted partition; test set-up): mark the 16-byte blocks of
+    [addr, addr+n) as programmed (they read back as written) or erased (an
+    encrypted partition reads them as noise). Nothing to do without flash
+    encryption."""
+    cfg = load(path)
+    if not cfg.get("efuse", {}).get("flash_encryption"):
+        return
+    b0, b1 = addr // 16, (addr + n + 15) // 16
+    mpath = os.path.join(path, PMAP)
+    if not os.path.exists(mpath):
+        with open(mpath, "wb") as f:
+            f.write(bytes(cfg["flash_size"] // 128))
+    with open(mpath, "r+b") as f:
+        f.seek(b0 // 8)
+        bits = bytearray(f.read((b1 + 7) // 8 - b0 // 8))
+        for b in range(b0, b1):
+            i = b - b0 // 8 * 8
+            if programmed:
+                bits[i >> 3] |= 1 << (i & 7)
+            else:
+                bits[i >> 3] &= ~(1 << (i & 7))
+        f.seek(b0 // 8)
+        f.write(bits)
 
 
 def load(path):

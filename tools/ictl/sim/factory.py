@@ -8,7 +8,7 @@ import subprocess
 
 from ictl import ToolError, image
 from ictl.sim import unixfw
-from ictl.sim.device import load
+from ictl.sim.device import load, set_programmed
 
 # The boot state record (lib/ironclad/ironclad/bootstate.py), two copies in the bootstate partition.
 BOOTSTATE_FMT = "<4sBBBBIIB11s"
@@ -87,6 +87,13 @@ def flash_image(devdir, data, slot="app_a", active=True, floor=0):
             f.seek(b["offset"])
             rec = bootstate_record(image.SLOTS.index(slot), 1, floor)
             f.write(rec + b"\xff" * (b["size"] - len(rec)))
+    # Under flash encryption esptool writes the image encrypted; the rest of
+    # the slot and of the boot state stays erased.
+    set_programmed(devdir, p["offset"], p["size"], False)
+    set_programmed(devdir, p["offset"], len(data))
+    if active:
+        set_programmed(devdir, b["offset"], b["size"], False)
+        set_programmed(devdir, b["offset"], len(rec))
 
 
 def setup_device(devdir, src, key_path, version="1.0.0", counter=1, key_id=None, slot="app_a"):

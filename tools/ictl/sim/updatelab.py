@@ -148,7 +148,7 @@ def apply_jobs(tmp, jobs, heap_kib=112, timeout=300):
     """Runs the jobs on a fresh device; returns one (status, value, resumes)
     per job: ("OK", sha256 hex, resumes) or ("ERR", message, None)."""
     dev = os.path.join(str(tmp), "dev")
-    sim_device.create(dev, force=True)
+    sim_device.create(dev, force=True, flash_encryption=True)
     spec = os.path.join(str(tmp), "jobs.json")
     with open(spec, "w") as f:
         json.dump(jobs, f)
@@ -327,7 +327,7 @@ class Fleet:
         self.tmp = str(tmp)
         self.dev_id = name
         self.devdir = os.path.join(self.tmp, name)
-        sim_device.create(self.devdir, force=True)
+        sim_device.create(self.devdir, force=True, flash_encryption=True)
         self.key_path = os.path.join(self.tmp, "sign.pem")
         if not os.path.exists(self.key_path):
             app_image.keygen(self.key_path)
