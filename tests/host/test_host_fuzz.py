@@ -198,6 +198,29 @@ def test_the_inventory_and_the_crl_decide(fleet):
     assert out[0].alarm and "revoked" in out[0].text, out
 
 
+def test_an_expired_crl_refuses_every_certificate_until_it_is_reissued(fleet):
+    # A CRL past its nextUpdate cannot say what was revoked since: the
+    # console fails closed, as the broker's OpenSSL does with the same file.
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca, key, con = fleet
+    dev = peers.DeviceDouble(ca, "d1", key.public_key())
+    assert not [m for m in con.handle(*dev.hello()) if m.alarm]
+    assert _ok(con.handle(*dev.reading()))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stale = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+             .last_update(now - datetime.timedelta(days=40)).next_update(now - datetime.timedelta(days=10))
+             .sign(ca.key, hashes.SHA256()))
+    pki.write_public(os.path.join(ca.dir, pki.CRL), stale.public_bytes(serialization.Encoding.PEM))
+    out = con.handle(*dev.reading())
+    assert not _ok(out) and out[0].alarm and "expired" in out[0].text, out
+    fleet_ca.write_crl(ca)  # `ictl ca crl`
+    assert _ok(con.handle(*dev.reading()))
+
+
 def test_console_fuzz_slice(tmp_path):
     st = soak_hostfuzz.console_fuzz(str(tmp_path), 400, seed=5)
     assert st["failures"] == 0, st["notes"]

@@ -263,7 +263,7 @@ class Console:
         ca_dir = os.path.dirname(os.path.abspath(ca_path))
         self.crl_path = crl_path or os.path.join(ca_dir, pki.CRL)
         self.inventory_path = inventory_path or os.path.join(ca_dir, fleet_ca.INVENTORY)
-        self._crl = (None, frozenset())  # (file mtime and size, revoked serials)
+        self._crl = (None, frozenset(), None)  # (file mtime and size, revoked serials, nextUpdate)
         self.guard = Guard()
         self.state_path = state_path
         self.devices = {}
@@ -372,7 +372,14 @@ class Console:
                 valid = False
             if not valid:
                 raise OpenError("the CRL %s is not the fleet CA's: no certificate can be checked" % self.crl_path)
-            self._crl = (stamp, frozenset("%x" % r.serial_number for r in crl))
+            self._crl = (stamp, frozenset("%x" % r.serial_number for r in crl), crl.next_update_utc)
+        # A CRL past its nextUpdate says nothing of what was revoked since
+        # (RFC 5280 6.3.3): fail closed, as the broker's OpenSSL does for the
+        # same file (X509_V_ERR_CRL_HAS_EXPIRED refuses every client).
+        due = self._crl[2]
+        if due is not None and datetime.datetime.now(datetime.timezone.utc) > due:
+            raise OpenError("the CRL %s expired at %s: run `ictl ca crl` to issue a fresh one"
+                            % (self.crl_path, due.isoformat()))
         return self._crl[1]
 
     def _superseded(self, dev, serial):
