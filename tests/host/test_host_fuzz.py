@@ -198,6 +198,25 @@ def test_the_inventory_and_the_crl_decide(fleet):
     assert out[0].alarm and "revoked" in out[0].text, out
 
 
+def test_a_certificate_the_inventory_never_recorded_for_a_known_device_is_refused(fleet):
+    # Signed by the fleet CA with the right CN, but not one the CA's
+    # inventory records for d1, which it lists others for: issued behind
+    # the inventory's back (a stolen CA key, a hand-made certificate).
+    ca, key, con = fleet
+    inv = fleet_ca.Inventory.of(ca)
+    real = peers.DeviceDouble(ca, "d1", key.public_key())
+    inv.record_issued(real.cert, "d1", "u1", "test", None)
+    rogue = peers.DeviceDouble(ca, "d1", key.public_key())
+    out = con.handle(*rogue.hello())
+    assert out[0].alarm and "not in the CA's inventory" in out[0].text, out
+    assert not _ok(con.handle(*rogue.reading()))
+    assert not [m for m in con.handle(*real.hello()) if m.alarm]
+    assert _ok(con.handle(*real.reading()))
+    # An id the inventory has never heard of gets no verdict from it.
+    other = peers.DeviceDouble(ca, "d2", key.public_key())
+    assert not [m for m in con.handle(*other.hello()) if m.alarm]
+
+
 def test_an_expired_crl_refuses_every_certificate_until_it_is_reissued(fleet):
     # A CRL past its nextUpdate cannot say what was revoked since: the
     # console fails closed, as the broker's OpenSSL does with the same file.

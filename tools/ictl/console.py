@@ -13,9 +13,10 @@ Devices become known from their hello (ironclad.telemetry.hello: certificate
 and key epoch, retained on <prefix>/<id>/state/keys, or on state itself): the
 certificate must be issued by the fleet CA to CN=<id>, be valid now, not be
 revoked (the CA's CRL, <CA dir>/crl.pem, signed by the CA and read again when
-it changes) and not be superseded (a newer live certificate for the id in the
-CA's inventory, an older one than the console already took, or a key the
-console saw replaced); its public key and the fleet data key give the payload
+it changes, and refused whole once past its nextUpdate) and not be superseded
+(a newer live certificate for the id in the CA's inventory, an older one than
+the console already took, or a key the console saw replaced) nor missing from
+an inventory that lists the id's other certificates; its public key and the fleet data key give the payload
 keys (tools/ictl/fleetkeys.py). add_device() registers one from a provisioning
 record instead.
 
@@ -385,14 +386,18 @@ class Console:
     def _superseded(self, dev, serial):
         """Why the CA's inventory says this certificate is no longer the
         device's (revoked, or a newer live one was issued), or None. A
-        certificate the inventory does not list gets no verdict here."""
+        certificate for an id the inventory does not know gets no verdict
+        here (devices certified before the inventory, simulations); one the
+        CA did not record for an id it did certify is refused: every
+        certificate `ictl provision` or `ictl ca sign` issues is recorded, so
+        it was issued behind the inventory's back."""
         try:
             rows = [r for r in fleet_ca.Inventory(self.inventory_path).devices().values() if r.get("device_id") == dev]
         except ToolError as e:
             raise OpenError(str(e)) from None
         mine = [i for i, r in enumerate(rows) if r.get("serial") == serial]
         if not mine:
-            return None
+            return "not in the CA's inventory, which lists other certificates for this device" if rows else None
         if rows[mine[0]].get("status") == "revoked":
             return "revoked in the CA's inventory"
         if any(r.get("status") in ("issued", "provisioned") for r in rows[mine[0] + 1:]):
