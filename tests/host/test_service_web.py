@@ -149,6 +149,38 @@ def test_same_answer_unknown_wrong_locked(tmp_path):
         rig.stop()
 
 
+def test_one_address_spraying_many_accounts_is_throttled(tmp_path):
+    # One wrong password for each of many accounts: no account reaches its
+    # lockout, but the address does; then even the right credentials get the
+    # same failure answer until the block ends, and the block is audited.
+    cfg = dict(FAST, source_threshold=6, source_block=3.0, pages=False)
+    rig = Rig(tmp_path, cfg)
+    try:
+        rig.user("victim", "operator")
+        s = rig.session()
+        token = csrf_of(s.get(rig.url + "/login").text)
+
+        def attempt(username, password, code="123456"):
+            return s.post(rig.url + "/login", data={"csrf_token": token, "username": username,
+                                                    "password": password, "code": code}, allow_redirects=False)
+
+        answers = {(r.status_code, r.text) for r in
+                   [attempt("victim", "sprayed-password-1")] + [attempt("user-%d" % i, "sprayed-password-1")
+                                                                for i in range(5)]}
+        assert "auth.throttle" in _actions(rig)
+        assert not rig.db.one("SELECT locked_until FROM web_users WHERE username = 'victim'")["locked_until"]
+        r = attempt("victim", PASSWORD, rig.code("victim"))
+        answers.add((r.status_code, r.text))
+        assert len(answers) == 1 and r.status_code == 401  # one answer: nothing tells a block apart
+        res = [e["result"].get("reason") for e in audit.entries(rig.db, limit=50) if e["action"] == "auth.login"]
+        assert "throttled" in res
+        time.sleep(3.2)  # time-based: after the block the right credentials work
+        _, r = rig.login("victim", s=s)
+        assert r.status_code == 302
+    finally:
+        rig.stop()
+
+
 def test_csrf_and_cross_origin_refused_and_audited(rig):
     s = rig.signed_in("u-operator")
     tid, _ = tokens.create(rig.db, accounts.get_user(rig.db, rig.db.one(

@@ -36,6 +36,11 @@ DEFAULTS = {
     "lockout_threshold": 5,
     "lockout_window": 900.0,
     "lockout_duration": 900.0,
+    # Per source address, across accounts (password spraying): higher than
+    # the per-account threshold, since an office behind one NAT shares it.
+    "source_threshold": 20,
+    "source_window": 900.0,
+    "source_block": 900.0,
     "setup_ttl": 3600.0,
     "enrol_ttl": 86400.0,
     "reset_ttl": 3600.0,
@@ -358,14 +363,52 @@ class Outcome:
 
     def __init__(self, user, reason, locked_now=False):
         self.user, self.reason, self.locked_now = user, reason, locked_now
+        self.throttled_now = False
 
 
-def authenticate(db, hasher, config, username, password, code, now=None):
+def authenticate(db, hasher, config, username, password, code, now=None, source=None):
     """Check user name + password + TOTP code together (one form, one
     answer). Returns an Outcome; reason is one of ok, unknown, bad_password,
-    bad_code, locked, disabled, not_enrolled."""
+    bad_code, locked, disabled, not_enrolled, throttled (`source`, the
+    client's address, failed too often across accounts: refused even with
+    the right credentials until its block ends)."""
     cfg = dict(DEFAULTS, **(config or {}))
     now = _now() if now is None else now
+    out = _authenticate(db, hasher, cfg, username, password, code, now, source)
+    if source is not None and out.user is None and out.reason != "throttled":
+        out.throttled_now = _count_source_failure(db, cfg, source, now)
+    return out
+
+
+def _source_blocked(db, source, now):
+    row = db.one("SELECT blocked_until FROM web_login_sources WHERE source = ?", (source,))
+    return bool(row and row["blocked_until"] and row["blocked_until"] > now)
+
+
+def _count_source_failure(db, cfg, source, now):
+    """Count a failed sign-in from `source`; True when this one blocked it.
+    Rows whose window and block have both passed are dropped on the way."""
+    window = float(cfg["source_window"])
+    with db.transaction():
+        db.execute("DELETE FROM web_login_sources WHERE failed_since < ? AND"
+                   " (blocked_until IS NULL OR blocked_until < ?)", (now - window, now))
+        row = db.one("SELECT * FROM web_login_sources WHERE source = ?", (source,))
+        if row is None:
+            db.execute("INSERT INTO web_login_sources (source, failed_count, failed_since) VALUES (?, 1, ?)",
+                       (source, now))
+            count = 1
+        else:
+            count = row["failed_count"] + 1 if now - row["failed_since"] <= window else 1
+            db.execute("UPDATE web_login_sources SET failed_count = ?, failed_since = ? WHERE source = ?",
+                       (count, row["failed_since"] if count > 1 else now, source))
+        blocked = count == int(cfg["source_threshold"])
+        if blocked:
+            db.execute("UPDATE web_login_sources SET blocked_until = ? WHERE source = ?",
+                       (now + float(cfg["source_block"]), source))
+    return blocked
+
+
+def _authenticate(db, hasher, cfg, username, password, code, now, source):
     username = username if isinstance(username, str) and len(username) <= USERNAME_MAX else ""
     password = password if isinstance(password, str) and len(password) <= PASSWORD_MAX else ""
     user = db.one("SELECT * FROM web_users WHERE username = ?", (username,)) if username else None
@@ -373,6 +416,8 @@ def authenticate(db, hasher, config, username, password, code, now=None):
     pw_ok = hasher.verify(user["password_hash"] if user else None, password)
     step = totp_step(user["totp_secret"] if user else _DUMMY_TOTP, code if isinstance(code, str) else "",
                      user["totp_last_step"] if user else 0, now)
+    if source is not None and _source_blocked(db, source, now):
+        return Outcome(None, "throttled")
     if user is None:
         return Outcome(None, "unknown")
     if user["disabled"]:

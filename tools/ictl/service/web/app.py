@@ -172,7 +172,7 @@ def _state():
     return flask.current_app.config["ICTL"]
 
 
-def _source(req):
+def source_address(req):
     # No proxy is trusted: the peer address is the source (see docs/console.md).
     return req.remote_addr or "-"
 
@@ -199,7 +199,7 @@ def _dispatch(rt, kw):
         else:
             req.user = user
     if req.session is None and rt.session and rt.permission == permissions.PUBLIC:
-        req.session = sessions.create(st.db, None, _source(req))
+        req.session = sessions.create(st.db, None, source_address(req))
         req.set_cookie_sid = req.session.sid
     if rt.permission != permissions.PUBLIC and req.user is None:
         if changing:
@@ -287,11 +287,17 @@ def _reauth(req, rt, kw, st):
 
 def lockout(req, username):
     """Audit a lock and end the locked user's sessions."""
-    audit.record(req.db, "-", _source(req), "auth.lockout", {"username": username},
+    audit.record(req.db, "-", source_address(req), "auth.lockout", {"username": username},
                  {"locked_for_s": req.ictl.config["lockout_duration"]})
     user = req.db.one("SELECT id FROM web_users WHERE username = ?", (username,))
     if user:
         accounts.drop_sessions(req.db, user["id"])
+
+
+def throttle(req):
+    """Audit an address blocked for too many failed sign-ins across accounts."""
+    audit.record(req.db, "-", source_address(req), "auth.throttle", {"source": source_address(req)},
+                 {"blocked_for_s": req.ictl.config["source_block"]})
 
 
 def _form_params(req, kw):
@@ -326,7 +332,7 @@ def _who(req):
 
 
 def _audit(req, rt, kw, result):
-    audit.record(req.db, _who(req), _source(req), req.audit_action or rt.action,
+    audit.record(req.db, _who(req), source_address(req), req.audit_action or rt.action,
                  _form_params(req, kw), result)
 
 
@@ -334,7 +340,7 @@ def _refuse(req, rt, kw, status, why, message, reauth=False):
     """A refused request: audited when it tried to change something or was
     denied by role, answered without doing anything."""
     if req.method in CHANGING or status == 403:
-        audit.record(req.db, _who(req), _source(req), "refused:" + rt.action, _form_params(req, kw),
+        audit.record(req.db, _who(req), source_address(req), "refused:" + rt.action, _form_params(req, kw),
                      {"status": status, "reason": why})
     if rt.api:
         return _finish(req, (flask.jsonify({"error": message}), status))
@@ -358,7 +364,7 @@ def _finish(req, resp):
 
 def login_session(req, user):
     """Rotate to a fresh session for `user` (called by the login view)."""
-    req.session = sessions.rotate(req.db, req.session, user["id"], _source(req))
+    req.session = sessions.rotate(req.db, req.session, user["id"], source_address(req))
     req.set_cookie_sid = req.session.sid
     req.user = user
 

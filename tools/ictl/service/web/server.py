@@ -13,7 +13,8 @@ instances can serve one database behind a TLS load balancer.
 
 config keys (all optional; defaults in web.app.DEFAULTS): session_idle,
 session_absolute, reauth_window, lockout_threshold, lockout_window,
-lockout_duration, setup_ttl, enrol_ttl, reset_ttl, argon2_time_cost,
+lockout_duration, source_threshold, source_window, source_block, setup_ttl,
+enrol_ttl, reset_ttl, argon2_time_cost,
 argon2_memory_kib, argon2_parallelism, token_max_ttl, sensitive_token_ttl,
 max_upload, threads (default 8).
 """

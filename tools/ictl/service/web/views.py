@@ -27,11 +27,14 @@ def login(request):
         return render(request, "login.html", error=None, next=nxt)
     username = request.form.get("username", "")
     out = accounts.authenticate(request.db, request.ictl.hasher, request.ictl.config, username,
-                                request.form.get("password", ""), request.form.get("code", ""))
+                                request.form.get("password", ""), request.form.get("code", ""),
+                                source=app.source_address(request))
     if out.user is None:
         request.audit_result = {"outcome": "failure", "reason": out.reason}
         if out.locked_now:
             app.lockout(request, username)
+        if out.throttled_now:
+            app.throttle(request)
         # One answer for every failure: same page, same status, same length.
         return render(request, "login.html", error=FAILED, next=nxt), 401
     app.login_session(request, out.user)
