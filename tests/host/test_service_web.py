@@ -65,7 +65,7 @@ def test_no_default_account_and_single_use_setup(tmp_path):
     assert db.query("SELECT * FROM web_users") == []
     token = accounts.init_setup_token(db)
     h = accounts.Hasher(FAST)
-    secret = accounts.onetime(db, token, ("setup",))["pending_totp"]
+    secret = accounts.onetime(db, h, token, ("setup",))["pending_totp"]
     accounts.redeem(db, h, token, ("setup",), "first", PASSWORD, pyotp.TOTP(secret).now())
     with pytest.raises(accounts.AccountError):
         accounts.redeem(db, h, token, ("setup",), "second", PASSWORD, pyotp.TOTP(secret).now())
@@ -179,6 +179,53 @@ def test_one_address_spraying_many_accounts_is_throttled(tmp_path):
         assert r.status_code == 302
     finally:
         rig.stop()
+
+
+def test_totp_secrets_are_sealed_at_rest_under_a_key_outside_the_database(tmp_path):
+    import os
+    import stat
+
+    rig = Rig(tmp_path, dict(FAST, pages=False))
+    try:
+        rig.user("ann", "operator")
+        rig.user("bob", "operator")
+        rows = {r["username"]: r for r in rig.db.query("SELECT * FROM web_users")}
+        for name in ("ann", "bob"):
+            stored = rows[name]["totp_secret"]
+            assert stored.startswith(accounts.SEALED) and rig.secrets[name] not in stored
+        dump = "\n".join(str(r) for t in ("web_users", "web_onetime") for r in rig.db.query("SELECT * FROM " + t))
+        assert not [n for n, v in rig.secrets.items() if v in dump]  # no secret, pending or enrolled, in the tables
+        key = os.path.join(rig.pki_dir, accounts.TOTP_KEY_FILE)
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and os.path.getsize(key) == 32
+        assert rig.login("ann")[1].status_code == 302
+        # Ann's sealed secret copied into Bob's row does not open there:
+        # her codes do not sign Bob in.
+        rig.db.execute("UPDATE web_users SET totp_secret = ? WHERE username = 'bob'", (rows["ann"]["totp_secret"],))
+        assert rig.login("bob", code=rig.code("ann"))[1].status_code == 401
+        assert rig.login("bob")[1].status_code == 401
+        # A secret stored in clear by an earlier release still signs in, and
+        # is sealed by that sign-in.
+        rig.db.execute("UPDATE web_users SET totp_secret = ? WHERE username = 'bob'", (rig.secrets["bob"],))
+        assert rig.login("bob")[1].status_code == 302
+        assert rig.db.one("SELECT totp_secret FROM web_users WHERE username = 'bob'")["totp_secret"].startswith(
+            accounts.SEALED)
+    finally:
+        rig.stop()
+    # Another start of the server (same key file) opens them; a server with
+    # another key does not.
+    known = dict(rig.secrets)
+    again = Rig(tmp_path, dict(FAST, pages=False))
+    try:
+        again.secrets = known
+        assert again.login("ann")[1].status_code == 302
+    finally:
+        again.stop()
+    other = Rig(tmp_path, dict(FAST, pages=False, totp_key_file=str(tmp_path / "other.key")))
+    try:
+        other.secrets = known
+        assert other.login("ann")[1].status_code == 401
+    finally:
+        other.stop()
 
 
 def test_csrf_and_cross_origin_refused_and_audited(rig):
@@ -422,7 +469,7 @@ def test_audit_chain_and_login_on_postgresql(pg_url):
     assert not audit.verify(db)["ok"]
     h = accounts.Hasher(FAST)
     token = accounts.init_setup_token(db)
-    secret = accounts.onetime(db, token, ("setup",))["pending_totp"]
+    secret = accounts.onetime(db, h, token, ("setup",))["pending_totp"]
     accounts.redeem(db, h, token, ("setup",), "pg-admin", PASSWORD, pyotp.TOTP(secret).at(time.time() - 30))
     out = accounts.authenticate(db, h, None, "pg-admin", PASSWORD, pyotp.TOTP(secret).now())
     assert out.user is not None and out.user["role"] == "administrator"

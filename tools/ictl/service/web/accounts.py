@@ -14,15 +14,29 @@ password or code, a disabled and a locked account, so neither the answer nor
 its timing tells them apart. After `lockout_threshold` failures within
 `lockout_window` seconds the account is locked for `lockout_duration`
 seconds; a locked account's correct credentials fail too.
+
+TOTP secrets are kept sealed (AES-256-GCM, the user id as associated data)
+under a key held outside the database (`totp_key`, the file web-totp.key
+beside the console's TLS key, made by server.start): a copy of the database
+alone (a backup, an SQL injection elsewhere) gives no second factor, and a
+sealed secret copied to another user's row does not open there. A pending
+secret (shown on an enrolment/reset page) is not stored at all: it is
+derived from the one-time token and that key, so the used link alone does
+not give it either.
 """
+import base64
 import hashlib
 import hmac
+import logging
+import os
 import secrets
 import threading
 import time
 
 import argon2
 import pyotp
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ictl.service.web import permissions
 
@@ -109,11 +123,40 @@ def check_username(username):
     return username
 
 
+TOTP_KEY_FILE = "web-totp.key"
+SEALED = "gcm1:"
+_log = logging.getLogger("ictl.web")
+
+
+def load_totp_key(path):
+    """The 32-byte key that seals TOTP secrets, from `path`; made (random,
+    mode 0600) when missing. Every web instance serving one database needs
+    the same file, as it needs the same TLS key."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    with open(path, "rb") as f:
+        key = f.read()
+    if len(key) != 32:
+        raise ValueError("%s: a TOTP sealing key is 32 bytes, this file has %d" % (path, len(key)))
+    return key
+
+
 class Hasher:
     """argon2id with the configured cost, and a dummy hash of the same cost
-    so an unknown user costs exactly what a known one does."""
+    so an unknown user costs exactly what a known one does; and the sealing
+    of TOTP secrets under config["totp_key"] (without one, a key for this
+    process's lifetime: for tools and tests that make and check accounts in
+    one process; the server always passes a persistent one)."""
 
     def __init__(self, config):
+        key = config.get("totp_key") or AESGCM.generate_key(bit_length=256)
+        self._box = AESGCM(key)
+        self._pending_key = hmac.new(key, b"ironclad console: pending TOTP secrets", "sha256").digest()
         self.ph = argon2.PasswordHasher(time_cost=int(config["argon2_time_cost"]),
                                         memory_cost=int(config["argon2_memory_kib"]),
                                         parallelism=int(config["argon2_parallelism"]),
@@ -134,12 +177,33 @@ class Hasher:
             except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
                 return False
 
+    def seal_totp(self, user_id, secret):
+        nonce = secrets.token_bytes(12)
+        return SEALED + base64.b64encode(nonce + self._box.encrypt(nonce, secret.encode(), user_id.encode())).decode()
+
+    def open_totp(self, user_id, stored):
+        """The secret, or None when there is none or it does not open (sealed
+        under another key, or not this user's row): then no code matches."""
+        if not stored:
+            return None
+        if not stored.startswith(SEALED):
+            return stored  # stored before sealing: sealed at the user's next sign-in
+        try:
+            raw = base64.b64decode(stored[len(SEALED):], validate=True)
+            return self._box.decrypt(raw[:12], raw[12:], user_id.encode()).decode()
+        except (ValueError, InvalidTag):
+            _log.error("the TOTP secret of user %s does not open with this server's totp_key "
+                       "(another instance's key file, or the row was altered)", user_id)
+            return None
+
+    def pending_totp(self, token):
+        """The secret a one-time link enrols: derived from the token and the
+        key, never stored."""
+        mac = hmac.new(self._pending_key, token.encode(), "sha256").digest()
+        return base64.b32encode(mac[:20]).decode()
+
 
 # ---------------------------------------------------------------- TOTP (RFC 6238)
-
-def new_totp_secret():
-    return pyotp.random_base32(32)     # 160 bits, RFC 4226's recommended length
-
 
 def totp_uri(secret, username, issuer="Ironclad fleet console"):
     return pyotp.TOTP(secret, interval=TOTP_PERIOD).provisioning_uri(name=username, issuer_name=issuer)
@@ -195,10 +259,11 @@ def _check_role(role):
 
 
 def _issue_onetime(db, kind, user_id, ttl):
+    # pending_totp stays NULL: the secret is Hasher.pending_totp(token).
     token = new_token()
     now = _now()
-    db.execute("INSERT INTO web_onetime (token_hash, kind, user_id, pending_totp, created_at, expires_at)"
-               " VALUES (?, ?, ?, ?, ?, ?)", (_digest(token), kind, user_id, new_totp_secret(), now, now + ttl))
+    db.execute("INSERT INTO web_onetime (token_hash, kind, user_id, created_at, expires_at)"
+               " VALUES (?, ?, ?, ?, ?)", (_digest(token), kind, user_id, now, now + ttl))
     return token
 
 
@@ -245,13 +310,15 @@ def issue_reset_token(db, user_id, config=None):
         return _issue_onetime(db, "reset", user_id, cfg["reset_ttl"])
 
 
-def onetime(db, token, kinds):
-    """The live one-time token row (kind in `kinds`), or None."""
+def onetime(db, hasher, token, kinds):
+    """The live one-time token row (kind in `kinds`) with its pending TOTP
+    secret, or None."""
     if not isinstance(token, str) or len(token) > 128:
         return None
     row = db.one("SELECT * FROM web_onetime WHERE token_hash = ?", (_digest(token),))
     if row is None or row["kind"] not in kinds or row["used_at"] is not None or row["expires_at"] < _now():
         return None
+    row["pending_totp"] = hasher.pending_totp(token)
     return row
 
 
@@ -259,7 +326,7 @@ def redeem(db, hasher, token, kinds, username, password, code):
     """Complete a setup/enrol/reset link: checks the password policy and the
     TOTP code against the pending secret, then sets both, marks the token
     used (once only) and returns the user row. Raises AccountError."""
-    row = onetime(db, token, kinds)
+    row = onetime(db, hasher, token, kinds)
     if row is None:
         raise AccountError("this link is invalid, used or expired: ask an administrator for a new one")
     if row["kind"] == "setup":
@@ -287,12 +354,12 @@ def redeem(db, hasher, token, kinds, username, password, code):
             uid = _user_id()
             db.execute("INSERT INTO web_users (id, username, role, password_hash, totp_secret, totp_last_step,"
                        " created_at, updated_at) VALUES (?, ?, 'administrator', ?, ?, ?, ?, ?)",
-                       (uid, username, pw, row["pending_totp"], step, now, now))
+                       (uid, username, pw, hasher.seal_totp(uid, row["pending_totp"]), step, now, now))
         else:
             uid = row["user_id"]
             db.execute("UPDATE web_users SET password_hash = ?, totp_secret = ?, totp_last_step = ?,"
                        " failed_count = 0, failed_since = NULL, locked_until = NULL, updated_at = ?"
-                       " WHERE id = ?", (pw, row["pending_totp"], step, now, uid))
+                       " WHERE id = ?", (pw, hasher.seal_totp(uid, row["pending_totp"]), step, now, uid))
     return get_user(db, uid)
 
 
@@ -414,8 +481,8 @@ def _authenticate(db, hasher, cfg, username, password, code, now, source):
     user = db.one("SELECT * FROM web_users WHERE username = ?", (username,)) if username else None
     # Always one argon2 verification and one TOTP check, whatever the case.
     pw_ok = hasher.verify(user["password_hash"] if user else None, password)
-    step = totp_step(user["totp_secret"] if user else _DUMMY_TOTP, code if isinstance(code, str) else "",
-                     user["totp_last_step"] if user else 0, now)
+    secret = hasher.open_totp(user["id"], user["totp_secret"]) if user else _DUMMY_TOTP
+    step = totp_step(secret, code if isinstance(code, str) else "", user["totp_last_step"] if user else 0, now)
     if source is not None and _source_blocked(db, source, now):
         return Outcome(None, "throttled")
     if user is None:
@@ -431,6 +498,9 @@ def _authenticate(db, hasher, cfg, username, password, code, now, source):
         n = db.execute("UPDATE web_users SET totp_last_step = ?, failed_count = 0, failed_since = NULL,"
                        " locked_until = NULL WHERE id = ? AND totp_last_step < ?", (step, user["id"], step))
         if n == 1:
+            if not user["totp_secret"].startswith(SEALED):
+                db.execute("UPDATE web_users SET totp_secret = ? WHERE id = ?",
+                           (hasher.seal_totp(user["id"], secret), user["id"]))
             return Outcome(get_user(db, user["id"]), "ok")
     reason = "bad_password" if not pw_ok else "bad_code"
     return Outcome(None, reason, _count_failure(db, cfg, user, now))

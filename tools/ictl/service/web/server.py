@@ -16,7 +16,9 @@ session_absolute, reauth_window, lockout_threshold, lockout_window,
 lockout_duration, source_threshold, source_window, source_block, setup_ttl,
 enrol_ttl, reset_ttl, argon2_time_cost,
 argon2_memory_kib, argon2_parallelism, token_max_ttl, sensitive_token_ttl,
-max_upload, threads (default 8).
+max_upload, threads (default 8), totp_key_file (default web-totp.key beside
+keyfile: the key that seals TOTP secrets; every instance serving one
+database needs the same file).
 """
 import os
 import ssl
@@ -27,7 +29,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from ictl import pki
 from ictl.service import db as dbmod
-from ictl.service.web import app as webapp
+from ictl.service.web import accounts, app as webapp
 
 WEB_KEY = "web.key"
 WEB_CERT = "web.crt"
@@ -87,6 +89,11 @@ def start(db_url, host="127.0.0.1", port=0, certfile=None, keyfile=None, config=
     db = dbmod.connect(db_url)
     db.migrate()
     config = dict(config or {})
+    if not config.get("totp_key"):
+        # Beside the TLS key: a secret of the web tier, kept out of the database.
+        path = config.get("totp_key_file") or os.path.join(os.path.dirname(os.path.abspath(keyfile)),
+                                                           accounts.TOTP_KEY_FILE)
+        config["totp_key"] = accounts.load_totp_key(path)
     app = webapp.create_app(db, config)
     httpd = wsgi.Server((host, int(port)), app, numthreads=int(config.get("threads", 8)),
                         server_name="ironclad-console")

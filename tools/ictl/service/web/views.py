@@ -50,7 +50,7 @@ def logout(request):
 
 
 def _onetime_page(request, token, kinds):
-    row = accounts.onetime(request.db, token, kinds)
+    row = accounts.onetime(request.db, request.ictl.hasher, token, kinds)
     if row is None:
         request.audit_result = {"outcome": "failure", "reason": "invalid link"}
         return render(request, "error.html", status=404, reauth=False, next="/login",
