@@ -165,9 +165,8 @@ def verify(part, floor=None, hwid=None, anchors=None, event="image", buf=None, t
     Header. floor: the lowest security counter accepted (default: the boot
     state's floor). Raises Rejected(reason) and records a security event of
     kind `event` (None: no event). buf: a 4 KiB buffer to read through
-    (default: one is made). tick(): called for every 4 KiB hashed and before
-    the signature check (the app's caller passes its hardware watchdog's
-    feed; the boot path passes nothing and starts no watchdog)."""
+    (default: one is made). tick(): called after every 4 KiB hashed (the
+    updater passes its feed, docs/network.md; the boot path passes none)."""
     part = _part(part)
     try:
         return _verify(part, floor, hwid, anchors, buf, tick)
