@@ -17,17 +17,8 @@
 # machine.reset() end the process at once, with SIGKILL: no `finally`, no
 # atexit, nothing after it runs, as on the chip. The next boot is a new process
 # on the same directory. ESPSIM_TRACE=path appends one line per operation.
-#
-# Flash timing (ESPSIM_FLASH_TIMING, read at start-up): by default an operation
-# takes no time. "typical" makes each one take what a board's flash chip
-# takes: a 4 KiB sector erase 45 ms and a 256-byte page program 0.6 ms, the
-# typical figures of the GigaDevice GD25Q127/GD25Q128 that ESP-IDF sizes its
-# driver's timeouts by (components/spi_flash/spi_flash_chip_generic.c, v5.5:
-# SPI_FLASH_GENERIC_SECTOR_ERASE_TIMEOUT_MS 600 "according to GD25Q127(125°)
-# + 100ms", the datasheet's maximum; the typical erase is 45-50 ms). "E:P"
-# sets E ms per sector erase and P microseconds per page. With it, code that
-# runs long between watchdog feeds (an update writing hundreds of sectors)
-# is reset by the virtual board's watchdog as it would be on a board.
+# ESPSIM_FLASH_TIMING=typical makes each operation take a board's time
+# (flashtime.py, loaded only then: the stand-in shares the app's heap).
 import os
 import json
 import struct
@@ -68,6 +59,8 @@ def _die():
 
 
 class Flash:
+    busy = None  # flashtime.Timing under ESPSIM_FLASH_TIMING
+
     def __init__(self, path):
         try:
             with open(path + "/device.json") as f:
@@ -112,7 +105,11 @@ class Flash:
                 self.tear_bytes = int(p[2])
             elif p[0] != "cut":
                 raise SimError("ESPSIM_FAULT must be cut:N or tear:N:K, not %r" % fault)
-        self.erase_ms, self.page_us = _timing(os.getenv("ESPSIM_FLASH_TIMING"))
+        t = os.getenv("ESPSIM_FLASH_TIMING")
+        if t:
+            import flashtime
+
+            self.busy = flashtime.Timing(t)
         tr = os.getenv("ESPSIM_TRACE")
         self.trace = open(tr, "a") if tr else None
         self.ff = b"\xff" * _CHUNK
@@ -144,16 +141,8 @@ class Flash:
         self.ops += 1
         if self.trace:
             self.trace.write("%d %s %x %d\n" % (self.ops, kind, addr, n))
-        if self.erase_ms:
-            # The chip is busy for the operation's time (the caller's CPU
-            # waits in the driver's busy poll): an erase per sector, a write
-            # per 256-byte page it touches.
-            import time
-
-            if kind == "E":
-                time.sleep_ms(self.erase_ms)
-            else:
-                time.sleep_us(self.page_us * ((addr % 256 + n + 255) // 256))
+        if self.busy:
+            self.busy.wait(kind, addr, n)
         if self.ops == self.cut_at:
             if self.tear_bytes < 0:
                 _die()
@@ -253,19 +242,6 @@ class Flash:
             if p["label"] == label:
                 return p
         return None
-
-
-def _timing(v):
-    # ESPSIM_FLASH_TIMING: (ms per sector erase, us per page program); (0, 0) off.
-    if not v:
-        return 0, 0
-    if v == "typical":
-        return 45, 600
-    try:
-        e, p = v.split(":")
-        return max(1, int(e)), max(0, int(p))
-    except ValueError:
-        raise SimError("ESPSIM_FLASH_TIMING must be typical or E:P (ms per sector erase, us per page), not %r" % v)
 
 
 def _open_pmap(path, n):

@@ -1,10 +1,10 @@
 """The hardware watchdog is fed inside an update's long steps (issue 13).
 
-On a board a 4 KiB sector erase takes ~45 ms and a delta update's chunk can
-expand into hundreds of result sectors, all inside one MQTT callback: the
+On a board a 4 KiB sector erase takes ~45 ms and a delta update's 4 KiB
+chunk can expand into up to 64 result sectors, all inside one MQTT callback: the
 agent's loop, which feeds the watchdog, does not run meanwhile. The virtual
 board's flash takes a board's time here (ESPSIM_FLASH_TIMING=typical,
-firmware/unix/espsim.py), the agent runs with a 3 s watchdog, and a firmware
+firmware/unix/flashtime.py), the agent runs with a 2 s watchdog, and a firmware
 delta of a realistic size (1 MiB; a MicroPython ESP32 firmware is 1-1.6 MiB)
 goes through mosquitto to the real agent. Without the feeds in
 ironclad.update (per result sector, per 4 KiB hashed, in image.verify) the
