@@ -17,8 +17,7 @@
 # machine.reset() end the process at once, with SIGKILL: no `finally`, no
 # atexit, nothing after it runs, as on the chip. The next boot is a new process
 # on the same directory. ESPSIM_TRACE=path appends one line per operation.
-# ESPSIM_FLASH_TIMING=typical makes each operation take a board's time
-# (flashtime.py, loaded only then: the stand-in shares the app's heap).
+# ESPSIM_FLASH_TIMING: operations take a board's time (flashtime.py).
 import os
 import json
 import struct
@@ -59,8 +58,6 @@ def _die():
 
 
 class Flash:
-    busy = None  # flashtime.Timing under ESPSIM_FLASH_TIMING
-
     def __init__(self, path):
         try:
             with open(path + "/device.json") as f:
@@ -105,11 +102,6 @@ class Flash:
                 self.tear_bytes = int(p[2])
             elif p[0] != "cut":
                 raise SimError("ESPSIM_FAULT must be cut:N or tear:N:K, not %r" % fault)
-        t = os.getenv("ESPSIM_FLASH_TIMING")
-        if t:
-            import flashtime
-
-            self.busy = flashtime.Timing(t)
         tr = os.getenv("ESPSIM_TRACE")
         self.trace = open(tr, "a") if tr else None
         self.ff = b"\xff" * _CHUNK
@@ -141,8 +133,6 @@ class Flash:
         self.ops += 1
         if self.trace:
             self.trace.write("%d %s %x %d\n" % (self.ops, kind, addr, n))
-        if self.busy:
-            self.busy.wait(kind, addr, n)
         if self.ops == self.cut_at:
             if self.tear_bytes < 0:
                 _die()

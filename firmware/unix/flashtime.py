@@ -1,8 +1,10 @@
-# Flash timing for the simulated ESP32 (espsim.Flash, under
-# ESPSIM_FLASH_TIMING): each flash operation takes the time a board's flash
-# chip takes, so code that runs long between watchdog feeds on a board (an
-# update writing hundreds of sectors in one MQTT callback) is reset by the
-# virtual board's watchdog here too. Off by default: operations take no time.
+# Flash timing for the simulated ESP32, imported by start.py under
+# ESPSIM_FLASH_TIMING (and only then: the stand-ins share the app's heap,
+# and the boot labs' margin is small): each flash operation (espsim.Flash._op:
+# a sector erase, a write) takes the time a board's flash chip takes, so code
+# that runs long between watchdog feeds on a board (an update writing dozens
+# of sectors inside one MQTT callback) is reset by the virtual board's
+# watchdog here too. Without it operations take no time.
 #
 #   typical  a 4 KiB sector erase 45 ms, a 256-byte page program 0.6 ms: the
 #            typical figures of the GigaDevice GD25Q127/GD25Q128 that ESP-IDF
@@ -12,24 +14,29 @@
 #            case; SPI_FLASH_GENERIC_PAGE_PROGRAM_TIMEOUT_MS 500)
 #   E:P      E ms per sector erase, P microseconds per page program
 # The CPU waits meanwhile, as it does in the driver's busy poll.
+import os
 import time
 
-from espsim import SimError
+import espsim
+
+_v = os.getenv("ESPSIM_FLASH_TIMING") or "0:0"
+if _v == "typical":
+    _v = "45:600"
+try:
+    ERASE_MS, PAGE_US = [max(0, int(x)) for x in _v.split(":")]
+except ValueError:
+    raise espsim.SimError("ESPSIM_FLASH_TIMING must be typical or E:P (ms per sector erase, us per page), not %r" % _v)
+
+_op = espsim.Flash._op
 
 
-class Timing:
-    def __init__(self, v):
-        if v == "typical":
-            v = "45:600"
-        try:
-            e, p = v.split(":")
-            self.erase_ms, self.page_us = max(0, int(e)), max(0, int(p))
-        except ValueError:
-            raise SimError("ESPSIM_FLASH_TIMING must be typical or E:P (ms per sector erase, us per page), not %r" % v)
+def _timed_op(self, kind, addr, n):
+    # An erase: one sector. A write: each 256-byte page it touches.
+    if kind == "E":
+        time.sleep_ms(ERASE_MS)
+    else:
+        time.sleep_us(PAGE_US * ((addr % 256 + n + 255) // 256))
+    return _op(self, kind, addr, n)
 
-    def wait(self, kind, addr, n):
-        # An erase: one sector. A write: each 256-byte page it touches.
-        if kind == "E":
-            time.sleep_ms(self.erase_ms)
-        else:
-            time.sleep_us(self.page_us * ((addr % 256 + n + 255) // 256))
+
+espsim.Flash._op = _timed_op
