@@ -5,6 +5,9 @@
 #     with the radio on before any random draw (ironclad.rng), and starts the
 #     hardware watchdog (ironclad.watchdog), fed by its loop; a link drop is
 #     handled like a broker drop;
+#   * sets the clock (ironclad.clock: SNTP or the floor) before TLS, syncs it
+#     again whenever the link comes up (a board that booted without one runs
+#     from the floor until then) and every few hours (clock.RESYNC_MS);
 #   * publishes a reading every interval, sealed (COSE_Encrypt0) for the fleet;
 #     while the broker is out of reach readings go to the spool on flash and
 #     are delivered in order, QoS 1, once it is back;
@@ -225,19 +228,24 @@ class Agent:
             wdt_ms = self.nvs.get_i32("wdt_ms")
         except OSError:
             wdt_ms = watchdog.DEFAULT_MS
-        print("agent: watchdog %d ms" % watchdog.start(wdt_ms))
+        self.wdt_ms = watchdog.start(wdt_ms)
+        print("agent: watchdog %d ms" % self.wdt_ms)
         try:
             sta.connect_ms = self.nvs.get_i32("wifi_ms")  # one connection attempt's limit
         except OSError:
             pass
-        if sta.up(net.CONNECT_MS, tick=watchdog.feed):
+        link = sta.up(net.CONNECT_MS, tick=watchdog.feed)
+        if link:
             print("agent: Wi-Fi %s up, address %s" % (sta.ssid, sta.wlan.ifconfig()[0]))
         else:
             print("agent: Wi-Fi %s not up (%s); readings are spooled meanwhile" % (sta.ssid, sta.last or "connecting"))
         # Before the first connection: mbedTLS checks the broker's certificate
         # against this clock, which an ESP32 powers up at 2000-01-01. The
         # floor includes the newest time seen in signed update metadata.
-        src, t = clock.ensure(self.me.ntp, self.updater.state()["seen"])
+        # Without a link no server can answer: the floor now, the server
+        # once the link is up (_sync_clock from the loop).
+        src, t = clock.ensure(self.me.ntp if link else None, self.updater.state()["seen"], self._ntp_ms())
+        self._clock_due = time.ticks_add(time.ticks_ms(), clock.RESYNC_MS if clock.synced() else clock.RETRY_MS)
         print("agent: clock set from %s (Unix time %d)" % (src, t))
         due = time.ticks_ms()
         while True:
@@ -245,8 +253,14 @@ class Agent:
             clock.remember()  # the floor moves on with the time run (NVS at most every few minutes)
             was = self.online
             try:
+                up = sta.maintain()
+                # The link came up (a late start, or back after a drop), or
+                # the periodic sync is due: the clock before TLS, as at start.
+                if up and (not link or time.ticks_diff(time.ticks_ms(), self._clock_due) >= 0):
+                    self._sync_clock()
+                link = up
                 # No link: offline, as with the broker out of reach (readings spooled).
-                self.online = self.client.maintain() if sta.maintain() else False
+                self.online = self.client.maintain() if up else False
                 if self.online and not was:
                     self._on_connect()
                 if time.ticks_diff(time.ticks_ms(), due) >= 0 or self.read_now:
@@ -259,6 +273,20 @@ class Agent:
                 self.online = False
             self._updates()
             self._idle(due)
+
+    def _ntp_ms(self):
+        # One exchange waits at most half the watchdog's timeout (the
+        # agent's shortest is 2 s, an SNTP timeout's default too).
+        return min(clock.TIMEOUT_MS, self.wdt_ms // 2)
+
+    def _sync_clock(self):
+        if self.me.ntp:
+            watchdog.feed()
+            src, t = clock.resync(self.me.ntp, self.updater.state()["seen"], self._ntp_ms())
+            watchdog.feed()
+            print("agent: clock synced from %s (Unix time %d)" % (src, t) if src == "ntp"
+                  else "agent: clock not synced (%s, Unix time %d)" % (src, t))
+        self._clock_due = time.ticks_add(time.ticks_ms(), clock.RESYNC_MS if clock.synced() else clock.RETRY_MS)
 
     def _idle(self, due):
         # Wait for the broker or the next reading, whichever comes first: a

@@ -17,6 +17,7 @@
 # machine.reset() end the process at once, with SIGKILL: no `finally`, no
 # atexit, nothing after it runs, as on the chip. The next boot is a new process
 # on the same directory. ESPSIM_TRACE=path appends one line per operation.
+# ESPSIM_FLASH_TIMING: operations take a board's time (flashtime.py).
 import os
 import json
 import struct

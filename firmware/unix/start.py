@@ -200,6 +200,8 @@ def _cap_heap(kib):
 
 
 gc.collect()
+if os.getenv("ESPSIM_FLASH_TIMING"):
+    import flashtime  # noqa: F401  (each flash operation takes a board's time)
 try:
     espsim.flash()
 except espsim.SimError as e:

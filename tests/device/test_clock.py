@@ -259,3 +259,50 @@ def test_no_reply_times_out_at_the_floor_with_an_event():
     assert ("127.0.0.1:%d" % port) in e["detail"]
     assert clock.now() - clock.RELEASED in (0, 1)
     assert clock.stored() == 0  # nothing learnt, nothing stored
+
+
+def test_resync_records_the_first_sync_and_big_steps_and_keeps_a_synced_clock():
+    # The agent's later syncs (clock.resync: the link came up, or RESYNC_MS
+    # passed). The exchange itself is tests/host/test_clock.py's and
+    # test_wifi.py's (a real server): here the server's answers are given.
+    answers = []
+
+    def query(host, port, low, timeout_ms=clock.TIMEOUT_MS):
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    real = clock.query
+    clock.query = query
+    try:
+        assert clock.ensure(None) == ("floor", clock.RELEASED) and not clock.synced()
+        n = events.head()[0]
+        t1 = clock.RELEASED + 40 * 86400
+        answers.append(t1)
+        assert clock.resync(("time.example", 123)) == ("ntp", t1) and clock.synced()
+        e = _last_event()
+        assert e["seq"] == n + 1 and (e["kind"], e["reason"], e["outcome"]) == ("clock", "synced", "ok"), e
+        assert e["detail"] == "first +%d s" % (40 * 86400), e  # the board ran from its floor until now
+        # A few seconds of drift: no event. An hour: one.
+        answers.append(clock.now() + 5)
+        assert clock.resync(("time.example", 123))[0] == "ntp" and events.head()[0] == n + 1
+        # (query() refuses a time below the floor: a server only moves it up.)
+        answers.append(clock.now() + 3600)
+        assert clock.resync(("time.example", 123))[0] == "ntp"
+        e = _last_event()
+        assert e["seq"] == n + 2 and e["reason"] == "synced" and e["detail"].startswith("step +360"), e
+        # A later exchange that fails: recorded, and the clock, set from the
+        # server this boot, is still synced (commands keep the tight skew).
+        answers.append(OSError(110))
+        assert clock.resync(("time.example", 123))[0] == "rtc"
+        e = _last_event()
+        assert e["reason"] == "no_reply" and e["outcome"] == "failed", e
+        assert clock.synced()
+    finally:
+        clock.query = real
+    # RESYNC_MS and RETRY_MS lie well inside the span ticks_diff compares
+    # exactly (ticks wrap at 2**30 ms on a board: 2**29 either way).
+    assert 0 < clock.RETRY_MS < clock.RESYNC_MS < 1 << 29
+    due = time.ticks_add((1 << 30) - 1000, clock.RESYNC_MS)  # across the wrap
+    assert time.ticks_diff(due, (1 << 30) - 1000) == clock.RESYNC_MS

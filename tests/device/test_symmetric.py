@@ -342,6 +342,23 @@ def test_ccm_unaligned_buffers_and_reuse():
             assert bytes(back[3:]) == pt
 
 
+def test_ccm_reserve_covers_the_aad():
+    # The updater reserves for a 4 KiB chunk with its 24-byte AAD on a fresh
+    # heap; the chunks then decrypt in those buffers, none allocated again
+    # (the MAC buffer reserved without the AAD's blocks was replaced at the
+    # first full chunk, a new 4 KiB block from a long-used heap).
+    box = ccm.CCM(_K, 16, 13)
+    box.reserve(4096, 24)
+    ks, mac = box._ks, box._mac
+    aad = bytes(range(24))
+    for n in (4096, 100, 4096):
+        pt = bytes((i * 5) & 0xFF for i in range(n))
+        data = bytearray(ccm.encrypt(_K, _N, aad, pt, 16))
+        assert box.decrypt_into(_N, aad, data, data) == n
+        assert bytes(data[:n]) == pt
+        assert box._ks is ks and box._mac is mac, n
+
+
 def test_ccm_object_keeps_cbc_state_right():
     # One CCM object reuses one CBC object across messages, cancelling the IV
     # it carries over (see CCM.__init__). Any mix of encrypt, decrypt and

@@ -51,6 +51,47 @@ def test_watchdog_resets_a_hung_agent_and_it_runs_again(tmp_path):
         assert lab.b.wdt_resets == 1 and lab.b.resets == lab.expected_resets + 1
 
 
+def test_clock_synced_once_the_link_comes_up_after_a_boot_without_one(tmp_path):
+    # A board that boots with its AP out of range runs from its clock floor;
+    # once the AP appears the agent syncs its clock from the provisioned time
+    # server (issue 13). The server's clock runs 30 days ahead of this
+    # host's from the second boot on, so only a sync after the link came up
+    # can bring the device's clock there.
+    from ictl.timeserver import TimeServer
+
+    ahead = 30 * 86400
+    with TimeServer() as ts, soak_wifi.Lab(str(tmp_path), ntp=ts.address) as lab:
+        assert "agent: clock set from ntp" in "\n".join(lab.lines())
+        ts.offset = ahead
+        lab.ap(up=False)
+        lab.power_cycle()
+        lab.wait("event network failed ap_absent")
+        lab.wait("agent: offline, reading")
+        text = "\n".join(lab.lines())
+        assert "agent: clock set from floor" in text or "agent: clock set from rtc" in text, text
+        asked = len(ts.requests)
+        lab.drain()
+        lab.ap(up=True)
+        lab.wait("agent: connected")
+        # The device's own record, through the fleet console: clock/synced,
+        # stamped with the server's time; and readings taken from then on.
+        synced, readings = None, []
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not (synced and readings):
+            m = lab.con.get(timeout=0.5)
+            if m is None:
+                continue
+            if m.kind == "events":
+                synced = synced or next((r for r in m.records if (r["kind"], r["reason"]) == ("clock", "synced")), None)
+            elif m.kind == "telemetry" and abs(m.body.get("ts", 0) - (time.time() + ahead)) < 60:
+                readings.append(m)
+        assert synced, "no clock/synced event reached the console"
+        assert synced["outcome"] == "ok" and abs(synced["wall"] - (time.time() + ahead)) < 60, synced
+        assert synced["detail"].startswith("first +"), synced
+        assert readings, "no reading stamped with the time server's time"
+        assert len(ts.requests) > asked
+
+
 def test_passphrase_in_no_output_log_or_record(tmp_path, capsys, monkeypatch):
     calls = []
     real_run = subprocess.run

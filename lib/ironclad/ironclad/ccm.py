@@ -321,10 +321,15 @@ class CCM:
         _mac_head(self._macv, self._flags, nonce, nl, n, aad, a, h, self._chain)
         return h
 
-    def reserve(self, n):
-        """Grows the work buffers for n-byte messages now (say, on a freshly
-        collected heap) rather than at the first message of that size."""
-        self._prepare(bytes(self.nonce_len), b"", n)
+    def reserve(self, n, aad_len=0):
+        """Grows the work buffers for n-byte messages with aad_len bytes of
+        AAD now (say, on a freshly collected heap) rather than at the first
+        message of that size. The MAC buffer holds B_0, the AAD blocks and
+        the payload: reserved without the AAD it is one AAD's blocks short,
+        and the first full message allocates it again (an update's first
+        full 4 KiB chunk asked a long-used heap for a new 4 KiB block and
+        was refused: no_memory)."""
+        self._prepare(bytes(self.nonce_len), bytes(aad_len), n)
 
     def encrypt_into(self, nonce, aad, pt, out, off=0):
         """Writes ciphertext || tag (len(pt) + tag_len bytes) to out[off:]."""

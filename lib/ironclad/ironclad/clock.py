@@ -9,6 +9,13 @@
 #                                              # signed update metadata
 #   ...
 #   clock.remember()                           # in the main loop
+#   clock.resync(me.ntp, signed, timeout_ms)   # when the link comes up, and
+#                                              # every RESYNC_MS while it is
+#
+# A board that booted with no link set its clock to the floor; the agent
+# syncs it once the link is up (a late start or after a drop), and again
+# every few hours (RESYNC_MS) under the same rules; a sync that sets a clock
+# not synced before, or moves it by more than STEP_EVENT_S, is recorded.
 #
 # The floor: the clock is never set below max(the firmware's build time, the
 # last known good time stored in NVS (remember(), provisioning), the newest
@@ -42,6 +49,13 @@ TIMEOUT_MS = const(2000)
 SAVE_EVERY_S = const(300)  # NVS writes of the floor: at most one per 5 minutes (flash wear)
 KOD_QUIET_MS = const(3_600_000)  # after a Kiss-o'-Death the server is not asked again for an hour
 MAX_AHEAD_S = 20 * 366 * 86400  # a server time further above the floor is refused
+# The agent's later syncs: every 4 hours while the link is up, every 5
+# minutes while no server has answered this boot. Both are far below the
+# 2**29 ms (6.2 days) within which time.ticks_diff of two tick values is
+# exact: ticks wrap at 2**30 ms on a board.
+RESYNC_MS = const(4 * 3600 * 1000)
+RETRY_MS = const(300 * 1000)
+STEP_EVENT_S = const(60)  # a synced clock moved by more than this is an event
 # This code's release date (2026-11-25 00:00 UTC): no board runs it earlier.
 # The firmware build raises it with BUILT in its frozen ironclad_trust module.
 RELEASED = 1795564800
@@ -285,5 +299,24 @@ def ensure(server=None, signed=0, timeout_ms=TIMEOUT_MS):
         set_rtc(low)
         source = "floor"
         return "floor", low
-    source = "rtc"
+    if source != "ntp":
+        # (A clock a server set earlier this boot has run on since: still
+        # synced when a later exchange fails.)
+        source = "rtc"
     return "rtc", t
+
+
+def resync(server, signed=0, timeout_ms=TIMEOUT_MS):
+    """A later sync while the agent runs: ensure() against the time server
+    when the link has come up or RESYNC_MS have passed. Returns what
+    ensure() returns. A clock the server sets that was not synced before
+    (the board booted without a link: it ran from the floor), or that it
+    moves by more than STEP_EVENT_S, is a security event clock/synced ok
+    (the step in the detail): the fleet sees when a board's time jumped."""
+    was, before = synced(), now()
+    src, t = ensure(server, signed, timeout_ms)
+    if src == "ntp" and (not was or abs(t - before) > STEP_EVENT_S):
+        from ironclad import events
+
+        events.record("clock", "synced", "ok", "%s %+d s" % ("first" if not was else "step", t - before))
+    return src, t

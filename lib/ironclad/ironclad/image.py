@@ -160,15 +160,16 @@ def _signature_ok(h, key, sig):
     return rsapss.verify(key[0], key[1], hashlib.sha256(h.raw).digest(), sig)
 
 
-def verify(part, floor=None, hwid=None, anchors=None, event="image", buf=None):
+def verify(part, floor=None, hwid=None, anchors=None, event="image", buf=None, tick=None):
     """Verify the image in an app slot (a Partition or its label); return its
     Header. floor: the lowest security counter accepted (default: the boot
     state's floor). Raises Rejected(reason) and records a security event of
     kind `event` (None: no event). buf: a 4 KiB buffer to read through
-    (default: one is made)."""
+    (default: one is made). tick(): called after every 4 KiB hashed (the
+    updater passes its feed, docs/network.md; the boot path passes none)."""
     part = _part(part)
     try:
-        return _verify(part, floor, hwid, anchors, buf)
+        return _verify(part, floor, hwid, anchors, buf, tick)
     except Rejected as e:
         if event and e.reason != EMPTY:  # an erased slot is not an attack
             from ironclad import events
@@ -177,7 +178,7 @@ def verify(part, floor=None, hwid=None, anchors=None, event="image", buf=None):
         raise
 
 
-def _verify(part, floor, hwid, anchors, buf):
+def _verify(part, floor, hwid, anchors, buf, tick=None):
     if floor is None:
         from ironclad import bootstate
 
@@ -194,6 +195,8 @@ def _verify(part, floor, hwid, anchors, buf):
         part.readblocks(0, chunk, off)
         sha.update(chunk)
         off += n
+        if tick:
+            tick()
     if sha.digest() != h.sha256:
         raise Rejected(BAD_HASH)
     # Drop the read buffer before the RSA step, whose big-integer temporaries

@@ -16,21 +16,22 @@ def _index(label):
         raise ValueError("not an app slot: %r" % (label,))
 
 
-def install(label, header=None, buf=None):
+def install(label, header=None, buf=None, tick=None):
     """Make the image just written into slot `label` boot next, on trial.
     The slot is verified here (whatever the caller checked; buf: a 4 KiB
-    buffer to read it through); the running slot becomes the fallback.
+    buffer to read it through; tick: image.verify's, the updater's watchdog
+    feed); the running slot becomes the fallback.
     Raises image.Rejected, ValueError, OSError (flash)."""
     i = _index(label)
     if bootstate.running(label):
         raise ValueError("cannot install over the running slot")
     st = bootstate.read()
-    h = image.verify(label, floor=st.floor, event="install", buf=buf)
+    h = image.verify(label, floor=st.floor, event="install", buf=buf, tick=tick)
     if header is not None and header.raw != h.raw:
         raise image.Rejected(image.CHANGED)
     _mappable(label, h)
     prev = st.active
-    if prev != i and (bootstate.running(bootstate.SLOTS[prev]) or _verifies(bootstate.SLOTS[prev], st.floor)):
+    if prev != i and (bootstate.running(bootstate.SLOTS[prev]) or _verifies(bootstate.SLOTS[prev], st.floor, tick)):
         # A trial needs somewhere to fall back to; with no good image to
         # return to (recovery), the new image boots without a trial.
         st.trial, st.attempts, st.fallback = 1, bootstate.ATTEMPTS, prev
@@ -51,9 +52,9 @@ def _mappable(label, h):
         raise
 
 
-def _verifies(label, floor):
+def _verifies(label, floor, tick=None):
     try:
-        image.verify(label, floor=floor, event=None)
+        image.verify(label, floor=floor, event=None, tick=tick)
         return True
     except image.Rejected:
         return False

@@ -24,7 +24,14 @@
 #      sector is harmless.
 #   4. the result is read back and hashed, the app image's signature checked
 #      (image.verify via slots.install), and the slot switched on trial;
-#      then a reboot. The next boot reports "trial"; the agent's health check
+#      then a reboot.
+#   Steps 2 and 4 feed the hardware watchdog (ironclad.watchdog; nothing
+#   before the agent starts it) for every sector written and every 4 KiB
+#   read: a chunk of a delta can expand into 64 result sectors, and each
+#   takes a flash erase (~45 ms typical, 500 ms worst) and 16 page programs
+#   (~10 ms) on a board, all inside one MQTT callback, away from the loop's
+#   feed. A watchdog reset there redoes the work from the last checkpoint;
+#   in the install it spends the update, and on a trial image a trial attempt. The next boot reports "trial"; the agent's health check
 #      calls confirm(); a boot that went back to the old slot reports
 #      "rolled_back".
 # A rejection at any step leaves the running slot and the boot state as they
@@ -41,7 +48,7 @@ import esp32
 
 # Everything imported up front: a module loaded mid-update would scatter its
 # code through the free heap just before the 4 KiB buffers are allocated.
-from ironclad import bootstate, cbor, clock, der, detools, events, image, kdf, keywrap, p256, rsapss, slots
+from ironclad import bootstate, cbor, clock, der, detools, events, image, kdf, keywrap, p256, rsapss, slots, watchdog
 from ironclad.ccm import CCM, AuthError
 from ironclad.throttle import Throttle
 
@@ -56,6 +63,7 @@ MAX_MESSAGE = const(4133)  # a chunk message: 1 + 16 + 4 + CHUNK + 16
 MAX_PACKET = const(4352)  # MQTTClient(max_packet=...) that fits it with its topic
 _TAG = const(16)
 _ID_LEN = const(16)
+_AAD_LEN = const(24)  # aad(): b"ICUC", the update id, the chunk index
 _ALG_PS256 = const(-37)
 _FW_MAGIC = const(0xE9)  # first byte of an ESP app image (what set_boot checks)
 
@@ -163,7 +171,8 @@ def _part(label):
 
 
 def _slot_sha(part, n, buf):
-    # SHA-256 of the first n bytes of a partition, through one buffer.
+    # SHA-256 of the first n bytes of a partition, through one buffer (up
+    # to a whole 1.5 MiB firmware slot: the watchdog is fed as it goes).
     h = hashlib.sha256()
     mv = memoryview(buf)
     off = 0
@@ -172,6 +181,7 @@ def _slot_sha(part, n, buf):
         part.readblocks(off // CHUNK, mv[:k], off % CHUNK)
         h.update(mv[:k])
         off += k
+        watchdog.feed()
     return h.digest()
 
 
@@ -626,8 +636,10 @@ class Updater:
     def _begin(self, meta, man=None, resume=False):
         if man is None:
             man, _ = open_metadata(memoryview(meta)[1:], self._anchors)
-        base, target = self._check(man, resume)
+        base, target = self._check(man, resume)  # (the base's hash: fed as it is read)
+        watchdog.feed()  # the ECDH in pure Python next: seconds on an ESP32
         key = self._unwrap(man)
+        watchdog.feed()
         if not resume:
             _write("meta", meta)
             _remove("ckpt")
@@ -678,14 +690,17 @@ class Updater:
             raise Rejected("bad_patch", "patch incomplete")
         if job.chain != man.chain:
             raise Rejected("bad_patch", "chain hash")
+        watchdog.feed()  # the last chunk's sectors are written; the checks start now
         job.ccm = job.patch = None  # what follows needs RAM for hashing and RSA (twice)
         gc.collect()
+        # Read back, verified, installed: three passes over the result and
+        # one over the fallback image, fed as they go (image.verify's tick).
         if _slot_sha(job.target, man.result_len, job.sector) != man.result_sha:
             raise Rejected("bad_result", "hash")
         label = job.target.info()[4]
         if man.target == "app":
             try:
-                h = image.verify(label, anchors=self._anchors, event=None, buf=job.sector)
+                h = image.verify(label, anchors=self._anchors, event=None, buf=job.sector, tick=watchdog.feed)
             except image.Rejected as e:
                 raise Rejected("bad_result", "image " + e.reason)
             if h.version != man.ver or h.counter != man.ctr:
@@ -703,7 +718,7 @@ class Updater:
         self._save_state()
         try:
             if man.target == "app":
-                slots.install(label, h, buf=job.sector)
+                slots.install(label, h, buf=job.sector, tick=watchdog.feed)
             else:
                 # esp_ota_set_boot_partition verifies the image (Secure Boot
                 # V2 signature, anti-rollback) and can fail: check_esp_err
@@ -754,10 +769,12 @@ class _Job:
         gc.collect()
         self.sector = bytearray(detools.SECTOR)
         self.ccm = CCM(key, _TAG, 13)
-        self.ccm.reserve(CHUNK)
+        self.ccm.reserve(CHUNK, _AAD_LEN)
         self._new_patch()
 
     def _on_sector(self, patch):
+        # After every result sector written (an erase and 16 page programs).
+        watchdog.feed()
         if (patch.to_pos // detools.SECTOR) % CKPT_SECTORS:
             return
         # The chunk holding the applier's position, the bytes of it already

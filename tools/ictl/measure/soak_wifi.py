@@ -50,9 +50,17 @@ class Lab:
     """A broker, a provisioned virtual board with its simulated AP, and the
     fleet console. Use as a context manager."""
 
-    def __init__(self, root, timeout=60, **nvs):
+    def __init__(self, root, timeout=60, ntp=None, operators=fleet_broker.DEFAULT_OPERATORS, factory_flash=None, **nvs):
+        """ntp: the time server ("host:port") the board is provisioned with;
+        operators: the broker's operator identities (an update rollout needs
+        ictl.update.UPDATER_ID); factory_flash(devdir): writes what the
+        factory flashes beyond the app (a firmware in ota_0) before the
+        board first boots; nvs: the agent's settings (ic_agent)."""
         self.root = root
         self.timeout = timeout
+        self.ntp = ntp
+        self.operators = operators
+        self.factory_flash = factory_flash
         self.nvs = dict({"wifi_ms": WIFI_MS, "interval": INTERVAL_S}, **nvs)
         self.stack = contextlib.ExitStack()
 
@@ -66,7 +74,7 @@ class Lab:
 
     def _start(self):
         st = self.stack
-        self.br = st.enter_context(fleet_broker.Broker(os.path.join(self.root, "broker")))
+        self.br = st.enter_context(fleet_broker.Broker(os.path.join(self.root, "broker"), operators=self.operators))
         self.keys = keys = Keys(self.root)
         self.devdir = os.path.join(self.root, "device")
         sim_device.create(self.devdir)
@@ -74,9 +82,11 @@ class Lab:
         v1 = build_app("1.0.0", 1, keys, os.path.join(self.root, "app-v1.img"), hwid)
         factory.trust_device(self.devdir, [(keys.key_id, keys.signing.public_key())])
         factory.flash_image(self.devdir, v1)
+        if self.factory_flash:
+            self.factory_flash(self.devdir)
         self.b = st.enter_context(vboard.VirtualBoard(self.devdir, heap_kib=vboard.PORT_HEAP_KIB,
                                                       app_heap_kib=vboard.APP_HEAP_KIB))
-        self.record = provision(self.b, self.br, keys, self.root)
+        self.record = provision(self.b, self.br, keys, self.root, ntp=self.ntp)
         ap = wifisim.read(self.devdir)["aps"][0]
         self.ssid, self.key = ap["ssid"], ap["key"]
         from ictl.provision import Board
