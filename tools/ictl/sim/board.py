@@ -34,6 +34,7 @@ from ictl.sim import unixfw
 from ictl.sim import MICROPYTHON  # IRONCLAD_MICROPYTHON picks another build
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+HOLD_S = 3  # input at boot or after an interrupt waits this long at most for the prompt (_hold)
 _IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
 
 
@@ -141,6 +142,8 @@ class VirtualBoard:
         self.syncing = raw  # hide the new process's banner until it is in the raw REPL
         self.sync_buf = b""
         self.eof_sent = False
+        self.held = None  # input waiting for the prompt (_hold)
+        self._hold()
 
     def _kill(self):
         if self.proc and self.proc.poll() is None:
@@ -187,11 +190,13 @@ class VirtualBoard:
                 rest = buf[buf.index(RAW_BANNER):]
                 self.tail = rest[-64:]
                 self._to_client(rest)
+                self._release()
             return
         if RAW_BANNER in self.tail[-32:] + data:
             self.raw = True
         self.tail = (self.tail + data)[-64:]
         self._to_client(data)
+        self._release()
 
     def _idle(self):
         return self.tail.endswith(_IDLE_TAILS)
@@ -207,24 +212,52 @@ class VirtualBoard:
             if b == 3 and not self._idle():
                 # The program is running: the board's UART IRQ would raise
                 # KeyboardInterrupt; the unix port needs a signal for that.
-                if out:
-                    os.write(self.dm, bytes(out))
-                    out = bytearray()
-                try:
-                    self.proc.send_signal(signal.SIGINT)
-                except ProcessLookupError:
-                    pass
+                self._write(out)
+                out = bytearray()
+                self._interrupt()
+                self._hold()
+                continue
+            if self.held is not None:
+                self.held.append(b)
                 continue
             if b == 4 and self._idle():
                 self.eof_sent = True
             if b == 2:
                 self.raw = False
             out.append(b)
+        self._write(out)
+
+    def _hold(self):
+        # Input that comes while the device starts, or after an interrupt
+        # (mpremote sends Ctrl-C and at once Ctrl-A), waits for the prompt:
+        # the unix port's REPL discards what came before it with
+        # tcsetattr(TCSAFLUSH) (mp_hal_stdio_mode_raw, ports/unix/unix_mphal.c),
+        # where an ESP32's REPL reads it from its UART receive buffer. Lost,
+        # mpremote waits for a raw REPL that never comes (seen when the device
+        # takes a while to get there: the 32-bit build, a loaded host,
+        # docs/unix32.md). A program that runs on and reads gets it after
+        # HOLD_S, as it would from the UART.
+        if self.held is None:
+            self.held = bytearray()
+        self.held_until = time.monotonic() + HOLD_S
+
+    def _release(self):
+        if self.held is not None and (self._idle() or time.monotonic() > self.held_until):
+            held, self.held = self.held, None
+            self._from_client(bytes(held))
+
+    def _write(self, out):
         if out:
             try:
                 os.write(self.dm, bytes(out))
             except OSError:
                 pass
+
+    def _interrupt(self):
+        try:
+            self.proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
 
     def _watchdog(self):
         path = os.path.join(self.devdir, "wdt")
@@ -244,6 +277,7 @@ class VirtualBoard:
     def _relay(self):
         while not self._stop.is_set():
             self._watchdog()
+            self._release()
             try:
                 r, _, _ = select.select([self.cm, self.dm], [], [], 0.1)
             except (OSError, ValueError):
