@@ -143,6 +143,7 @@ class VirtualBoard:
         self.sync_buf = b""
         self.eof_sent = False
         self.held = None  # input waiting for the prompt (_hold)
+        self.interrupted = False  # a SIGINT sent since the last prompt
         self._hold()
 
     def _kill(self):
@@ -212,9 +213,16 @@ class VirtualBoard:
             if b == 3 and not self._idle():
                 # The program is running: the board's UART IRQ would raise
                 # KeyboardInterrupt; the unix port needs a signal for that.
+                # One until the prompt: the unix port raises it from the
+                # signal handler (MICROPY_ASYNC_KBD_INTR), and a second one
+                # while the first unwinds can land outside every handler
+                # ("FATAL: uncaught NLR", a crash and a reset), where a board
+                # only schedules it (mp_sched_keyboard_interrupt).
                 self._write(out)
                 out = bytearray()
-                self._interrupt()
+                if not self.interrupted:
+                    self._interrupt()
+                    self.interrupted = True
                 self._hold()
                 continue
             if self.held is not None:
@@ -244,6 +252,7 @@ class VirtualBoard:
     def _release(self):
         if self.held is not None and (self._idle() or time.monotonic() > self.held_until):
             held, self.held = self.held, None
+            self.interrupted = False
             self._from_client(bytes(held))
 
     def _write(self, out):
