@@ -46,7 +46,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 make -C "$MP/mpy-cross" -j"$jobs" >&2
 make -C "$MP/ports/unix" -j"$jobs" VARIANT_DIR="$VARIANT" BUILD="$OUT/obj" >&2
 echo "$stamp" > "$OUT/obj/.stamp"
-cp "$OUT/obj/micropython" "$OUT/micropython"
+# Replaced, not overwritten: a running device may be using the old one.
+cp "$OUT/obj/micropython" "$OUT/micropython.tmp" && mv -f "$OUT/micropython.tmp" "$OUT/micropython"
 # A 32-bit word, or the compiler ignored -m32.
 "$OUT/micropython" -c "import sys; assert sys.maxsize == 2**31 - 1, sys.maxsize"
 echo "unix32: built $OUT/micropython (MicroPython $ver, 32-bit)" >&2

@@ -33,8 +33,9 @@
 
 // The unix port's common extras (ports/unix/variants/mpconfigvariant_common.h):
 // the unix os/time modules the stand-ins wrap, readline, emergency exception
-// buffer; found through ports/unix's -I. as this directory is out of tree. It defines MICROPY_FLOAT_IMPL and MICROPY_LONGINT_IMPL only when
-// unset, so the lines above win.
+// buffer; found through ports/unix's -I. as this directory is out of tree. It
+// defines MICROPY_FLOAT_IMPL and MICROPY_LONGINT_IMPL only when unset, so the
+// lines above win.
 #include "variants/mpconfigvariant_common.h"
 
 // mpconfigvariant_common.h turns on the ROM filesystem for unix; our board
@@ -47,9 +48,9 @@
 #undef MICROPY_ERROR_REPORTING
 #define MICROPY_ERROR_REPORTING        (MICROPY_ERROR_REPORTING_NORMAL)
 
-// Modules the ESP32 port has (firmware/profile/esp32.json "modules") that are
-// not on by default for unix at this level: cryptolib with mbedTLS as its
-// backend comes with MICROPY_PY_SSL (py/mpconfig.h), hashlib md5/sha1 too;
-// sha256 is always on (py/mpconfig.h MICROPY_PY_HASHLIB_SHA256). The ESP32
-// has no cryptolib CTR mode (py/mpconfig.h default 0, not set by ports/esp32).
+// Modules of the ESP32 port (firmware/profile/esp32.json "modules"):
+// cryptolib (on mbedTLS) and hashlib md5/sha1 follow MICROPY_PY_SSL
+// (py/mpconfig.h), which mpconfigvariant.mk turns on; sha256 is always on
+// (MICROPY_PY_HASHLIB_SHA256). No cryptolib CTR mode, as on the ESP32
+// (py/mpconfig.h default 0, not set by ports/esp32).
 #define MICROPY_PY_CRYPTOLIB_CTR       (0)
