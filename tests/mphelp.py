@@ -7,9 +7,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+from ictl.sim import MICROPYTHON  # noqa: E402  (IRONCLAD_MICROPYTHON picks another build)
 from ictl.sim.wifisim import LAB_NET  # noqa: E402
 
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
 # 112: the stand-ins for the port's C modules (esp32, machine, time and the port
 # profile they hold to) take ~6 KiB of the unix port's heap; a board has them in C.

@@ -40,8 +40,12 @@ _days = time._days  # days from 1970-01-01, as the port's timeutils computes the
 
 
 def _offset_s():
-    """Unix port only: seconds the board's clock runs ahead of the host's (Unix time)."""
-    return (time._wall_us() - time._t.time_ns() // 1000) / 1000000 + _UNIX_2000
+    """Unix port only: seconds the board's clock runs ahead of the host's (Unix time),
+    to the nearest second. Integer arithmetic: with the ESP32's single-precision
+    floats (MICROPY_FLOAT_IMPL_FLOAT, ports/esp32/mpconfigport.h; the 32-bit
+    build of docs/unix32.md has them too) a float of 1e8 seconds, a clock set a
+    few years ahead, is only good to 8 s."""
+    return (time._wall_us() - time._t.time_ns() // 1000 + 500000) // 1000000 + _UNIX_2000
 
 
 class RTC:

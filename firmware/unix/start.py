@@ -134,6 +134,7 @@ def _load_code():
 
 
 _BALLAST = []
+_GC_BLOCK = 32 if sys.maxsize > 1 << 32 else 16  # bytes: four machine words
 _POOL_JUMP = 512  # bytes: more than a qstr and its chunk; less than a pool of 64 entries
 
 
@@ -181,11 +182,15 @@ def _cap_heap(kib):
         print("device: no room to start the next qstr pool before the cap")
     gc.collect()
     code = gc.mem_alloc()
-    heap = bytearray(kib * 1024 - 32)  # the app's heap to be (32: its object header)
+    # The app's heap to be, less its object header, an mp_obj_array_t of four
+    # words (py/objarray.h) in one GC block of four words
+    # (MICROPY_BYTES_PER_GC_BLOCK, py/mpconfig.h): 32 bytes on a 64-bit build,
+    # 16 on a 32-bit one (docs/unix32.md) as on the ESP32.
+    heap = bytearray(kib * 1024 - _GC_BLOCK)
     hold = [None] * 4096
     _BALLAST.append(hold)
     i = 0
-    b = 8192  # blocks of 16 bytes: a tuple of k items is 16 + 8k bytes
+    b = 8192  # a tuple of 2b - 2 items is 2b words (py/objtuple.h: base, len, items)
     while b and i < len(hold):
         try:
             while i < len(hold):

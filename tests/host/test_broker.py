@@ -22,7 +22,7 @@ from ictl import ToolError, broker, pki  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+from ictl.sim import MICROPYTHON  # noqa: E402  (IRONCLAD_MICROPYTHON picks another build)
 WAIT = 10.0  # seconds for anything that should happen
 PREFIX = broker.DEFAULT_PREFIX
 

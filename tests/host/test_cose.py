@@ -16,7 +16,7 @@ from pycose.messages import Enc0Message
 from pycose.algorithms import AESCCM1664128
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
+MICROPYTHON = os.path.abspath(os.environ.get("IRONCLAD_MICROPYTHON") or os.path.join(ROOT, ".venv", "bin", "micropython"))
 MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix"))
 
 KEY = bytes.fromhex("8b3c1f0a9e7d6c5b4a39281706f5e4d3")

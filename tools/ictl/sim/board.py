@@ -22,7 +22,6 @@ import pty
 import select
 import signal
 import subprocess
-import sys
 import termios
 import threading
 import time
@@ -32,9 +31,10 @@ from ictl import ROOT, ToolError
 from ictl.sim import device as sim_device
 from ictl import broker as fleet_broker
 from ictl.sim import unixfw
+from ictl.sim import MICROPYTHON  # IRONCLAD_MICROPYTHON picks another build
 
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+HOLD_S = 3  # input at boot or after an interrupt waits this long at most for the prompt (_hold)
 _IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
 
 
@@ -142,6 +142,9 @@ class VirtualBoard:
         self.syncing = raw  # hide the new process's banner until it is in the raw REPL
         self.sync_buf = b""
         self.eof_sent = False
+        self.held = None  # input waiting for the prompt (_hold)
+        self.interrupted = False  # a SIGINT sent since the last prompt
+        self._hold()
 
     def _kill(self):
         if self.proc and self.proc.poll() is None:
@@ -188,11 +191,13 @@ class VirtualBoard:
                 rest = buf[buf.index(RAW_BANNER):]
                 self.tail = rest[-64:]
                 self._to_client(rest)
+                self._release()
             return
         if RAW_BANNER in self.tail[-32:] + data:
             self.raw = True
         self.tail = (self.tail + data)[-64:]
         self._to_client(data)
+        self._release()
 
     def _idle(self):
         return self.tail.endswith(_IDLE_TAILS)
@@ -208,24 +213,60 @@ class VirtualBoard:
             if b == 3 and not self._idle():
                 # The program is running: the board's UART IRQ would raise
                 # KeyboardInterrupt; the unix port needs a signal for that.
-                if out:
-                    os.write(self.dm, bytes(out))
-                    out = bytearray()
-                try:
-                    self.proc.send_signal(signal.SIGINT)
-                except ProcessLookupError:
-                    pass
+                # One until the prompt: the unix port raises it from the
+                # signal handler (MICROPY_ASYNC_KBD_INTR), and a second one
+                # while the first unwinds can land outside every handler
+                # ("FATAL: uncaught NLR", a crash and a reset), where a board
+                # only schedules it (mp_sched_keyboard_interrupt).
+                self._write(out)
+                out = bytearray()
+                if not self.interrupted:
+                    self._interrupt()
+                    self.interrupted = True
+                self._hold()
+                continue
+            if self.held is not None:
+                self.held.append(b)
                 continue
             if b == 4 and self._idle():
                 self.eof_sent = True
             if b == 2:
                 self.raw = False
             out.append(b)
+        self._write(out)
+
+    def _hold(self):
+        # Input that comes while the device starts, or after an interrupt
+        # (mpremote sends Ctrl-C and at once Ctrl-A), waits for the prompt:
+        # the unix port's REPL discards what came before it with
+        # tcsetattr(TCSAFLUSH) (mp_hal_stdio_mode_raw, ports/unix/unix_mphal.c),
+        # where an ESP32's REPL reads it from its UART receive buffer. Lost,
+        # mpremote waits for a raw REPL that never comes (seen when the device
+        # takes a while to get there: the 32-bit build, a loaded host,
+        # docs/unix32.md). A program that runs on and reads gets it after
+        # HOLD_S, as it would from the UART.
+        if self.held is None:
+            self.held = bytearray()
+        self.held_until = time.monotonic() + HOLD_S
+
+    def _release(self):
+        if self.held is not None and (self._idle() or time.monotonic() > self.held_until):
+            held, self.held = self.held, None
+            self.interrupted = False
+            self._from_client(bytes(held))
+
+    def _write(self, out):
         if out:
             try:
                 os.write(self.dm, bytes(out))
             except OSError:
                 pass
+
+    def _interrupt(self):
+        try:
+            self.proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
 
     def _watchdog(self):
         path = os.path.join(self.devdir, "wdt")
@@ -245,6 +286,7 @@ class VirtualBoard:
     def _relay(self):
         while not self._stop.is_set():
             self._watchdog()
+            self._release()
             try:
                 r, _, _ = select.select([self.cm, self.dm], [], [], 0.1)
             except (OSError, ValueError):

@@ -4,14 +4,13 @@ each operation torn), and check the device's state after every cut."""
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 from ictl import ROOT
 from ictl.sim import device as sim_device
 from ictl.sim import wifisim
+from ictl.sim import MICROPYTHON  # IRONCLAD_MICROPYTHON picks another build
 
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MICROPYPATH = ":".join([".frozen"] + [os.path.join(ROOT, p) for p in ("lib/ironclad", "firmware/unix")])
 
 

