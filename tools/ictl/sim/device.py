@@ -20,14 +20,16 @@ def stub_firmware():
     return b"\xe9" + b"\x00" * 23 + b"IRONCLAD-SIM-FIRMWARE"
 
 
-def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32", flash_encryption=False):
+def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32", flash_encryption=True):
     """Make a fresh device as `ictl firmware flash` leaves a board: the binary
     partition table at CONFIG_PARTITION_TABLE_OFFSET (where the simulated
     bootloader reads it), firmware in ota_0, the rest erased; a random unique id.
     flash_encryption: the eFuse of a production board (firmware/sdkconfig.production,
-    release mode), as `ictl device create` and the boot, update and power-cut
-    labs make it; off here by default for the agent's 64 KiB boards (the
-    stand-in's own bookkeeping shares their heap)."""
+    release mode), on by default: every simulated board stands for a field
+    board (`ictl device create`, `ictl run`, the fleet, the telemetry rig, the
+    soaks and labs) unless a test is about a development board and passes
+    False, saying why. The stand-in's bookkeeping is made before the app's
+    heap is capped and allocates nothing per block (firmware/unix/espboard.py)."""
     if os.path.exists(os.path.join(path, "device.json")) and not force:
         raise ToolError("%s already holds a device: pass --force to replace it" % path)
     t = firmware.partition_table(table)  # ESP-IDF's own checks: overlaps, alignment, room for the table, fit

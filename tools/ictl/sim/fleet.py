@@ -203,7 +203,7 @@ def prepare(root, n, br, say):
     devdirs = [os.path.join(root, "devices", nm) for nm in names]
     hwid = None
     for d in devdirs:
-        sim_device.create(d)
+        sim_device.create(d, flash_encryption=True)  # field boards: production
         hwid = hwid or sim_device.load(d)["hwid"]
     v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
     v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))
