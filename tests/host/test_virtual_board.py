@@ -44,13 +44,17 @@ def test_filesystem_is_littlefs_on_the_vfs_partition(board):
     out = mpremote(board.port, "exec",
                    "import os\nf=open('/big.bin','wb'); f.write(b'\\x5a'*5000); f.close()\nprint(os.statvfs('/')[0])")
     assert out.split()[-1] == "4096"
-    # The bytes really live in the vfs partition of the simulated flash.
+    # The bytes really live in the vfs partition of the simulated flash: as
+    # the board reads it; on flash.bin itself they are ciphertext (the board
+    # is flash-encrypted, as a production board).
     cfg = sim_device.load(board.devdir)
     vfs = next(p for p in cfg["partitions"] if p["label"] == "vfs")
+    data = sim_device.read_flash(board.devdir, vfs["offset"], vfs["size"])
+    assert b"\x5a" * 4096 in data and b"littlefs" in data
     with open(os.path.join(board.devdir, "flash.bin"), "rb") as f:
         f.seek(vfs["offset"])
-        data = f.read(vfs["size"])
-    assert b"\x5a" * 4096 in data and b"littlefs" in data
+        raw = f.read(vfs["size"])
+    assert cfg["efuse"]["flash_encryption"] and b"\x5a" * 16 not in raw and b"littlefs" not in raw
 
 
 def test_state_survives_reset_and_board_restart(tmp_path):

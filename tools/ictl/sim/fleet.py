@@ -183,15 +183,15 @@ def bootable(devdir, keys):
         return False, "no boot state"
     trust = {keys.key_id: keys.signing.public_key()}
     why = "no slot"
-    with open(os.path.join(devdir, "flash.bin"), "rb") as f:
-        for slot in (st["active"], st.get("fallback")):
-            if not slot:
-                continue
-            p = factory._partition(cfg, slot)
-            f.seek(p["offset"])
-            h, why = app_image.verify(f.read(p["size"]), trust, hwid=cfg["hwid"], floor=st["floor"])
-            if why is None:
-                return True, app_image.version_str(h["version"])
+    for slot in (st["active"], st.get("fallback")):
+        if not slot:
+            continue
+        p = factory._partition(cfg, slot)
+        # The slot as the board reads it (decrypted under flash encryption).
+        h, why = app_image.verify(sim_device.read_flash(devdir, p["offset"], p["size"]), trust, hwid=cfg["hwid"],
+                                  floor=st["floor"])
+        if why is None:
+            return True, app_image.version_str(h["version"])
     return False, why
 
 
