@@ -86,6 +86,29 @@ def test_ctrl_c_interrupts_a_running_app(board):
     assert "at the prompt" in out
 
 
+def test_ctrl_c_at_a_prompt_the_relay_has_not_seen_yet_keeps_the_board(board):
+    # The unix port sets SIGINT back to SIG_DFL outside running code, at its
+    # REPL prompt too; a board's REPL reads Ctrl-C as a character. Under
+    # load the relay may not have read the prompt yet when mpremote's
+    # Ctrl-C comes (its tail still shows the boot's last line, as set here):
+    # a SIGINT then ended the board, and `ictl provision` hung on its first
+    # step. Now the byte goes to the REPL and the same board answers.
+    import time
+
+    mpremote(board.port, "exec", "print('up')")  # at its prompt again (raw REPL left)
+    time.sleep(0.5)
+    boots, resets = board.boots, board.resets
+    board.tail = b"ironclad: recovery mode ..."  # the prompt not read yet
+    fd = os.open(board.port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"\x03")
+        time.sleep(1)
+    finally:
+        os.close(fd)
+    assert board.proc.poll() is None and (board.boots, board.resets) == (boots, resets)
+    assert "still" in mpremote(board.port, "exec", "print('still here')")
+
+
 def test_missing_device_dir_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ictl", "board", "run", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
