@@ -12,7 +12,6 @@
 # Run as:
 #   ESPSIM_DIR=<device dir> micropython -i firmware/unix/start.py
 import gc
-import micropython
 import os
 import sys
 import vfs
@@ -214,13 +213,6 @@ _board_surface()
 gc.collect()
 _run("boot.py")
 if os.getenv("ESPSIM_DATA_HEAP_KIB"):
-    # Not interruptible: a board has no such step. A KeyboardInterrupt in it
-    # (mpremote's Ctrl-C as a board starts) left the heap full of ballast and
-    # the unix port ended with "FATAL: uncaught NLR". With Ctrl-C off the
-    # unix port leaves SIGINT at SIG_DFL; the virtual board's relay sees that
-    # and holds the Ctrl-C until main.py runs (ictl.sim.board, _deliver_intr).
-    micropython.kbd_intr(-1)
     _cap_heap(int(os.getenv("ESPSIM_DATA_HEAP_KIB")))
-    micropython.kbd_intr(3)
 if not os.getenv("ESPSIM_RAW_REPL"):
     _run("main.py")

@@ -142,7 +142,6 @@ class VirtualBoard:
         self.syncing = raw  # hide the new process's banner until it is in the raw REPL
         self.sync_buf = b""
         self.eof_sent = False
-        self.intr = None  # a Ctrl-C the process cannot take yet, and what was typed after it
 
     def _kill(self):
         if self.proc and self.proc.poll() is None:
@@ -198,26 +197,6 @@ class VirtualBoard:
     def _idle(self):
         return self.tail.endswith(_IDLE_TAILS)
 
-    def _deliver_intr(self):
-        # A held Ctrl-C: to the REPL as a character once its prompt is out,
-        # or as SIGINT once the process runs code again (main.py), as the
-        # board's UART IRQ raises KeyboardInterrupt there; then what was
-        # typed after it.
-        if self.intr is None or self.proc.poll() is not None:
-            return
-        if self._idle():
-            os.write(self.dm, b"\x03")
-        elif self._running_code():
-            try:
-                self.proc.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
-        else:
-            return
-        held, self.intr = self.intr, None
-        if held:
-            self._from_client(held)
-
     def _running_code(self):
         """Whether the device process has its SIGINT handler in place: the
         unix port installs it only while it runs Python code and sets SIGINT
@@ -238,34 +217,26 @@ class VirtualBoard:
         return False
 
     def _from_client(self, data):
-        if self.intr is not None:
-            self.intr += data  # in order, after the Ctrl-C it waits for
-            return
         out = bytearray()
-        for i, b in enumerate(data):
+        for b in data:
             if b == 3 and not self.vm_up:
                 # Still starting (the unix port's launcher is a CPython script):
                 # a signal now would kill the launcher, not interrupt a program.
                 # Nothing runs yet to interrupt; the prompt comes by itself.
                 continue
-            if b == 3 and not self._idle():
+            if b == 3 and not self._idle() and self._running_code():
+                # The program is running: the board's UART IRQ would raise
+                # KeyboardInterrupt; the unix port needs a signal for that.
+                # (Not running code, e.g. its REPL just started and its
+                # prompt is not out yet, it gets the byte, as a board's REPL.)
                 if out:
                     os.write(self.dm, bytes(out))
                     out = bytearray()
-                if self._running_code():
-                    # The program is running: the board's UART IRQ would raise
-                    # KeyboardInterrupt; the unix port needs a signal for that.
-                    try:
-                        self.proc.send_signal(signal.SIGINT)
-                    except ProcessLookupError:
-                        pass
-                    continue
-                # Not at a prompt the relay has seen and not running code
-                # either (its REPL starting, or start.py setting the app's
-                # heap apart): held, with what follows, until the process
-                # can take it (_deliver_intr).
-                self.intr = bytes(data[i + 1:])
-                return
+                try:
+                    self.proc.send_signal(signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+                continue
             if b == 4 and self._idle():
                 self.eof_sent = True
             if b == 2:
@@ -295,7 +266,6 @@ class VirtualBoard:
     def _relay(self):
         while not self._stop.is_set():
             self._watchdog()
-            self._deliver_intr()
             try:
                 r, _, _ = select.select([self.cm, self.dm], [], [], 0.1)
             except (OSError, ValueError):
