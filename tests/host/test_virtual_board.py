@@ -109,6 +109,33 @@ def test_ctrl_c_at_a_prompt_the_relay_has_not_seen_yet_keeps_the_board(board):
     assert "still" in mpremote(board.port, "exec", "print('still here')")
 
 
+def test_ctrl_c_while_the_app_heap_is_set_apart(tmp_path):
+    # mpremote's Ctrl-C as a board starts can come while start.py sets the
+    # app's heap apart (after boot.py, before main.py): a step no board has.
+    # Interrupted there the unix port could end with "FATAL: uncaught NLR",
+    # the relay booted a new process and mpremote waited for ever. Now that
+    # step is not interruptible: the board answers, its heap capped.
+    import time
+
+    d = tmp_path / "dev"
+    sim_device.create(str(d))
+    with vboard.VirtualBoard(str(d), heap_kib=vboard.PORT_HEAP_KIB, app_heap_kib=vboard.APP_HEAP_KIB) as b:
+        end = time.monotonic() + 60
+        while b"recovery mode" not in open(b.log_path, "rb").read() and time.monotonic() < end:
+            time.sleep(0.002)
+        fd = os.open(b.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, b"\x03")  # boot.py is done: start.py is loading the code and capping the heap
+        finally:
+            os.close(fd)
+        out = mpremote(b.port, "exec", "import gc; gc.collect(); print('free', gc.mem_free())", timeout=60)
+        log = open(b.log_path, "rb").read().decode(errors="replace")
+        # Never interrupted while setting the heap apart, never a crash.
+        assert "FATAL" not in log and "_cap_heap" not in log and "_load_code" not in log, log
+        assert b.resets == 0 and "device: 64 KiB heap for the app" in log, log
+        assert int(out.split()[-1]) < 70 * 1024, out
+
+
 def test_missing_device_dir_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ictl", "board", "run", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
