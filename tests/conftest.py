@@ -3,6 +3,9 @@ are MicroPython files, tests/device/test_*.py: each top-level `def test_*()`
 becomes its own pytest item, run in its own unix-port process under
 `-X heapsize` (96 KiB unless the file sets HEAP_KIB, with a comment saying why),
 on a fresh simulated device, with the MicroPython traceback shown on failure.
+The device is a production board (flash encryption on, as
+`ictl.sim.device.create` makes one) unless the file sets FLASH_ENCRYPTION =
+False, with a comment saying why it is about a development board.
 Lines the device prints as `REPORT: ...` appear in the pytest summary."""
 import ast
 import os
@@ -37,6 +40,7 @@ class DeviceFile(pytest.File):
         heap = mphelp.DEFAULT_HEAP_KIB
         timeout = DEVICE_TIMEOUT
         lab_net = True  # the link up from the start (firmware/unix/network.py), unless the file says LAB_NET = False
+        crypt = True  # a production board, unless the file says FLASH_ENCRYPTION = False
         for node in tree.body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 if node.targets[0].id == "HEAP_KIB":
@@ -45,9 +49,12 @@ class DeviceFile(pytest.File):
                     timeout = ast.literal_eval(node.value)
                 elif node.targets[0].id == "LAB_NET":
                     lab_net = ast.literal_eval(node.value)
+                elif node.targets[0].id == "FLASH_ENCRYPTION":
+                    crypt = ast.literal_eval(node.value)
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                yield DeviceItem.from_parent(self, name=node.name, heap=heap, timeout=timeout, lab_net=lab_net)
+                yield DeviceItem.from_parent(self, name=node.name, heap=heap, timeout=timeout, lab_net=lab_net,
+                                          crypt=crypt)
 
 
 class DeviceFailure(Exception):
@@ -55,8 +62,9 @@ class DeviceFailure(Exception):
 
 
 class DeviceItem(pytest.Item):
-    def __init__(self, *, heap, timeout, lab_net=True, **kw):
+    def __init__(self, *, heap, timeout, lab_net=True, crypt=True, **kw):
         super().__init__(**kw)
+        self.crypt = crypt
         self.heap = heap
         self.timeout = timeout
         self.lab_net = lab_net
@@ -64,7 +72,7 @@ class DeviceItem(pytest.Item):
     def runtest(self):
         tmp = self.config._tmp_path_factory.mktemp(self.name[:30])
         devdir = os.path.join(tmp, "dev")
-        sim_device.create(devdir)
+        sim_device.create(devdir, flash_encryption=self.crypt)
         cmd = [mphelp.MICROPYTHON, "-X", "heapsize=%dK" % self.heap, RUNNER, self.path.stem, self.name]
         env = mphelp.mp_env(devdir, lab_net=self.lab_net)
         env["IC_TMP"] = str(tmp)

@@ -96,12 +96,7 @@ class Partition:
 
     def readblocks(self, block_num, buf, offset=0):
         a = self._range(block_num * self._bs + offset, len(buf))
-        espsim.flash().read(a, buf)
-        # An aligned read with no 16 bytes of 0xFF holds no erased block. (`in`
-        # finds nothing in a memoryview, which is what VfsLfs2 passes: those
-        # go through the block-by-block check.)
-        if self._enc() and (type(buf) is memoryview or espboard.FF16 in buf or a % 16 or len(buf) % 16):
-            espboard.erased_reads_as_noise(a, buf)
+        espsim.flash().read(a, buf)  # decrypted in an encrypted partition (espboard.Crypt)
 
     def writeblocks(self, block_num, buf, offset=None):
         fl = espsim.flash()
@@ -113,7 +108,7 @@ class Partition:
                 raise OSError(_ERR_INVALID_ARG, "ESP_ERR_INVALID_ARG")
             if len(buf) % 16:
                 raise OSError(-260, "ESP_ERR_INVALID_SIZE")
-        write = espboard.write_encrypted if self._enc() else fl.write
+        write = fl.write  # through the encryption in an encrypted partition (espboard.Crypt)
         if offset is None:
             # The 3-argument form erases the blocks it covers first, as the port does.
             off = block_num * self._bs
@@ -124,8 +119,6 @@ class Partition:
             write(self._range(block_num * self._bs + offset, len(buf)), buf)
 
     def _erase(self, a, n):
-        if espsim.flash().crypt:
-            espboard.forget(a, n)
         espsim.flash().erase(a, n)
 
     def ioctl(self, cmd, arg):

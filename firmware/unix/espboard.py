@@ -6,6 +6,8 @@
 import os
 import json
 import struct
+import micropython
+from micropython import const
 
 import espsim
 from espsim import SimError, devdir
@@ -96,12 +98,10 @@ def honour(ns, name):
                 honour(v, name + "." + k)
 
 
-FF16 = b"\xff" * 16
-
 # Flash encryption (ESP-IDF v5.5, components/spi_flash/esp_flash_api.c,
-# esp_flash_write_encrypted, and docs "Flash Encryption"): software reads an
-# encrypted partition through the XTS-AES (ESP32: AES-256 with a key tweaked
-# per 32-byte row) decryption and writes it through the encryption. So
+# esp_flash_write_encrypted, and docs "Flash Encryption"): the flash holds
+# ciphertext; software reads an encrypted partition through the decryption
+# in the flash cache and writes it through the encryption. So
 #   * an erased 16-byte block (0xFF on the chip) reads back as the decryption
 #     of 0xFF..: noise, not 0xFF; code must not test for 0xFF there;
 #   * a programmed block reads back as written, 0xFF included;
@@ -110,101 +110,129 @@ FF16 = b"\xff" * 16
 #   * a block whose ciphertext is only partly programmed (a torn write) or
 #     programmed twice without an erase (NOR ANDs the two ciphertexts) decrypts
 #     to noise as a whole.
-# The stand-in keeps flash.bin in the clear, which the host tools read and
-# write, and remembers in crypt.map which blocks were programmed since their
-# erase (espsim.Flash.pmap): a block reads as noise when it is erased (all
-# 0xFF and not programmed); a torn or rewritten block is stored as noise. The
-# noise is made from the address, keyed per chip. On the ESP32 the driver
-# writes a half row by re-encrypting the other half as read: the same
-# ciphertext, a no-op on NOR, so the stand-in does not model it.
+# The stand-in does what the chip does: flash.bin holds the ciphertext, and
+# espsim.Flash.read/write pass the ranges of encrypted partitions through
+# Crypt. The cipher is AES-256 on each 16-byte block, tweaked by its address:
+# c = E_k(p ^ M) ^ M, M = m ^ the block number (a 16-byte mask m of the key), as
+# the ESP32's own tweaks its AES-256 key per 32-byte row and the S3's
+# XTS-AES tweaks the block. Not the chip's cipher, but every property above
+# follows from it and from the NOR flash under it, with nothing modelled
+# apart: an erased block decrypts to noise, a torn or doubly programmed
+# block's ciphertext decrypts to noise as a whole, and the same plaintext
+# differs on flash from block to block. The keys are the simulated eFuse's
+# (device.json "flash_key"); the host tools use the same cipher
+# (ictl.sim.device.read_flash/write_flash).
+#
+# On a chip the flash cache does this and costs the app's heap nothing. The
+# stand-in shares the app's heap on the unix port, so it costs as little as
+# it can: its two AES objects (encryption and decryption: a cryptolib.aes
+# does one or the other) and a 256-byte and a 64-byte buffer are made once,
+# at start-up, before the app's heap is set apart (start.py), and a read or
+# a write allocates nothing (viper loops over whole buffers, no slices).
+
+_P = const(256)  # bytes per piece: a multiple of 64, a divisor of the sector
+_A = const(64)  # bytes ANDed into flash at a time
 
 
-def _noise_block(a, blk, tag=0x4E4F4953):
-    struct.pack_into("<IIII", blk, 0, a, tag, 0, 0)
-    espsim.flash().noise.encrypt(blk, blk)
+@micropython.viper
+def _mask(b: ptr8, n: int, blk: int, m: ptr8):
+    # b[:n] ^= M of each block from number blk on.
+    i = 0
+    while i < n:
+        j = i & 15
+        v = m[j]
+        if j < 4:
+            v = v ^ ((blk >> (j << 3)) & 0xFF)
+        b[i] = b[i] ^ v
+        if j == 15:
+            blk += 1
+        i += 1
 
 
-def _pmap_read(addr, out):
-    """The map bytes from the one holding block addr // 16 on (enough for
-    4 KiB) into out; returns that block's bit index in them."""
-    m = espsim.flash().pmap
-    m.seek(addr // 128)
-    m.readinto(out)  # whole: a slice would be an allocation; the rest is unused
-    return addr // 16 % 8
+@micropython.viper
+def _copy(d: ptr8, do: int, s: ptr8, so: int, n: int):
+    i = 0
+    while i < n:
+        d[do + i] = s[so + i]
+        i += 1
 
 
-def erased_reads_as_noise(addr, buf):
-    """Reads of an encrypted partition: every erased 16-byte block in buf
-    (read from flash at addr) becomes the decryption of 0xFF: noise. In 4 KiB
-    pieces through buffers made once (espsim.Flash.b16), and no allocation
-    at all: the stand-in shares the app's heap, and garbage made here on
-    every littlefs read would move where the boot's buffers fit."""
-    fl = espsim.flash()
-    blk, full, bits = fl.b16
-    end = addr + len(buf)
-    a = addr - addr % 16
-    while a < end:
-        top = min(end, a + 4096)
-        i = _pmap_read(a, bits)
-        while a < top:
-            if not bits[i >> 3] & (1 << (i & 7)):
-                fl.read(a, full)
-                if full == FF16:
-                    _noise_block(a, blk)
-                    for x in range(max(a, addr), min(a + 16, end)):
-                        buf[x - addr] = blk[x - a]
-            i += 1
-            a += 16
+@micropython.viper
+def _and(d: ptr8, do: int, s: ptr8, so: int, n: int):
+    i = 0
+    while i < n:
+        d[do + i] = d[do + i] & s[so + i]
+        i += 1
 
 
-def forget(addr, n):
-    """An erase of whole sectors: their blocks are erased again. Called before
-    the erase, so a cut in between leaves them reading as noise at worst."""
-    m = espsim.flash().pmap
-    m.seek(addr // 128)
-    z = bytes(32)  # one sector's bits
-    for _ in range(n // espsim.SECTOR):
-        m.write(z)
+def keys(efuse, uid):
+    """The flash encryption key and mask (k, m) from the simulated eFuse (or,
+    for a device made before it held them, derived from the unique id)."""
+    import hashlib
+    import binascii
+
+    k = efuse.get("flash_key")
+    if k:
+        k = binascii.unhexlify(k)
+        return k[:32], k[32:48]
+    return (hashlib.sha256(b"flash-encryption" + uid).digest(), hashlib.sha256(b"flash-tweak" + uid).digest()[:16])
 
 
-def write_encrypted(addr, data):
-    """One write operation to an encrypted partition (aligned, checked by the
-    caller): each 16-byte block lands as written if it was erased or already
-    holds the same bytes; a torn block, or a different one over a programmed
-    block, becomes noise. Power-cut and tear injection as espsim.Flash.write.
-    In 4 KiB pieces, a few allocations per piece, none per block."""
-    fl = espsim.flash()
-    n = len(data)
-    fl._check(addr, n)
-    land = fl._op("W", addr, n)
-    mv = memoryview(data)
-    blk, old, bits = fl.b16
-    garbled = fl.garbled
-    stop = min(land + 15, n) // 16 * 16  # the blocks any of whose bytes land
-    off = 0
-    while off < stop:
-        a0 = addr + off
-        top = min(off + 4096, stop)
-        i0 = i = _pmap_read(a0, bits)
-        for o in range(off, top, 16):
-            # A block programmed before (its bit set, or host data in it)
-            # takes only the same bytes again; a torn one is noise.
-            fl.read(addr + o, old)
-            g = land - o < 16
-            if not g and (bits[i >> 3] & (1 << (i & 7)) or old != FF16):
-                g = old != mv[o:o + 16]
-            garbled[(o - off) >> 4] = g
-            bits[i >> 3] |= 1 << (i & 7)
-            i += 1
-        fl.f.seek(a0)
-        fl.f.write(mv[off:top])
-        for o in range(off, top, 16):
-            if garbled[(o - off) >> 4]:
-                _noise_block(addr + o, blk, 0x54524E20 ^ fl.ops)
-                fl.f.seek(addr + o)
-                fl.f.write(blk)
-        fl.pmap.seek(a0 // 128)
-        fl.pmap.write(memoryview(bits)[:(i0 + (top - off) // 16 + 7) // 8])
-        off = top
-    if land < n:
-        espsim._die()
+class Crypt:
+    """The flash cache's decryption and the encrypted write of one chip."""
+
+    def __init__(self, fl, k, m):
+        import cryptolib
+
+        self.fl = fl
+        self.enc = cryptolib.aes(k, 1)  # ECB
+        self.dec = cryptolib.aes(k, 1)
+        self.m = m
+        self.sec = bytearray(_P)
+        self.old = bytearray(_A)
+
+    def read(self, addr, buf):
+        """Plaintext of [addr, addr + len(buf)) into buf (a bytearray or a
+        memoryview), a piece at a time."""
+        f = self.fl.f
+        sec = self.sec
+        end = addr + len(buf)
+        a = addr - addr % _P
+        while a < end:
+            f.seek(a)
+            f.readinto(sec)
+            _mask(sec, _P, a >> 4, self.m)
+            self.dec.decrypt(sec, sec)
+            _mask(sec, _P, a >> 4, self.m)
+            lo = max(a, addr)
+            _copy(buf, lo - addr, sec, lo - a, min(a + _P, end) - lo)
+            a += _P
+
+    def write(self, addr, data, land):
+        """One write operation (aligned: checked by the caller) through the
+        encryption: the ciphertext of data ANDed into flash, its first `land`
+        bytes only (a cut or a torn write: see espsim.Flash.write)."""
+        f = self.fl.f
+        sec, old = self.sec, self.old
+        end = addr + len(data)
+        pos = addr
+        while pos < end and pos - addr < land:
+            a = pos - pos % _P
+            off = pos - a
+            m = min(a + _P, end) - pos
+            _copy(sec, off, data, pos - addr, m)
+            _mask(sec, _P, a >> 4, self.m)
+            self.enc.encrypt(sec, sec)  # the rest of the piece is left over; not written
+            _mask(sec, _P, a >> 4, self.m)
+            k = min(m, land - (pos - addr))
+            o = off - off % _A
+            while o < off + k:
+                # NOR: the stored byte becomes old AND new.
+                f.seek(a + o)
+                f.readinto(old)
+                lo = max(o, off)
+                _and(old, lo - o, sec, lo, min(o + _A, off + k) - lo)
+                f.seek(a + o)
+                f.write(old)
+                o += _A
+            pos += m

@@ -72,25 +72,23 @@ class Flash:
             # create` sets unless --development.
             self.crypt = os.getenv("ESPSIM_FLASH_ENCRYPTION") == "1" or bool(self.efuse.get("flash_encryption"))
             self.f = open(path + "/flash.bin", "r+b")
-            # Under flash encryption, which 16-byte blocks of flash have been
-            # programmed since their last erase (espboard: erased blocks of
-            # an encrypted partition read as noise, programmed ones as written).
-            self.pmap = _open_pmap(path + "/crypt.map", int(cfg["flash_size"]) // 128) if self.crypt else None
             if self.crypt:
                 # Made once, now: long-lived objects made later, mid-boot, would
-                # split the app's heap (the stand-in shares it).
-                import cryptolib
+                # split the app's heap (the stand-in shares it). espboard.Crypt.
+                import espboard
 
-                self.noise = cryptolib.aes(hashlib.sha256(b"flash-encryption" + self.uid).digest(), 1)
-                self.b16 = (bytearray(16), bytearray(16), bytearray(40))
-                self.garbled = bytearray(256)  # per block of a 4 KiB write
+                self.cr = espboard.Crypt(self, *espboard.keys(self.efuse, self.uid))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SimError("device directory %r is missing or corrupt (%r): create it with `ictl device create`" % (path, e))
         self.f.seek(0, 2)
         if self.f.tell() != self.size:
             raise SimError("device directory %r: flash.bin is not %d bytes: recreate it with `ictl device create`" % (path, self.size))
         self.path = path
+        self.enc = ()  # the partition table is read in the clear (it is written so here)
         self.parts = self._read_table()
+        # Under flash encryption: the ranges of the encrypted partitions, which
+        # read and write go through espboard.Crypt for.
+        self.enc = tuple((p["offset"], p["offset"] + p["size"]) for p in self.parts if p["encrypted"]) if self.crypt else ()
         self.ops = 0
         self.cut_at = 0
         self.tear_bytes = -1
@@ -143,8 +141,19 @@ class Flash:
         if addr < 0 or n < 0 or addr + n > self.size:
             raise OSError(_ERR_INVALID_SIZE, "ESP_ERR_INVALID_SIZE")
 
+    def _encrypted(self, addr):
+        for lo, hi in self.enc:
+            if lo <= addr < hi:
+                return True
+        return False
+
     def read(self, addr, buf):
+        """What software reads: an encrypted partition's plaintext, through
+        the flash cache's decryption (espboard.Crypt)."""
         self._check(addr, len(buf))
+        if self.enc and self._encrypted(addr):
+            self.cr.read(addr, buf)
+            return
         self.f.seek(addr)
         self.f.readinto(buf)
 
@@ -164,10 +173,17 @@ class Flash:
                 _die()
 
     def write(self, addr, data):
-        """One write operation: each stored byte becomes old AND new."""
+        """One write operation: each stored byte becomes old AND new. In an
+        encrypted partition the bytes stored are the ciphertext's
+        (espboard.Crypt; the caller checks the 16-byte alignment)."""
         n = len(data)
         self._check(addr, n)
         land = self._op("W", addr, n)
+        if self.enc and self._encrypted(addr):
+            self.cr.write(addr, data, land)
+            if land < n:
+                _die()
+            return
         mv = memoryview(data)
         buf = self.buf
         done = 0
@@ -232,21 +248,6 @@ class Flash:
             if p["label"] == label:
                 return p
         return None
-
-
-def _open_pmap(path, n):
-    # One bit per 16-byte block, made all-clear (erased) when missing. Kept
-    # open: after start.py mounts the device's filesystem at / the host path
-    # no longer resolves.
-    try:
-        f = open(path, "r+b")
-    except OSError:
-        f = open(path, "w+b")
-    f.seek(0, 2)
-    z = bytes(_CHUNK)
-    while f.tell() < n:
-        f.write(z[:min(_CHUNK, n - f.tell())])
-    return f
 
 
 def flash():

@@ -12,6 +12,7 @@
 # Run as:
 #   ESPSIM_DIR=<device dir> micropython -i firmware/unix/start.py
 import gc
+import micropython
 import os
 import sys
 import vfs
@@ -220,6 +221,14 @@ _board_surface()
 gc.collect()
 _run("boot.py")
 if os.getenv("ESPSIM_DATA_HEAP_KIB"):
+    # Not interruptible: a board has no such step. mpremote's Ctrl-C as a
+    # board starts could land here, with the heap full of ballast, and the
+    # unix port ended with "FATAL: uncaught NLR"; the relay then booted a new
+    # process and mpremote waited for ever. With Ctrl-C off the unix port
+    # leaves SIGINT at SIG_DFL and the relay sees that (ictl.sim.board,
+    # _running_code): the byte goes to the REPL instead.
+    micropython.kbd_intr(-1)
     _cap_heap(int(os.getenv("ESPSIM_DATA_HEAP_KIB")))
+    micropython.kbd_intr(3)
 if not os.getenv("ESPSIM_RAW_REPL"):
     _run("main.py")

@@ -57,6 +57,49 @@ def test_run_end_to_end(tmp_path):
     assert not left
 
 
+def test_run_board_is_flash_encrypted_and_updates_in_the_app_heap(tmp_path):
+    # `ictl run`'s board stands for a field board: flash encryption on, so
+    # its app slots hold ciphertext on flash (flash.bin is what the chip's
+    # flash holds): no piece of either image is found there in the clear,
+    # while the board reads each slot as the image (ictl.sim.device.read_flash
+    # decrypts as the flash cache does). And the delta update v1 -> v2 still
+    # completes with the agent in its 64 KiB heap, with no trip through
+    # update/no_memory.
+    from ictl.sim import device as sim_device
+
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "ictl", "run", "--dir", str(run), "--readings", "1", "--timeout", "60",
+                        "--no-service"],
+                       capture_output=True, text=True, timeout=400, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tools")))
+    out = r.stdout.replace("\r", "\n")
+    assert r.returncode == 0, out + r.stderr
+    assert "rollout: confirmed" in out and "no_memory" not in out, out
+    dev = str(run / "device")
+    cfg = sim_device.load(dev)
+    assert cfg["efuse"]["flash_encryption"] is True
+    log = (run / "device" / "console.log").read_text(errors="replace")
+    assert "ironclad: boot app_b v2.0.0" in log and "no_memory" not in log, log
+    assert log.count("device: 64 KiB heap for the app") >= 3, log
+    raw = (run / "device" / "flash.bin").read_bytes()
+    parts = {p["label"]: p for p in cfg["partitions"]}
+    ranges = sim_device.encrypted_ranges(dev)
+    assert {(parts[l]["offset"], parts[l]["offset"] + parts[l]["size"]) for l in ("app_a", "app_b", "vfs")} <= set(ranges)
+    enc = b"".join(raw[a:b] for a, b in ranges)
+    for slot, name in (("app_a", "app-v1.img"), ("app_b", "app-v2.img")):
+        img = (run / name).read_bytes()
+        p = parts[slot]
+        assert sim_device.read_flash(dev, p["offset"], len(img)) == img, slot  # what the board reads
+        stored = raw[p["offset"]:p["offset"] + len(img)]
+        assert stored != img
+        # Not one 16-byte block of the image in any encrypted partition's
+        # flash (blocks of one repeated byte left out: they say nothing).
+        blocks = [img[i:i + 16] for i in range(0, len(img) - 15, 16) if len(set(img[i:i + 16])) > 1]
+        assert len(blocks) > len(img) // 32
+        found = [i for i, b in enumerate(blocks) if b in enc]
+        assert not found, (slot, found[:5])
+        assert img[:4] == b"ICIM" and b"ICIM" not in raw[p["offset"]:p["offset"] + p["size"]]
+
+
 def test_update_too_big_for_the_heap_is_refused_and_v1_runs_on(tmp_path):
     # 46 KiB: the agent runs, but not beside an update. It may restart once to
     # try on a fresh heap (update/restart_for_memory: test_update.py tests that

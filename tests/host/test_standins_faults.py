@@ -166,3 +166,54 @@ def test_truncated_flash_is_one_line(dev):
     with open(dev / "flash.bin", "r+b") as f:
         f.truncate(1000)
     assert "flash.bin is not" in _one_line_error(boot(dev))
+
+
+HEAP_COST = """
+import gc
+import espsim, esp32
+gc.collect()
+a0 = gc.mem_alloc()
+fl = espsim.flash()
+gc.collect()
+print('STATE', gc.mem_alloc() - a0)
+p = esp32.Partition.find(1, label='app_b')[0]
+buf = bytearray(4096)
+mv = memoryview(buf)
+data = bytes(range(256)) * 16
+def garbage(f):
+    gc.collect()
+    gc.disable()
+    b = gc.mem_alloc()
+    for i in range(8):
+        f(i)
+    g = gc.mem_alloc() - b
+    gc.enable()
+    return g // 8
+def write(i):
+    p.ioctl(6, i)
+    p.writeblocks(i, data, 0)
+print('WRITE', garbage(write))
+print('READ', garbage(lambda i: p.readblocks(i, buf)))
+print('READMV', garbage(lambda i: p.readblocks(i, mv, 16)))
+print('OK', buf[:16] == data[16:32])
+print('SMALL', garbage(lambda i: p.readblocks(i, memoryview(buf)[:32], 7)))
+"""
+
+
+def test_flash_encryption_costs_the_heap_little(tmp_path):
+    # On a chip the flash cache decrypts and costs the app's heap nothing; the
+    # stand-in shares the heap on the unix port, so it is held to little: its
+    # state made once at start-up (before start.py sets the app's heap
+    # apart), no allocation on a read (littlefs reads every block) and next
+    # to none on a write (docs/partitions.md has the figures).
+    out = {}
+    for enc in (False, True):
+        d = tmp_path / ("enc" if enc else "dev")
+        sim_device.create(str(d), flash_encryption=enc)
+        r = run_mp(HEAP_COST, d, heap_kib=256)
+        assert r.returncode == 0 and "OK True" in r.stdout, r.stdout + r.stderr
+        out[enc] = dict(l.split() for l in r.stdout.splitlines())
+    on, off = out[True], out[False]
+    assert int(on["STATE"]) - int(off["STATE"]) <= 2048, (on, off)
+    assert on["READ"] == on["READMV"] == "0" and int(on["SMALL"]) <= int(off["SMALL"]), on
+    assert int(on["WRITE"]) <= 64, on  # per erase and 4 KiB write; the development board's: off["WRITE"]

@@ -61,12 +61,16 @@ def fleet(tmp_path, images, name="dev1"):
     return f
 
 
-def slot(devdir, label, n):
+def slot(devdir, label, n, raw=False):
+    """The first n bytes of a slot as the board reads them (decrypted under
+    flash encryption), or with raw as flash.bin holds them."""
     cfg = sim_device.load(devdir)
     p = [q for q in cfg["partitions"] if q["label"] == label][0]
-    with open(os.path.join(devdir, "flash.bin"), "rb") as fl:
-        fl.seek(p["offset"])
-        return fl.read(n)
+    if raw:
+        with open(os.path.join(devdir, "flash.bin"), "rb") as fl:
+            fl.seek(p["offset"])
+            return fl.read(n)
+    return sim_device.read_flash(devdir, p["offset"], n)
 
 
 def states(reports):
@@ -157,7 +161,8 @@ def write(tmp, name, data):
 def assert_untouched(f, rejected_reasons):
     st = factory.read_bootstate(f.devdir)
     assert st["active"] == "app_a" and not st["trial"], st
-    assert slot(f.devdir, "app_b", 4096) == b"\xff" * 4096  # nothing was ever written
+    # Nothing was ever written: the flash erased (which, encrypted, reads as noise).
+    assert slot(f.devdir, "app_b", 4096, raw=True) == b"\xff" * 4096
     got = [e[1] for e in f.events if e[0] == "update" and e[2] == "rejected"]
     assert got == rejected_reasons, got
 
@@ -352,7 +357,8 @@ def write_partition(devdir, label, data):
     p = [q for q in cfg["partitions"] if q["label"] == label][0]
     with open(os.path.join(devdir, "flash.bin"), "r+b") as fl:
         fl.seek(p["offset"])
-        fl.write(data + b"\xff" * (p["size"] - len(data)))
+        fl.write(b"\xff" * p["size"])  # erased
+    sim_device.write_flash(devdir, p["offset"], data)  # encrypted under flash encryption, as esptool --encrypt
 
 
 def test_firmware_target_set_boot_trial_confirm_and_rollback(tmp_path, images):

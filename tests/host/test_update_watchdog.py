@@ -9,7 +9,6 @@ delta of a realistic size (1 MiB; a MicroPython ESP32 firmware is 1-1.6 MiB)
 goes through mosquitto to the real agent. Without the feeds in
 ironclad.update (per result sector, per 4 KiB hashed, in image.verify) the
 watchdog resets the board mid-apply."""
-import os
 import random
 import time
 
@@ -29,10 +28,9 @@ SECTOR_MS = 45 + 16 * 0.6  # ESPSIM_FLASH_TIMING=typical: a sector's erase and i
 
 
 def _slot(devdir, label, n):
+    # As the chip reads it (flash.bin holds ciphertext on an encrypted board).
     p = [q for q in sim_device.load(devdir)["partitions"] if q["label"] == label][0]
-    with open(os.path.join(devdir, "flash.bin"), "rb") as f:
-        f.seek(p["offset"])
-        return f.read(n)
+    return sim_device.read_flash(devdir, p["offset"], n)
 
 
 def test_firmware_delta_on_board_speed_flash_needs_no_watchdog_reset(tmp_path):

@@ -46,13 +46,17 @@ def test_filesystem_is_littlefs_on_the_vfs_partition(board):
     out = mpremote(board.port, "exec",
                    "import os\nf=open('/big.bin','wb'); f.write(b'\\x5a'*5000); f.close()\nprint(os.statvfs('/')[0])")
     assert out.split()[-1] == "4096"
-    # The bytes really live in the vfs partition of the simulated flash.
+    # The bytes really live in the vfs partition of the simulated flash: as
+    # the board reads it; on flash.bin itself they are ciphertext (the board
+    # is flash-encrypted, as a production board).
     cfg = sim_device.load(board.devdir)
     vfs = next(p for p in cfg["partitions"] if p["label"] == "vfs")
+    data = sim_device.read_flash(board.devdir, vfs["offset"], vfs["size"])
+    assert b"\x5a" * 4096 in data and b"littlefs" in data
     with open(os.path.join(board.devdir, "flash.bin"), "rb") as f:
         f.seek(vfs["offset"])
-        data = f.read(vfs["size"])
-    assert b"\x5a" * 4096 in data and b"littlefs" in data
+        raw = f.read(vfs["size"])
+    assert cfg["efuse"]["flash_encryption"] and b"\x5a" * 16 not in raw and b"littlefs" not in raw
 
 
 def test_state_survives_reset_and_board_restart(tmp_path):
@@ -111,6 +115,56 @@ def test_ctrl_c_reaches_a_program_that_takes_its_time_to_stop(board):
     finally:
         os.close(fd)
     assert b"caught" in seen and b"got 'q'" in seen, seen
+
+
+def test_ctrl_c_at_a_prompt_the_relay_has_not_seen_yet_keeps_the_board(board):
+    # The unix port sets SIGINT back to SIG_DFL outside running code, at its
+    # REPL prompt too; a board's REPL reads Ctrl-C as a character. Under
+    # load the relay may not have read the prompt yet when mpremote's
+    # Ctrl-C comes (its tail still shows the boot's last line, as set here):
+    # a SIGINT then ended the board, and `ictl provision` hung on its first
+    # step. Now the byte goes to the REPL and the same board answers.
+    import time
+
+    mpremote(board.port, "exec", "print('up')")  # at its prompt again (raw REPL left)
+    time.sleep(0.5)
+    boots, resets = board.boots, board.resets
+    board.tail = b"ironclad: recovery mode ..."  # the prompt not read yet
+    fd = os.open(board.port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"\x03")
+        time.sleep(1)
+    finally:
+        os.close(fd)
+    assert board.proc.poll() is None and (board.boots, board.resets) == (boots, resets)
+    assert "still" in mpremote(board.port, "exec", "print('still here')")
+
+
+def test_ctrl_c_while_the_app_heap_is_set_apart(tmp_path):
+    # mpremote's Ctrl-C as a board starts can come while start.py sets the
+    # app's heap apart (after boot.py, before main.py): a step no board has.
+    # Interrupted there the unix port could end with "FATAL: uncaught NLR",
+    # the relay booted a new process and mpremote waited for ever. Now that
+    # step is not interruptible: the board answers, its heap capped.
+    import time
+
+    d = tmp_path / "dev"
+    sim_device.create(str(d))
+    with vboard.VirtualBoard(str(d), heap_kib=vboard.PORT_HEAP_KIB, app_heap_kib=vboard.APP_HEAP_KIB) as b:
+        end = time.monotonic() + 60
+        while b"recovery mode" not in open(b.log_path, "rb").read() and time.monotonic() < end:
+            time.sleep(0.002)
+        fd = os.open(b.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, b"\x03")  # boot.py is done: start.py is loading the code and capping the heap
+        finally:
+            os.close(fd)
+        out = mpremote(b.port, "exec", "import gc; gc.collect(); print('free', gc.mem_free())", timeout=60)
+        log = open(b.log_path, "rb").read().decode(errors="replace")
+        # Never interrupted while setting the heap apart, never a crash.
+        assert "FATAL" not in log and "_cap_heap" not in log and "_load_code" not in log, log
+        assert b.resets == 0 and "device: 64 KiB heap for the app" in log, log
+        assert int(out.split()[-1]) < 70 * 1024, out
 
 
 def test_missing_device_dir_is_one_line(tmp_path):

@@ -154,7 +154,9 @@ def do_run(args):
         say("development keys in %s (DEVELOPMENT ONLY: fleet CA, image signing key %s, fleet data key)" % (keys.dir, keys.key_id))
         if not args.no_service and args.part == "all":
             stack.enter_context(service_runner.for_run(root, br, fleetkeys.path_in(keys.dir), args.service_port, say))
-        sim_device.create(devdir)
+        # A production board, as a field board is: flash encryption on (its app
+        # slots, boot state and filesystem are ciphertext on flash.bin).
+        sim_device.create(devdir, flash_encryption=True)
         hwid = sim_device.load(devdir)["hwid"]
         v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
         factory.trust_device(devdir, [(keys.key_id, keys.signing.public_key())])

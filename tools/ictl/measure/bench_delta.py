@@ -91,9 +91,8 @@ def _write_partition(devdir, label, data):
         raise ValueError("%d bytes do not fit %s" % (len(data), label))
     with open(os.path.join(devdir, "flash.bin"), "r+b") as f:
         f.seek(p["offset"])
-        f.write(data + b"\xff" * (p["size"] - len(data)))
-    sim_device.set_programmed(devdir, p["offset"], p["size"], False)  # under flash encryption
-    sim_device.set_programmed(devdir, p["offset"], len(data))
+        f.write(b"\xff" * p["size"])  # erased
+    sim_device.write_flash(devdir, p["offset"], data)  # encrypted under flash encryption, as esptool --encrypt
 
 
 TIMING = """

@@ -271,7 +271,7 @@ def campaign(root, messages, batch=100, seed=1, say=print):
     with fleet_broker.Broker(os.path.join(root, "broker"), operators=operators) as br:
         keys = Keys(root)
         devdir = os.path.join(root, "devices", DEV)
-        sim_device.create(devdir)
+        sim_device.create(devdir, flash_encryption=True)  # a field board: production
         hwid = sim_device.load(devdir)["hwid"]
         v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
         v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid)
@@ -540,7 +540,7 @@ def raw_inputs(root, inputs, seed=1):
     rnd = random.Random(seed)
     os.makedirs(root, exist_ok=True)
     devdir = os.path.join(root, "dev")
-    sim_device.create(devdir, force=True)
+    sim_device.create(devdir, force=True, flash_encryption=True)  # a field board: production
     dkey = ec.generate_private_key(ec.SECP256R1())
     fleet = fleetkeys.ensure(os.path.join(root, "fleet"))
     topics = [("ironclad/%s/%s" % (DEV, k)).encode() for k in ("cmd", "update", "cmd", "update", "telemetry")]

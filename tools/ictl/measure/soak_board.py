@@ -58,7 +58,7 @@ def nvs_handles(days, timeout=1800):
     """(handles opened, namespaces, error or None) after `days` simulated days."""
     with tempfile.TemporaryDirectory() as tmp:
         dev = os.path.join(tmp, "dev")
-        sim_device.create(dev)
+        sim_device.create(dev, flash_encryption=True)  # a field board: production
         # ticks_ms 10 s before the wrap: the clock's 5-minute timer crosses it.
         start = (1 << 30) - 10000
         code = _RUN % {"start": start, "days": days}

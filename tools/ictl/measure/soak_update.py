@@ -111,11 +111,9 @@ class Campaign:
         st = factory.read_bootstate(self.fleet.devdir)
         if st["active"] != "app_b" or st["trial"]:
             return "boot state after confirming: %r" % st
-        with open(os.path.join(self.fleet.devdir, "flash.bin"), "rb") as fl:
-            p = [q for q in updatelab.sim_device.load(self.fleet.devdir)["partitions"] if q["label"] == "app_b"][0]
-            fl.seek(p["offset"])
-            if fl.read(len(self.v2)) != self.v2:
-                return "app_b does not hold v2"
+        p = [q for q in updatelab.sim_device.load(self.fleet.devdir)["partitions"] if q["label"] == "app_b"][0]
+        if updatelab.sim_device.read_flash(self.fleet.devdir, p["offset"], len(self.v2)) != self.v2:
+            return "app_b does not hold v2"  # as the board reads it (decrypted under flash encryption)
         return None
 
 

@@ -77,7 +77,7 @@ class Lab:
         self.br = st.enter_context(fleet_broker.Broker(os.path.join(self.root, "broker"), operators=self.operators))
         self.keys = keys = Keys(self.root)
         self.devdir = os.path.join(self.root, "device")
-        sim_device.create(self.devdir)
+        sim_device.create(self.devdir, flash_encryption=True)  # a field board: production
         hwid = sim_device.load(self.devdir)["hwid"]
         v1 = build_app("1.0.0", 1, keys, os.path.join(self.root, "app-v1.img"), hwid)
         factory.trust_device(self.devdir, [(keys.key_id, keys.signing.public_key())])

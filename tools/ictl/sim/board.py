@@ -202,6 +202,25 @@ class VirtualBoard:
     def _idle(self):
         return self.tail.endswith(_IDLE_TAILS)
 
+    def _running_code(self):
+        """Whether the device process has its SIGINT handler in place: the
+        unix port installs it only while it runs Python code and sets SIGINT
+        back to SIG_DFL otherwise (mp_hal_set_interrupt_char in
+        ports/unix/unix_mphal.c, v1.28.0), at its REPL prompt too, where a
+        SIGINT ends the process. The prompt may be out before the relay has
+        read it: under load, mpremote's Ctrl-C then killed the board, the
+        relay booted a new one, and mpremote, blocked on the pty without a
+        timeout, waited for ever for the raw REPL its Ctrl-A had asked the
+        dead one for (`ictl provision`: "did not answer within 120 s")."""
+        try:
+            with open("/proc/%d/status" % self.proc.pid) as f:
+                for line in f:
+                    if line.startswith("SigCgt:"):
+                        return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+        except (OSError, ValueError):
+            pass
+        return False
+
     def _from_client(self, data):
         out = bytearray()
         for b in data:
@@ -210,9 +229,11 @@ class VirtualBoard:
                 # a signal now would kill the launcher, not interrupt a program.
                 # Nothing runs yet to interrupt; the prompt comes by itself.
                 continue
-            if b == 3 and not self._idle():
+            if b == 3 and not self._idle() and self._running_code():
                 # The program is running: the board's UART IRQ would raise
                 # KeyboardInterrupt; the unix port needs a signal for that.
+                # (Not running code, e.g. its REPL just started and its
+                # prompt is not out yet, it gets the byte, as a board's REPL.)
                 # One until the prompt: the unix port raises it from the
                 # signal handler (MICROPY_ASYNC_KBD_INTR), and a second one
                 # while the first unwinds can land outside every handler

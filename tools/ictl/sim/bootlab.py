@@ -322,19 +322,22 @@ def set_bootstate(devdir, active, trial=False, attempts=0, fallback=None, floor=
     rec = factory.bootstate_record(image.SLOTS.index(active), 1, floor, trial, attempts,
                                  image.SLOTS.index(fallback) if fallback else factory.NO_SLOT)
     a, b = slot_range(devdir, factory.BOOTSTATE_PART)
-    write_flash(devdir, a, rec + b"\xff" * (b - a - len(rec)))
+    write_flash(devdir, a, b"\xff" * (b - a))  # erased (esptool erases before it writes)
+    sim_device.write_flash(str(devdir), a, rec)  # encrypted under flash encryption, as esptool --encrypt
 
 
 def read_flash(devdir, a, b):
+    """The raw flash of [a, b) (under flash encryption, ciphertext): a
+    snapshot for write_flash to put back."""
     with open(os.path.join(str(devdir), "flash.bin"), "rb") as f:
         f.seek(a)
         return f.read(b - a)
 
 
 def write_flash(devdir, a, data):
-    """Host bytes into flash.bin; under flash encryption they read back as
-    written (as esptool --encrypt leaves them)."""
+    """Raw bytes into flash.bin: a snapshot from read_flash put back, or an
+    erase (0xFF). Plaintext for an encrypted partition goes through
+    ictl.sim.device.write_flash."""
     with open(os.path.join(str(devdir), "flash.bin"), "r+b") as f:
         f.seek(a)
         f.write(data)
-    sim_device.set_programmed(str(devdir), a, len(data))

@@ -1,7 +1,11 @@
 """Simulated devices on the host: a device is a directory (see firmware/unix/espsim.py)."""
+import hashlib
 import json
 import os
 import secrets
+import struct
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ictl import ToolError, firmware
 
@@ -20,14 +24,16 @@ def stub_firmware():
     return b"\xe9" + b"\x00" * 23 + b"IRONCLAD-SIM-FIRMWARE"
 
 
-def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32", flash_encryption=False):
+def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32", flash_encryption=True):
     """Make a fresh device as `ictl firmware flash` leaves a board: the binary
     partition table at CONFIG_PARTITION_TABLE_OFFSET (where the simulated
     bootloader reads it), firmware in ota_0, the rest erased; a random unique id.
     flash_encryption: the eFuse of a production board (firmware/sdkconfig.production,
-    release mode), as `ictl device create` and the boot, update and power-cut
-    labs make it; off here by default for the agent's 64 KiB boards (the
-    stand-in's own bookkeeping shares their heap)."""
+    release mode), on by default: every simulated board stands for a field
+    board (`ictl device create`, `ictl run`, the fleet, the telemetry rig, the
+    soaks and labs) unless a test is about a development board and passes
+    False, saying why. The stand-in's bookkeeping is made before the app's
+    heap is capped and allocates nothing per block (firmware/unix/espboard.py)."""
     if os.path.exists(os.path.join(path, "device.json")) and not force:
         raise ToolError("%s already holds a device: pass --force to replace it" % path)
     t = firmware.partition_table(table)  # ESP-IDF's own checks: overlaps, alignment, room for the table, fit
@@ -40,7 +46,9 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32
         "chip": chip,  # the port profile the stand-ins hold to (firmware/profile/<chip>.surface)
         "unique_id": secrets.token_bytes(6).hex(),
         # The simulated eFuse (read-protected on a chip): the NVS encryption key.
-        "efuse": {"nvs_key": secrets.token_bytes(32).hex(), "flash_encryption": bool(flash_encryption)},
+        # flash_key: the flash encryption key (AES-256) and its 16-byte address mask (firmware/unix/espboard.py).
+        "efuse": {"nvs_key": secrets.token_bytes(32).hex(), "flash_encryption": bool(flash_encryption),
+                  "flash_key": secrets.token_bytes(48).hex()},
         "flash_size": FLASH_SIZE,
         "partition_table_offset": offset,
         "partitions": parts,
@@ -48,14 +56,13 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32
     flash = bytearray(b"\xff" * FLASH_SIZE)
     binary = t.to_binary()
     flash[offset:offset + len(binary)] = binary
-    ota0 = next(p for p in parts if p["label"] == "ota_0")
-    fw = stub_firmware()
-    flash[ota0["offset"]:ota0["offset"] + len(fw)] = fw
     with open(os.path.join(path, "flash.bin"), "wb") as f:
         f.write(flash)
     with open(os.path.join(path, "device.json"), "w") as f:
         json.dump(cfg, f, indent=1)
-    for stale in ("reset", PMAP):
+    ota0 = next(p for p in parts if p["label"] == "ota_0")
+    write_flash(path, ota0["offset"], stub_firmware())  # encrypted on a production board
+    for stale in ("reset", "crypt.map"):  # crypt.map: an older stand-in's
         try:
             os.unlink(os.path.join(path, stale))
         except FileNotFoundError:
@@ -63,34 +70,98 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32
     return cfg
 
 
-PMAP = "crypt.map"  # firmware/unix/espboard.py: the programmed 16-byte blocks under flash encryption
+# Flash encryption on the host: flash.bin holds what the chip's flash holds,
+# the ciphertext of every encrypted partition (firmware/unix/espboard.py: XEX
+# on 16-byte blocks with the simulated eFuse's keys). write_flash writes as
+# `esptool --encrypt` does; read_flash reads what software on the chip reads
+# through the flash cache (a simulation's privilege: the host holds the key).
+
+_ENTRY = struct.Struct("<HBBII16sI")
 
 
-def set_programmed(path, addr, n, programmed=True):
-    """Host writes into flash.bin (factory flashing, as `esptool --encrypt`
-    writes an encrypted partition; test set-up): mark the 16-byte blocks of
-    [addr, addr+n) as programmed (they read back as written) or erased (an
-    encrypted partition reads them as noise). Nothing to do without flash
-    encryption."""
-    cfg = load(path)
+def _keys(cfg):
+    efuse = cfg.get("efuse", {})
+    if efuse.get("flash_key"):
+        k = bytes.fromhex(efuse["flash_key"])
+        return k[:32], k[32:48]
+    uid = bytes.fromhex(cfg["unique_id"])
+    return hashlib.sha256(b"flash-encryption" + uid).digest(), hashlib.sha256(b"flash-tweak" + uid).digest()[:16]
+
+
+def encrypted_ranges(path, cfg=None):
+    """[(start, end)] of the partitions flash encryption covers on this device
+    (none without it): app partitions, otadata, nvs_keys and flagged ones, as
+    espsim reads the binary table."""
+    cfg = cfg or load(path)
     if not cfg.get("efuse", {}).get("flash_encryption"):
-        return
-    b0, b1 = addr // 16, (addr + n + 15) // 16
-    mpath = os.path.join(path, PMAP)
-    if not os.path.exists(mpath):
-        with open(mpath, "wb") as f:
-            f.write(bytes(cfg["flash_size"] // 128))
-    with open(mpath, "r+b") as f:
-        f.seek(b0 // 8)
-        bits = bytearray(f.read((b1 + 7) // 8 - b0 // 8))
-        for b in range(b0, b1):
-            i = b - b0 // 8 * 8
-            if programmed:
-                bits[i >> 3] |= 1 << (i & 7)
-            else:
-                bits[i >> 3] &= ~(1 << (i & 7))
-        f.seek(b0 // 8)
-        f.write(bits)
+        return []
+    out = []
+    with open(os.path.join(path, "flash.bin"), "rb") as f:
+        f.seek(cfg["partition_table_offset"])
+        table = f.read(0xC00)
+    for i in range(0, len(table), 32):
+        magic, typ, sub, off, size, _, flags = _ENTRY.unpack_from(table, i)
+        if magic != 0x50AA:
+            break
+        if flags & 1 or typ == 0 or (typ == 1 and sub in (0x00, 0x04)):
+            out.append((off, off + size))
+    return out
+
+
+def _crypt(cfg, addr, data, encrypt):
+    # AES-256 on each 16-byte block, tweaked by its address (espboard.Crypt):
+    # c = E_k(p ^ M) ^ M, M = m ^ the block number (little-endian, first 4 bytes).
+    k, m = _keys(cfg)
+    n = len(data)
+    b0 = addr >> 4
+    idx = struct.pack("<%dI" % (4 * (n // 16)), *[v for i in range(n // 16) for v in ((b0 + i) & 0xFFFFFFFF, 0, 0, 0)])
+    mask = int.from_bytes(m * (n // 16), "little") ^ int.from_bytes(idx, "little")
+    c = Cipher(algorithms.AES(k), modes.ECB())
+    x = (int.from_bytes(data, "little") ^ mask).to_bytes(n, "little")
+    y = (c.encryptor() if encrypt else c.decryptor()).update(x)
+    return (int.from_bytes(y, "little") ^ mask).to_bytes(n, "little")
+
+
+def _overlaps(path, cfg, addr, n):
+    for lo, hi in encrypted_ranges(path, cfg):
+        a, b = max(lo, addr), min(hi, addr + n)
+        if a < b:
+            yield a, b
+
+
+def read_flash(path, addr, n):
+    """n bytes at addr as software on the chip reads them: an encrypted
+    partition's erased blocks read as noise, its programmed ones as written."""
+    cfg = load(path)
+    with open(os.path.join(path, "flash.bin"), "rb") as f:
+        f.seek(addr)
+        out = bytearray(f.read(n))
+        for a, b in _overlaps(path, cfg, addr, n):
+            a0, b0 = a - a % 16, b + -b % 16
+            f.seek(a0)
+            plain = _crypt(cfg, a0, f.read(b0 - a0), False)
+            out[a - addr:b - addr] = plain[a - a0:b - a0]
+    return bytes(out)
+
+
+def write_flash(path, addr, data):
+    """Host writes into flash.bin (factory flashing, test set-up), as
+    esptool writes a board: over whatever was there (esptool erases first),
+    and into an encrypted partition encrypted (`esptool --encrypt`: 16-byte
+    aligned, the last block padded with 0xFF)."""
+    cfg = load(path)
+    data = bytes(data)
+    out = bytearray(data)
+    for a, b in _overlaps(path, cfg, addr, len(data)):
+        if a % 16:
+            raise ToolError("an encrypted write must start 16-byte aligned (0x%x)" % a)
+        chunk = data[a - addr:b - addr]
+        chunk += b"\xff" * (-len(chunk) % 16)
+        enc = _crypt(cfg, a, chunk, True)
+        out[a - addr:a - addr + len(enc)] = enc
+    with open(os.path.join(path, "flash.bin"), "r+b") as f:
+        f.seek(addr)
+        f.write(out)
 
 
 def load(path):

@@ -8,7 +8,7 @@ import subprocess
 
 from ictl import ToolError, image
 from ictl.sim import unixfw
-from ictl.sim.device import load, set_programmed
+from ictl.sim.device import load, read_flash, write_flash
 
 # The boot state record (lib/ironclad/ironclad/bootstate.py), two copies in the bootstate partition.
 BOOTSTATE_FMT = "<4sBBBBIIB11s"
@@ -53,19 +53,17 @@ def read_bootstate(devdir):
     cfg = load(devdir)
     p = _partition(cfg, BOOTSTATE_PART)
     best = None
-    with open(os.path.join(devdir, "flash.bin"), "rb") as f:
-        for i in range(2):
-            f.seek(p["offset"] + i * 4096)
-            rec = f.read(32)
-            if struct.unpack("<I", rec[28:])[0] != binascii.crc32(rec[:28]):
-                continue
-            magic, ver, active, trial, attempts, seq, floor, fallback, _ = struct.unpack(BOOTSTATE_FMT, rec[:28])
-            if magic != b"ICBS" or ver != 1:
-                continue
-            st = {"active": image.SLOTS[active], "trial": bool(trial), "attempts": attempts, "seq": seq, "floor": floor,
-                  "fallback": image.SLOTS[fallback] if fallback != NO_SLOT else None, "copy": i}
-            if best is None or seq > best["seq"]:
-                best = st
+    for i in range(2):
+        rec = read_flash(devdir, p["offset"] + i * 4096, 32)  # decrypted under flash encryption
+        if struct.unpack("<I", rec[28:])[0] != binascii.crc32(rec[:28]):
+            continue
+        magic, ver, active, trial, attempts, seq, floor, fallback, _ = struct.unpack(BOOTSTATE_FMT, rec[:28])
+        if magic != b"ICBS" or ver != 1:
+            continue
+        st = {"active": image.SLOTS[active], "trial": bool(trial), "attempts": attempts, "seq": seq, "floor": floor,
+              "fallback": image.SLOTS[fallback] if fallback != NO_SLOT else None, "copy": i}
+        if best is None or seq > best["seq"]:
+            best = st
     return best
 
 
@@ -79,21 +77,21 @@ def flash_image(devdir, data, slot="app_a", active=True, floor=0):
     p = _partition(cfg, slot)
     if len(data) > p["size"]:
         raise ToolError("image of %d bytes does not fit the %d-byte slot %s" % (len(data), p["size"], slot))
-    with open(os.path.join(devdir, "flash.bin"), "r+b") as f:
-        f.seek(p["offset"])
-        f.write(data + b"\xff" * (p["size"] - len(data)))
-        if active:
-            b = _partition(cfg, BOOTSTATE_PART)
-            f.seek(b["offset"])
-            rec = bootstate_record(image.SLOTS.index(slot), 1, floor)
-            f.write(rec + b"\xff" * (b["size"] - len(rec)))
     # Under flash encryption esptool writes the image encrypted; the rest of
-    # the slot and of the boot state stays erased.
-    set_programmed(devdir, p["offset"], p["size"], False)
-    set_programmed(devdir, p["offset"], len(data))
+    # the slot and of the boot state stays erased (0xFF on flash: noise to
+    # software).
+    _erase(devdir, p["offset"], p["size"])
+    write_flash(devdir, p["offset"], data)
     if active:
-        set_programmed(devdir, b["offset"], b["size"], False)
-        set_programmed(devdir, b["offset"], len(rec))
+        b = _partition(cfg, BOOTSTATE_PART)
+        _erase(devdir, b["offset"], b["size"])
+        write_flash(devdir, b["offset"], bootstate_record(image.SLOTS.index(slot), 1, floor))
+
+
+def _erase(devdir, addr, n):
+    with open(os.path.join(devdir, "flash.bin"), "r+b") as f:
+        f.seek(addr)
+        f.write(b"\xff" * n)
 
 
 def setup_device(devdir, src, key_path, version="1.0.0", counter=1, key_id=None, slot="app_a"):

@@ -46,8 +46,6 @@ def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None, heap_k
         if r.returncode:
             raise RuntimeError("setup failed: %s" % (r.stdout + r.stderr))
     flash0 = open(os.path.join(base, "flash.bin"), "rb").read()
-    pmap = os.path.join(base, sim_device.PMAP)
-    pmap0 = open(pmap, "rb").read() if os.path.exists(pmap) else None
     ref = os.path.join(tmp, "ref")
     shutil.copytree(base, ref, dirs_exist_ok=True)
     total = count_ops(code, ref, heap_kib)
@@ -58,11 +56,6 @@ def sweep(setup, code, check, tear_bytes=(5,), points=None, workdir=None, heap_k
         for fault in ["cut:%d" % op] + ["tear:%d:%d" % (op, k) for k in tear_bytes]:
             with open(os.path.join(base, "flash.bin"), "wb") as f:
                 f.write(flash0)
-            if pmap0 is not None:  # under flash encryption: which blocks are programmed
-                with open(pmap, "wb") as f:
-                    f.write(pmap0)
-            elif os.path.exists(pmap):
-                os.unlink(pmap)
             try:
                 os.unlink(os.path.join(base, "reset"))
             except FileNotFoundError:

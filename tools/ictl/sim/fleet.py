@@ -183,15 +183,15 @@ def bootable(devdir, keys):
         return False, "no boot state"
     trust = {keys.key_id: keys.signing.public_key()}
     why = "no slot"
-    with open(os.path.join(devdir, "flash.bin"), "rb") as f:
-        for slot in (st["active"], st.get("fallback")):
-            if not slot:
-                continue
-            p = factory._partition(cfg, slot)
-            f.seek(p["offset"])
-            h, why = app_image.verify(f.read(p["size"]), trust, hwid=cfg["hwid"], floor=st["floor"])
-            if why is None:
-                return True, app_image.version_str(h["version"])
+    for slot in (st["active"], st.get("fallback")):
+        if not slot:
+            continue
+        p = factory._partition(cfg, slot)
+        # The slot as the board reads it (decrypted under flash encryption).
+        h, why = app_image.verify(sim_device.read_flash(devdir, p["offset"], p["size"]), trust, hwid=cfg["hwid"],
+                                  floor=st["floor"])
+        if why is None:
+            return True, app_image.version_str(h["version"])
     return False, why
 
 
@@ -203,7 +203,7 @@ def prepare(root, n, br, say):
     devdirs = [os.path.join(root, "devices", nm) for nm in names]
     hwid = None
     for d in devdirs:
-        sim_device.create(d)
+        sim_device.create(d, flash_encryption=True)  # field boards: production
         hwid = hwid or sim_device.load(d)["hwid"]
     v1 = build_app("1.0.0", 1, keys, os.path.join(root, "app-v1.img"), hwid)
     v2 = build_app("2.0.0", 2, keys, os.path.join(root, "app-v2.img"), hwid, change=bump_version("2"))

@@ -106,7 +106,7 @@ class Rig:
             with open(os.open(os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(data)
         self.devdir = os.path.join(self.tmp, "device")
-        sim_device.create(self.devdir, force=True)
+        sim_device.create(self.devdir, force=True, flash_encryption=True)  # a field board: production
         for d in ("spool", "events"):
             os.makedirs(os.path.join(self.tmp, d), exist_ok=True)
         return self
