@@ -1,7 +1,7 @@
 """pytest is the one runner. Host tests are ordinary pytest files. Device tests
 are MicroPython files, tests/device/test_*.py: each top-level `def test_*()`
 becomes its own pytest item, run in its own unix-port process under
-`-X heapsize` (96 KiB unless the file sets HEAP_KIB, with a comment saying why),
+`-X heapsize` (mphelp.DEFAULT_HEAP_KIB unless the file sets HEAP_KIB, with a comment saying why),
 on a fresh simulated device, with the MicroPython traceback shown on failure.
 The device is a production board (flash encryption on, as
 `ictl.sim.device.create` makes one) unless the file sets FLASH_ENCRYPTION =

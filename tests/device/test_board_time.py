@@ -17,7 +17,7 @@ events.SENT_PATH = D + "/events.sent"
 PERIOD = 1 << 30
 UNIX_2000 = 946684800
 # The stand-ins and the library compiled from source: 96 KiB is too tight.
-HEAP_KIB = 128
+HEAP_KIB = 160  # passed at 112 KiB (2026-12-06, 8 KiB steps); the rest is margin: how fragmented compiling from source leaves the heap varies between checkouts
 
 
 def _near_wrap(ms_before):

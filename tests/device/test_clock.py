@@ -23,7 +23,7 @@ NTP_UNIX = 2208988800
 POWER_UP = 946684800  # 2000-01-01, what an ESP32's RTC says after power-up
 # The stand-ins (esp32, machine, time) as the port profile has them, and this
 # file, compiled from source: 96 KiB leaves too few large blocks.
-HEAP_KIB = 112
+HEAP_KIB = 160  # passed at 112 KiB (2026-12-06, 8 KiB steps); the rest is margin: how fragmented compiling from source leaves the heap varies between checkouts
 
 
 def _last_event():

@@ -11,7 +11,7 @@ import esp32
 from ironclad import cbor, clock, commands, cose, events, nonce, p256, telemetry
 
 # Library from source on the unix port: see tests/device/test_telemetry.py.
-HEAP_KIB = 160
+HEAP_KIB = 208  # passed at 160 KiB (2026-12-06, 8 KiB steps); the rest is margin: how fragmented compiling from source leaves the heap varies between checkouts
 
 D = os.getenv("IC_TMP")
 events.PATH = D + "/events.bin"

@@ -15,7 +15,7 @@ from ironclad.keystore import KeyStore, KeyStoreError
 # C. test_heap_per_operation measures what the keystore itself allocates.
 # 160: the stand-ins hold to the port profile (espsim.honour), and the first
 # put also loads ironclad.rng and the network stand-in (C on a board).
-HEAP_KIB = 160
+HEAP_KIB = 192  # passed at 144 KiB (2026-12-06, 8 KiB steps); the rest is margin: how fragmented compiling from source leaves the heap varies between checkouts
 
 D = os.getenv("IC_TMP")
 events.PATH = D + "/events.bin"

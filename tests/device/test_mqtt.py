@@ -18,7 +18,7 @@ from ironclad.mqtt import Backoff, MQTTClient, ProtocolError  # noqa: E402
 # Compiling mqtt.py from source takes about 120 KiB on the unix port; on the
 # board it is frozen, and the host tests run it from .mpy under 64 KiB. The
 # `time` stand-in (2000 epoch, 2**30 tick wrap) takes 3 KiB more.
-HEAP_KIB = 192
+HEAP_KIB = 224  # passed at 176 KiB (2026-12-06, 8 KiB steps); the rest is margin: how fragmented compiling from source leaves the heap varies between checkouts
 
 TOPIC = b"ironclad/dev-1/cmd"
 

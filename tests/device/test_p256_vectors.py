@@ -11,6 +11,8 @@
 #   UnnamedCurve (explicit curve parameters): only the prime256v1 named curve.
 #   CompressedPoint: spki_p256_decode supports uncompressed points only; no
 #     peer of this device sends compressed ones.
+HEAP_KIB = 128  # passed at 88 KiB (2026-12-06, 8 KiB steps); the rest is margin: how fragmented compiling from source leaves the heap varies between checkouts
+
 import binascii
 import gc
 import hashlib

@@ -6,7 +6,7 @@ import machine
 P = esp32.Partition
 # The stand-ins compiled from source (they now hold to the port profile and
 # model flash encryption): 96 KiB leaves no 4 KiB block for a sector buffer.
-HEAP_KIB = 112
+HEAP_KIB = 160  # passed at 112 KiB (2026-12-06, 8 KiB steps); the rest is margin: how fragmented compiling from source leaves the heap varies between checkouts
 # A development board (flash encryption off): these tests are about the NOR
 # flash model under it (erase to 0xFF, writes AND, any alignment), which an
 # encrypted partition hides behind XTS-AES. The encrypted partitions' model

@@ -17,7 +17,7 @@ import pytest
 
 from mphelp import MICROPYTHON, ROOT, SIGKILL_RC, mp_env, run_mp
 from ictl.sim import device as sim_device, unixfw
-from ictl.sim import factory, unixfw
+from ictl.sim import bootlab, factory, unixfw
 from ictl import image
 
 BOOT = os.path.join(ROOT, "firmware", "esp32", "modules", "_boot.py")
@@ -132,10 +132,11 @@ def _boot(tmp_path, devdir, dev=False, planted=(), app_exit=None, timeout=60):
     code = HARNESS % {"sandbox": box, "planted": list(planted)}
     env = mp_env(devdir, extra={"IC_APP_EXIT": app_exit} if app_exit else None)
     env.pop("MICROPYPATH")  # only what the harness lays out is importable
-    # 112 KiB: the stand-ins for the port's C modules (esp32, machine, time,
-    # the profile they hold to) live in this heap on the unix port, not on a board.
-    return subprocess.run([MICROPYTHON, "-X", "heapsize=112K", "-c", code], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=str(tmp_path))
+    # The stand-ins for the port's C modules (esp32, machine, time, the
+    # profile they hold to) live in this heap on the unix port, not on a
+    # board: bootlab.BOOT_HEAP_KIB says why it is that size.
+    return subprocess.run([MICROPYTHON, "-X", "heapsize=%dK" % bootlab.BOOT_HEAP_KIB, "-c", code], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
 
 
 def test_the_path_line_is_there_once():
