@@ -24,16 +24,17 @@
 #      sector is harmless.
 #   4. the result is read back and hashed, the app image's signature checked
 #      (image.verify via slots.install), and the slot switched on trial;
-#      then a reboot.
+#      then a reboot. The next boot reports "trial"; the agent's health check
+#      calls confirm(); a boot that went back to the old slot reports
+#      "rolled_back".
 #   Steps 2 and 4 feed the hardware watchdog (ironclad.watchdog; nothing
 #   before the agent starts it) for every sector written and every 4 KiB
 #   read: a chunk of a delta can expand into 64 result sectors, and each
 #   takes a flash erase (~45 ms typical, 500 ms worst) and 16 page programs
 #   (~10 ms) on a board, all inside one MQTT callback, away from the loop's
 #   feed. A watchdog reset there redoes the work from the last checkpoint;
-#   in the install it spends the update, and on a trial image a trial attempt. The next boot reports "trial"; the agent's health check
-#      calls confirm(); a boot that went back to the old slot reports
-#      "rolled_back".
+#   in the install it spends the update, and on a trial image a trial
+#   attempt.
 # A rejection at any step leaves the running slot and the boot state as they
 # were, records a security event and reports the reason.
 import gc
@@ -63,7 +64,6 @@ MAX_MESSAGE = const(4133)  # a chunk message: 1 + 16 + 4 + CHUNK + 16
 MAX_PACKET = const(4352)  # MQTTClient(max_packet=...) that fits it with its topic
 _TAG = const(16)
 _ID_LEN = const(16)
-_AAD_LEN = const(24)  # aad(): b"ICUC", the update id, the chunk index
 _ALG_PS256 = const(-37)
 _FW_MAGIC = const(0xE9)  # first byte of an ESP app image (what set_boot checks)
 
@@ -769,7 +769,7 @@ class _Job:
         gc.collect()
         self.sector = bytearray(detools.SECTOR)
         self.ccm = CCM(key, _TAG, 13)
-        self.ccm.reserve(CHUNK, _AAD_LEN)
+        self.ccm.reserve(CHUNK, len(aad(self.man.id, 0)))
         self._new_patch()
 
     def _on_sector(self, patch):

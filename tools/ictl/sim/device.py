@@ -76,9 +76,6 @@ def create(path, hwid="esp32-sim", table=DEFAULT_TABLE, force=False, chip="esp32
 # `esptool --encrypt` does; read_flash reads what software on the chip reads
 # through the flash cache (a simulation's privilege: the host holds the key).
 
-_ENTRY = struct.Struct("<HBBII16sI")
-
-
 def _keys(cfg):
     efuse = cfg.get("efuse", {})
     if efuse.get("flash_key"):
@@ -95,17 +92,14 @@ def encrypted_ranges(path, cfg=None):
     cfg = cfg or load(path)
     if not cfg.get("efuse", {}).get("flash_encryption"):
         return []
-    out = []
+    from esp_idf_defs import partitions as gen  # ESP-IDF's gen_esp32part, as ictl.firmware reads tables
+
     with open(os.path.join(path, "flash.bin"), "rb") as f:
         f.seek(cfg["partition_table_offset"])
-        table = f.read(0xC00)
-    for i in range(0, len(table), 32):
-        magic, typ, sub, off, size, _, flags = _ENTRY.unpack_from(table, i)
-        if magic != 0x50AA:
-            break
-        if flags & 1 or typ == 0 or (typ == 1 and sub in (0x00, 0x04)):
-            out.append((off, off + size))
-    return out
+        table = gen.PartitionTable.from_binary(f.read(gen.MAX_PARTITION_LENGTH))
+    auto = {(gen.DATA_TYPE, gen.SUBTYPES[gen.DATA_TYPE]["ota"]), (gen.DATA_TYPE, gen.SUBTYPES[gen.DATA_TYPE]["nvs_keys"])}
+    return [(p.offset, p.offset + p.size) for p in table
+            if p.encrypted or p.type == gen.APP_TYPE or (p.type, p.subtype) in auto]
 
 
 def _crypt(cfg, addr, data, encrypt):
