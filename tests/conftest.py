@@ -106,3 +106,25 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("device reports")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+BOARD_LOGS = ("console.log", "relay.log")  # a virtual board's output and its relay's trace (ictl.sim.board)
+BOARD_LOG_LINES = 40
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # A failed test that ran virtual boards shows the end of each board's
+    # console and relay trace: CI keeps nothing else of a board that hung.
+    outcome = yield
+    rep = outcome.get_result()
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not rep.failed or tmp is None:
+        return
+    found = []
+    for dirpath, _, files in os.walk(str(tmp)):
+        found += [os.path.join(dirpath, f) for f in files if f in BOARD_LOGS]
+    for path in sorted(found)[:6]:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()[-BOARD_LOG_LINES:]
+        rep.sections.append(("board " + os.path.relpath(path, str(tmp)), "\n".join(lines)))

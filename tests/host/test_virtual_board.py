@@ -140,6 +140,45 @@ def test_ctrl_c_at_a_prompt_the_relay_has_not_seen_yet_keeps_the_board(board):
     assert "still" in mpremote(board.port, "exec", "print('still here')")
 
 
+def test_ctrl_c_as_the_program_turns_interrupts_off_never_ends_the_board(board, monkeypatch):
+    # The unix port sets SIGINT back to SIG_DFL whenever Ctrl-C stops being
+    # an interrupt (a script ending, its REPL starting, kbd_intr(-1)); a
+    # board's REPL then reads Ctrl-C as a character. The relay decides
+    # between a signal and a byte from the process's handler: checked and
+    # then sent, the handler could change in between, the SIGINT ended the
+    # process, the relay booted a new one and the input held for the old
+    # one was lost (CI: `ictl provision` hung on its first step). Here the
+    # program turns interrupts off and on without pause and a loaded host's
+    # delay is put after every check: the board must never end, and one of
+    # the Ctrl-Cs (a user presses again) stops the program.
+    checked = vboard.VirtualBoard._running_code
+
+    def slow_check(self):
+        r = checked(self)
+        time.sleep(0.02)
+        return r
+
+    monkeypatch.setattr(vboard.VirtualBoard, "_running_code", slow_check)
+    mpremote(board.port, "exec", "print('up')")
+    resets = board.resets
+    for _ in range(5):
+        mpremote(board.port, "exec", "--no-follow",
+                 "import micropython\nwhile True:\n    micropython.kbd_intr(-1)\n    micropython.kbd_intr(3)\n")
+        fd = os.open(board.port, os.O_RDWR | os.O_NOCTTY)
+        seen = b""
+        try:
+            deadline = time.monotonic() + 30
+            while b"KeyboardInterrupt" not in seen and time.monotonic() < deadline:
+                os.write(fd, b"\x03")
+                if select.select([fd], [], [], 0.1)[0]:
+                    seen += os.read(fd, 256)
+        finally:
+            os.close(fd)
+        assert b"KeyboardInterrupt" in seen, seen
+        assert board.proc.poll() is None and board.resets == resets, seen  # (each exec soft-resets it)
+    assert "still" in mpremote(board.port, "exec", "print('still here')")
+
+
 def test_ctrl_c_while_the_app_heap_is_set_apart(tmp_path):
     # mpremote's Ctrl-C as a board starts can come while start.py sets the
     # app's heap apart (after boot.py, before main.py): a step no board has.

@@ -61,6 +61,9 @@ class VirtualBoard:
         if app_heap_kib:
             self.extra_env.update(app_heap_env(app_heap_kib))
         self.log_path = log or os.path.join(self.devdir, "console.log")
+        # What the relay did, with times: what a failed mpremote step needs
+        # to be understood (tests print it when they fail, tests/conftest.py).
+        self.trace_path = os.path.join(self.devdir, "relay.log")
         self.proc = None
         self.boots = 0
         self.resets = 0  # boots after machine.reset() or a power cut (not a soft reboot)
@@ -83,6 +86,8 @@ class VirtualBoard:
         os.symlink(self.port, self.link)
         os.set_blocking(self.cm, False)
         self.log = open(self.log_path, "ab")
+        self.trace_file = open(self.trace_path, "a")
+        self.t0 = time.monotonic()
         self._spawn(raw=False)
         self._thread = threading.Thread(target=self._relay, name="virtual-board", daemon=True)
         self._thread.start()
@@ -103,6 +108,15 @@ class VirtualBoard:
         except OSError:
             pass
         self.log.close()
+        self.trace_file.close()
+
+    def trace(self, what, data=b""):
+        try:
+            self.trace_file.write("%9.3f %s%s\n" % (time.monotonic() - self.t0, what,
+                                                    " " + repr(bytes(data[-48:])) if data else ""))
+            self.trace_file.flush()
+        except (OSError, ValueError):
+            pass
 
     def __enter__(self):
         return self.start()
@@ -144,6 +158,7 @@ class VirtualBoard:
         self.eof_sent = False
         self.held = None  # input waiting for the prompt (_hold)
         self.interrupted = False  # a SIGINT sent since the last prompt
+        self.trace("boot %d pid %d%s%s" % (self.boots, self.proc.pid, " raw" if raw else "", " soft" if soft else ""))
         self._hold()
 
     def _kill(self):
@@ -174,6 +189,9 @@ class VirtualBoard:
                     select.select([], [self.cm], [], 0.05)
 
     def _from_device(self, data):
+        self.trace("device", data)
+        if not self.vm_up and self.held is not None:
+            self.held_until = time.monotonic() + HOLD_S  # the wait for the prompt starts with the VM
         self.vm_up = True
         if self.syncing:
             self.sync_buf += data
@@ -224,29 +242,19 @@ class VirtualBoard:
     def _from_client(self, data):
         out = bytearray()
         for b in data:
-            if b == 3 and not self.vm_up:
-                # Still starting (the unix port's launcher is a CPython script):
-                # a signal now would kill the launcher, not interrupt a program.
-                # Nothing runs yet to interrupt; the prompt comes by itself.
-                continue
-            if b == 3 and not self._idle() and self._running_code():
+            if b == 3 and self.vm_up and self._ctrl_c_as_signal():
                 # The program is running: the board's UART IRQ would raise
                 # KeyboardInterrupt; the unix port needs a signal for that.
-                # (Not running code, e.g. its REPL just started and its
-                # prompt is not out yet, it gets the byte, as a board's REPL.)
-                # One until the prompt: the unix port raises it from the
-                # signal handler (MICROPY_ASYNC_KBD_INTR), and a second one
-                # while the first unwinds can land outside every handler
-                # ("FATAL: uncaught NLR", a crash and a reset), where a board
-                # only schedules it (mp_sched_keyboard_interrupt).
+                # What follows waits for the prompt (_hold).
                 self._write(out)
                 out = bytearray()
-                if not self.interrupted:
-                    self._interrupt()
-                    self.interrupted = True
                 self._hold()
                 continue
             if self.held is not None:
+                # Also a Ctrl-C while the process starts (the unix port's
+                # launcher is a CPython script, whose own SIGINT handler a
+                # signal would reach): kept, as a UART keeps it, and handled
+                # when the held input is released.
                 self.held.append(b)
                 continue
             if b == 4 and self._idle():
@@ -255,6 +263,65 @@ class VirtualBoard:
                 self.raw = False
             out.append(b)
         self._write(out)
+
+    def _ctrl_c_as_signal(self):
+        """Whether a Ctrl-C from the client is taken as an interrupt (a
+        SIGINT to the device process) rather than a byte for its REPL.
+
+        One until the prompt: the unix port raises it from the signal handler
+        (MICROPY_ASYNC_KBD_INTR), and a second one while the first unwinds can
+        land outside every handler ("FATAL: uncaught NLR", a crash and a
+        reset), where a board only schedules it (mp_sched_keyboard_interrupt).
+        Not running code (its REPL just started and its prompt is not out
+        yet), it gets the byte, as a board's REPL does."""
+        if self._idle():
+            return False
+        if self.interrupted:
+            return self._running_code()  # still unwinding the first: dropped
+        if self._signal_if_running():
+            self.interrupted = True
+            return True
+        return False
+
+    def _signal_if_running(self):
+        """Send SIGINT if, and only if, the device process has its handler in
+        place, checked and sent while the process is stopped (SIGSTOP). Checked
+        and sent while it ran, it could set SIGINT back to SIG_DFL in between
+        (its script ending, its REPL starting, micropython.kbd_intr(-1)), and
+        the signal ended it: the relay booted a new process, the input held
+        for the old one was gone, and mpremote, blocked on the pty without a
+        timeout, waited for ever (CI: "the board on /dev/pts/0 did not answer
+        within 120 s" at `ictl provision`'s first step). A stopped process
+        cannot change its handlers; the SIGINT stays pending until SIGCONT and
+        is then delivered to the handler that was checked."""
+        pid = self.proc.pid
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        try:
+            deadline = time.monotonic() + 2
+            while True:
+                state = _proc_state(pid)
+                if state in ("T", "t"):
+                    break
+                if state in (None, "Z", "X") or time.monotonic() > deadline:
+                    self.trace("interrupt: process not stopped (%s)" % state)
+                    return False
+                time.sleep(0.001)
+            if not self._running_code():
+                self.trace("ctrl-c as a byte: no SIGINT handler")
+                return False
+            os.kill(pid, signal.SIGINT)
+            self.trace("SIGINT")
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     def _hold(self):
         # Input that comes while the device starts, or after an interrupt
@@ -271,8 +338,10 @@ class VirtualBoard:
         self.held_until = time.monotonic() + HOLD_S
 
     def _release(self):
-        if self.held is not None and (self._idle() or time.monotonic() > self.held_until):
+        if self.held is not None and self.vm_up and (self._idle() or time.monotonic() > self.held_until):
             held, self.held = self.held, None
+            if held:
+                self.trace("release%s" % ("" if self._idle() else " (timed out)"), held)
             self.interrupted = False
             self._from_client(bytes(held))
 
@@ -282,12 +351,6 @@ class VirtualBoard:
                 os.write(self.dm, bytes(out))
             except OSError:
                 pass
-
-    def _interrupt(self):
-        try:
-            self.proc.send_signal(signal.SIGINT)
-        except ProcessLookupError:
-            pass
 
     def _watchdog(self):
         path = os.path.join(self.devdir, "wdt")
@@ -328,6 +391,7 @@ class VirtualBoard:
                 except OSError:
                     data = b""
                 if data:
+                    self.trace("client", data)
                     self._from_client(data)
             if self.proc.poll() is not None:
                 self._device_ended()
@@ -344,6 +408,7 @@ class VirtualBoard:
             self._from_device(data)
         rc = self.proc.wait()
         soft = self.eof_sent and rc == 0
+        self.trace("process ended, rc %d%s" % (rc, " (soft reset)" if soft else ""))
         was_raw = self.raw
         self._kill()
         if self._stop.is_set():
@@ -365,6 +430,16 @@ class VirtualBoard:
             if time.monotonic() > deadline:
                 raise ToolError("the board did not reset%s within %d s" % (" to its prompt" if prompt else "", timeout))
             time.sleep(0.02)
+
+
+def _proc_state(pid):
+    # The state letter of /proc/<pid>/stat (after the command name, which may
+    # hold spaces and parentheses), or None when the process is gone.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def run_forever(devdir, heap_kib=128, app_heap_kib=None):
