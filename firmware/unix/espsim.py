@@ -120,6 +120,10 @@ class Flash:
             rec = ""
         if os.getenv("ESPSIM_SOFT_REBOOT"):
             cause = "SOFT"
+        elif os.getenv("ESPSIM_SAME_BOOT") and rec.startswith("BOOT:"):
+            # The relay continues a boot the unix port crashed where a board
+            # would not (ictl.sim.board, _device_ended): no reset happened.
+            cause = rec[5:]
         else:
             cause = "PWRON" if (not rec or rec.startswith("BOOT:")) else rec
         self.reset_cause = cause

@@ -219,7 +219,10 @@ gc.collect()
 _mount()
 _board_surface()
 gc.collect()
-_run("boot.py")
+if not os.getenv("ESPSIM_SAME_BOOT"):
+    # (Set when the relay continues a boot the unix port crashed on an
+    # interrupt, ictl.sim.board: boot.py ran already, its trial attempt spent.)
+    _run("boot.py")
 if os.getenv("ESPSIM_DATA_HEAP_KIB"):
     # Not interruptible: a board has no such step. mpremote's Ctrl-C as a
     # board starts could land here, with the heap full of ballast, and the
@@ -230,5 +233,5 @@ if os.getenv("ESPSIM_DATA_HEAP_KIB"):
     micropython.kbd_intr(-1)
     _cap_heap(int(os.getenv("ESPSIM_DATA_HEAP_KIB")))
     micropython.kbd_intr(3)
-if not os.getenv("ESPSIM_RAW_REPL"):
+if not (os.getenv("ESPSIM_RAW_REPL") or os.getenv("ESPSIM_SAME_BOOT")):
     _run("main.py")

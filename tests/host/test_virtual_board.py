@@ -179,6 +179,29 @@ def test_ctrl_c_as_the_program_turns_interrupts_off_never_ends_the_board(board, 
     assert "still" in mpremote(board.port, "exec", "print('still here')")
 
 
+def test_ctrl_c_inside_gc_collect_leaves_the_board_at_its_prompt(tmp_path):
+    # The unix port raises KeyboardInterrupt from its signal handler; inside
+    # gc.collect() that ends the process ("FATAL: uncaught NLR", exit 1),
+    # where a board takes the interrupt between bytecodes and shows its
+    # prompt. The relay continues that boot at the REPL with the input it
+    # held (mpremote's Ctrl-A): the board answers and never reset. Before,
+    # it booted again, the held input was lost and mpremote waited for ever.
+    d = tmp_path / "dev"
+    sim_device.create(str(d))
+    with vboard.VirtualBoard(str(d), heap_kib=vboard.PORT_HEAP_KIB) as b:
+        for _ in range(3):
+            mpremote(b.port, "exec", "--no-follow",
+                     "import gc\nkeep = [[i] * 4 for i in range(5000)]\nwhile True:\n    gc.collect()\n")
+            time.sleep(0.3)
+            assert "here" in mpremote(b.port, "exec", "print('here')")
+            assert b.resets == 0
+        with open(b.trace_path) as f:
+            continued = f.read().count("continued at the REPL")
+        with open(b.log_path, "rb") as f:
+            fatal = f.read().count(b"FATAL: uncaught NLR")
+    assert continued == fatal, (continued, fatal)
+
+
 def test_ctrl_c_while_the_app_heap_is_set_apart(tmp_path):
     # mpremote's Ctrl-C as a board starts can come while start.py sets the
     # app's heap apart (after boot.py, before main.py): a step no board has.

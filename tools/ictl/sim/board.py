@@ -34,6 +34,7 @@ from ictl.sim import unixfw
 from ictl.sim import MICROPYTHON  # IRONCLAD_MICROPYTHON picks another build
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+CRASH_AFTER_SIGINT_S = 2  # a process that exits this soon after the relay's SIGINT crashed on it (_device_ended)
 HOLD_S = 3  # input at boot or after an interrupt waits this long at most for the prompt (_hold)
 _IDLE_TAILS = (b">>> ", RAW_BANNER + b">", b"\x04>")
 
@@ -125,7 +126,7 @@ class VirtualBoard:
         self.stop()
 
     # --- the device process ----------------------------------------------------
-    def _spawn(self, raw, soft=False):
+    def _spawn(self, raw, soft=False, same_boot=False):
         m, s = pty.openpty()
         tty.setraw(s)
         try:
@@ -135,8 +136,10 @@ class VirtualBoard:
         fw = unixfw.build()  # the frozen code precompiled, as an ESP32 firmware carries it
         env = dict(os.environ, MICROPYPATH=":".join(os.path.join(fw, p) for p in ("lib/ironclad", "firmware/unix")),
                    ESPSIM_DIR=self.devdir, **self.extra_env)
-        for k in ("ESPSIM_RAW_REPL", "ESPSIM_SOFT_REBOOT"):
+        for k in ("ESPSIM_RAW_REPL", "ESPSIM_SOFT_REBOOT", "ESPSIM_SAME_BOOT"):
             env.pop(k, None)
+        if same_boot:
+            env["ESPSIM_SAME_BOOT"] = "1"  # no main.py, the reset cause kept (_device_ended)
         if raw:
             env["ESPSIM_RAW_REPL"] = "1"
         if soft:
@@ -158,7 +161,10 @@ class VirtualBoard:
         self.eof_sent = False
         self.held = None  # input waiting for the prompt (_hold)
         self.interrupted = False  # a SIGINT sent since the last prompt
-        self.trace("boot %d pid %d%s%s" % (self.boots, self.proc.pid, " raw" if raw else "", " soft" if soft else ""))
+        self.sigint_at = None  # when the relay last sent this process a SIGINT
+        self.after_sigint = bytearray()  # what it was given since (_device_ended)
+        self.trace("boot %d pid %d%s%s%s" % (self.boots, self.proc.pid, " raw" if raw else "", " soft" if soft else "",
+                                            " same-boot" if same_boot else ""))
         self._hold()
 
     def _kill(self):
@@ -313,6 +319,7 @@ class VirtualBoard:
                 self.trace("ctrl-c as a byte: no SIGINT handler")
                 return False
             os.kill(pid, signal.SIGINT)
+            self.sigint_at, self.after_sigint = time.monotonic(), bytearray()
             self.trace("SIGINT")
             return True
         except ProcessLookupError:
@@ -347,6 +354,8 @@ class VirtualBoard:
 
     def _write(self, out):
         if out:
+            if self.sigint_at is not None and time.monotonic() - self.sigint_at < CRASH_AFTER_SIGINT_S:
+                self.after_sigint += out
             try:
                 os.write(self.dm, bytes(out))
             except OSError:
@@ -408,16 +417,34 @@ class VirtualBoard:
             self._from_device(data)
         rc = self.proc.wait()
         soft = self.eof_sent and rc == 0
-        self.trace("process ended, rc %d%s" % (rc, " (soft reset)" if soft else ""))
+        # Ended by the interrupt the relay sent (an exit status, not a kill):
+        # the unix port raises KeyboardInterrupt from its signal handler
+        # (MICROPY_ASYNC_KBD_INTR); landing inside C code (gc.collect(), seen
+        # in CI at the end of boot.py) it leaves the unix port's exception
+        # state broken and the process ends soon after, often right after its
+        # next prompt, with "FATAL: uncaught NLR". A board takes the interrupt
+        # between bytecodes (mp_sched_keyboard_interrupt) and stays at its
+        # prompt. So does the new process: the same boot continued at the REPL
+        # (no boot.py or main.py again, the reset cause kept), given again
+        # what the dead one was given since the interrupt and what was held
+        # for it (mpremote's Ctrl-A: lost, mpremote waited for ever), and no
+        # reset counted.
+        crashed = (not soft and rc > 0 and self.sigint_at is not None
+                   and time.monotonic() - self.sigint_at < CRASH_AFTER_SIGINT_S)
+        self.trace("process ended, rc %d%s" % (rc, " (soft reset)" if soft else
+                                               " after the relay's SIGINT: continued at the REPL" if crashed else ""))
+        replay = bytes(self.after_sigint) + bytes(self.held or b"") if crashed else b""
         was_raw = self.raw
         self._kill()
         if self._stop.is_set():
             return
         if soft:
             self._to_client(b"MPY: soft reboot\r\n")
-        else:
+        elif not crashed:
             self.resets += 1
-        self._spawn(raw=soft and was_raw, soft=soft)
+        self._spawn(raw=soft and was_raw, soft=soft, same_boot=crashed)
+        if replay:
+            self.held.extend(replay)
 
     def wait_reset(self, after, timeout=20, prompt=True):
         """Wait until the board has reset more than `after` times (and, with
