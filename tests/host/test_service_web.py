@@ -311,6 +311,53 @@ def test_reauth_for_sensitive_actions(rig):
     assert "refused:token.create" in acts and "token.create" in acts
 
 
+def test_no_action_without_its_write_ahead_audit_record(rig, monkeypatch):
+    # A state change is recorded as begun before it is done: when that
+    # record cannot be written the request is refused (503) and nothing is
+    # done; when the outcome record is lost after the action, the begun one
+    # is in the trail. So no action, even one whose effect leaves the
+    # database (a published wipe), can be unaudited.
+    s = rig.signed_in("u-administrator")
+    data = {"name": "wal", "ttl": "600", "scope": ["fleet.view"]}
+    tokens_now = lambda: rig.db.one("SELECT COUNT(*) AS n FROM api_tokens")["n"]  # noqa: E731
+    n = tokens_now()
+    anchor = rig.db.one("SELECT * FROM audit_anchor WHERE id = 1")
+    rig.db.execute("DELETE FROM audit_anchor")        # the trail cannot be appended to
+    try:
+        r = rig.form(s, "/account/tokens", dict(data, **rig.reauth("u-administrator")))
+        assert r.status_code == 503 and "nothing was done" in r.text
+        assert tokens_now() == n
+        h = {"Authorization": "Bearer " + tokens.create(rig.db, rig.db.one(
+            "SELECT * FROM web_users WHERE username = 'u-administrator'"), "w", ["device.command"], 600, True)[1]}
+        r = rig.session().post(rig.url + "/api/v1/devices/dev-x/commands", headers=h,
+                                 json={"op": "interval", "args": {"s": 10}})
+        assert r.status_code == 503 and "nothing was done" in r.json()["error"]
+    finally:
+        rig.db.execute("INSERT INTO audit_anchor (id, start_seq, start_hash, head_seq, head_hash) VALUES (1, ?, ?, ?, ?)",
+                       (anchor["start_seq"], anchor["start_hash"], anchor["head_seq"], anchor["head_hash"]))
+    n = tokens_now()
+    r = rig.form(s, "/account/tokens", dict(data, **rig.reauth("u-administrator")))
+    assert r.status_code == 200 and tokens_now() == n + 1
+    done, begun = audit.entries(rig.db, 2)
+    assert begun["action"] == "begin:token.create" and done["action"] == "token.create"
+    assert done["result"]["begin"] == begun["seq"] and begun["who"] == done["who"] == "u-administrator"
+    # the outcome record lost after the action: the begun one tells of it
+    real = audit.record
+
+    def outcome_lost(db, who, source, action, *a, **kw):
+        if not action.startswith(("begin:", "refused:")):
+            raise audit.AuditError("disk full")
+        return real(db, who, source, action, *a, **kw)
+
+    monkeypatch.setattr(audit, "record", outcome_lost)
+    r = rig.form(s, "/account/tokens", dict(data, name="lost", **rig.reauth("u-administrator")))
+    monkeypatch.undo()
+    assert r.status_code == 500 and tokens_now() == n + 2
+    last = audit.entries(rig.db, 1)[0]
+    assert last["action"] == "begin:token.create" and last["params"]["name"] == "lost"
+    assert audit.verify(rig.db)["ok"]
+
+
 def test_session_idle_and_absolute_timeouts(tmp_path):
     rig = Rig(tmp_path, {"session_idle": 1.5, "session_absolute": 4.0, "pages": False})
     try:

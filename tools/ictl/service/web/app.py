@@ -13,9 +13,15 @@ Pages register at import time:
 Every request to a registered route goes through `_dispatch`, in this order:
 session or API token -> signed in? -> role holds the route's permission
 (403) -> for a state change: CSRF token and Origin (403) -> re-authentication
-when the route or its permission asks for it -> the handler -> for a state
-change: one audit record (who, source address, action, parameters with
-secrets redacted, result). Refusals of state changes are audited too. The
+when the route or its permission asks for it -> for a state change: the
+write-ahead audit record `begin:<action>` (who, source address, parameters
+with secrets redacted); when it cannot be written the request is refused
+with 503 and nothing done -> the handler -> for a state change: the outcome
+record <action> (the same, with the result and the seq of its begin record).
+An action whose outcome record is lost (the database failing mid-request,
+the process killed) is still in the trail as begun: no action is unaudited,
+including those whose effects leave the database (a published command, a
+revoked certificate). Refusals of state changes are audited too. The
 handler sets `request.audit_result` (a dict) to say what came back.
 
 API routes (`api=True`, under /api/) take only `Authorization: Bearer` tokens
@@ -181,7 +187,7 @@ def _dispatch(rt, kw):
     st = _state()
     req = flask.request._get_current_object()
     req.db, req.ictl, req.user, req.session, req.token = st.db, st, None, None, None
-    req.audit_result, req.audit_action, req.audit_who = None, None, None
+    req.audit_result, req.audit_action, req.audit_who, req.audit_begin = None, None, None, None
     req.set_cookie_sid = None
     changing = req.method in CHANGING
     if rt.api:
@@ -219,6 +225,9 @@ def _dispatch(rt, kw):
         refused = _reauth(req, rt, kw, st)
         if refused is not None:
             return refused
+    if changing and not _begin(req, rt, kw):
+        return _finish(req, (render(req, "error.html", status=503, message=AUDIT_DOWN, reauth=False,
+                                    next=_local_path(req)), 503))
     try:
         resp = flask.make_response(rt.func(req, **kw))
     except Exception as e:
@@ -331,7 +340,25 @@ def _who(req):
     return "-"
 
 
+AUDIT_DOWN = "The audit trail cannot be written just now, so nothing was done. Try again later."
+
+
+def _begin(req, rt, kw):
+    """Append the write-ahead record of a state change; False (logged, no
+    secret in it) when it cannot be written: the caller then refuses."""
+    try:
+        req.audit_begin = audit.record(req.db, _who(req), source_address(req), "begin:" + rt.action,
+                                       _form_params(req, kw), {})
+        return True
+    except Exception as e:  # any database failure: refuse rather than act unaudited
+        flask.current_app.logger.error("audit trail not writable, %s %s refused: %s", req.method, rt.action,
+                                       type(e).__name__)
+        return False
+
+
 def _audit(req, rt, kw, result):
+    if getattr(req, "audit_begin", None) is not None:
+        result = dict(result, begin=req.audit_begin)
     audit.record(req.db, _who(req), source_address(req), req.audit_action or rt.action,
                  _form_params(req, kw), result)
 
@@ -392,6 +419,8 @@ def _dispatch_api(rt, req, kw, st, changing):
 
 
 def _api_call(rt, req, kw, changing):
+    if changing and not _begin(req, rt, kw):
+        return _finish(req, (flask.jsonify({"error": AUDIT_DOWN}), 503))
     try:
         out = rt.func(req, **kw)
     except ApiError as e:
