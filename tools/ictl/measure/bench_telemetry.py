@@ -22,14 +22,18 @@ s = telemetry.Sealer(os.urandom(32), "dev-0001", nonce.Counter())
 # Overhead: a 64-byte reading, at Partial IVs of every length the counter
 # can reach (it stays below nonce.LIMIT).
 body = None
+# (Integer and float widths vary the CBOR size byte by byte: some mix of
+# them makes exactly 64 bytes, whatever the id and the clock add.)
 for up in (0, 100, 1000, 100000):
     for seq in (5, 1000, 100000):
         for extra in ({}, {"rssi_dbm": -61}):
-            r = {"seq": seq, "temp_c": 21.5, "battery_mv": 3712, "uptime_ms": up}
-            r.update(extra)
-            b = s.body(r)
-            if len(b) == 64:
-                body = b
+            for temp in (21.5, 21.123, 21):
+                for mv in (3712, 200, 20):
+                    r = {"seq": seq, "temp_c": temp, "battery_mv": mv, "uptime_ms": up}
+                    r.update(extra)
+                    b = s.body(r)
+                    if len(b) == 64 and body is None:
+                        body = bytes(b)
 if body is None:
     raise SystemExit("no 64-byte reading")
 over = []
@@ -68,11 +72,16 @@ for _ in range(40):
 print("SPEED %.2f %.2f %d" % (best[0], best[1], s.counter.peek()))
 """
 
+# The library compiles from source into the unix port's heap (a board keeps
+# it in flash); the figures do not depend on the heap. 160 ran out at the
+# nonce counter's NVS handle once the stand-ins held to the port profile.
+HEAP_KIB = 256
+
 
 def run(fig, tmp, args):
     dev = os.path.join(tmp, "telemetry")
     sim_device.create(dev, force=True)
-    r = run_device(CODE, dev, heap_kib=160)
+    r = run_device(CODE, dev, heap_kib=HEAP_KIB)
     if r.returncode:
         raise RuntimeError("telemetry bench failed: %s" % (r.stdout + r.stderr)[-2000:])
     out = {l.split(" ", 1)[0]: l.split(" ", 1)[1] for l in r.stdout.splitlines() if " " in l}
