@@ -104,9 +104,10 @@ def ran(result):
     return None
 
 
-def new_device(devdir, keys, retired=()):
-    """A fresh board whose firmware trusts keys [(key id, private key)]."""
-    sim_device.create(str(devdir), force=True, flash_encryption=True)
+def new_device(devdir, keys, retired=(), flash_encryption=True):
+    """A fresh board whose firmware trusts keys [(key id, private key)]
+    (a production board, flash encryption on, unless told otherwise)."""
+    sim_device.create(str(devdir), force=True, flash_encryption=flash_encryption)
     factory.trust_device(str(devdir), [(kid, k.public_key()) for kid, k in keys], retired)
     return str(devdir)
 
