@@ -98,6 +98,19 @@ class VirtualBoard:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        # What the process printed last and the relay had not read yet goes
+        # to the console log too (a test reads it after the board stops).
+        while True:
+            try:
+                data = os.read(self.dm, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            self.log.write(data)
         self._kill()
         for fd in (self.cm, self.cs):
             try:
