@@ -103,14 +103,7 @@ class VirtualBoard:
             self.proc.wait()
         # What the process printed last and the relay had not read yet goes
         # to the console log too (a test reads it after the board stops).
-        while True:
-            try:
-                data = os.read(self.dm, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            self.log.write(data)
+        self.log.write(self._unread())
         self._kill()
         for fd in (self.cm, self.cs):
             try:
@@ -418,8 +411,9 @@ class VirtualBoard:
             if self.proc.poll() is not None:
                 self._device_ended()
 
-    def _device_ended(self):
-        # Drain what the process printed last, then boot again on the same state.
+    def _unread(self):
+        # What the device process printed that the relay has not read yet.
+        out = bytearray()
         while True:
             try:
                 data = os.read(self.dm, 4096)
@@ -427,7 +421,14 @@ class VirtualBoard:
                 break
             if not data:
                 break
-            self._from_device(data)
+            out += data
+        return bytes(out)
+
+    def _device_ended(self):
+        # Pass on what the process printed last, then boot again on the same state.
+        rest = self._unread()
+        if rest:
+            self._from_device(rest)
         rc = self.proc.wait()
         soft = self.eof_sent and rc == 0
         # Ended by the interrupt the relay sent (an exit status, not a kill):

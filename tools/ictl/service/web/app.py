@@ -232,13 +232,13 @@ def _dispatch(rt, kw):
         resp = flask.make_response(rt.func(req, **kw))
     except Exception as e:
         if changing:
-            _audit(req, rt, kw, {"status": 500, "error": type(e).__name__})
+            _audit(req, rt, {"status": 500, "error": type(e).__name__})
         raise
     if changing:
         result = {"status": resp.status_code}
         if isinstance(req.audit_result, dict):
             result.update(req.audit_result)
-        _audit(req, rt, kw, result)
+        _audit(req, rt, result)
     return _finish(req, resp)
 
 
@@ -346,9 +346,10 @@ AUDIT_DOWN = "The audit trail cannot be written just now, so nothing was done. T
 def _begin(req, rt, kw):
     """Append the write-ahead record of a state change; False (logged, no
     secret in it) when it cannot be written: the caller then refuses."""
+    req.audit_params = _form_params(req, kw)  # read once (uploads hashed once): the outcome record reuses it
     try:
         req.audit_begin = audit.record(req.db, _who(req), source_address(req), "begin:" + rt.action,
-                                       _form_params(req, kw), {})
+                                       req.audit_params, {})
         return True
     except Exception as e:  # any database failure: refuse rather than act unaudited
         flask.current_app.logger.error("audit trail not writable, %s %s refused: %s", req.method, rt.action,
@@ -356,11 +357,10 @@ def _begin(req, rt, kw):
         return False
 
 
-def _audit(req, rt, kw, result):
-    if getattr(req, "audit_begin", None) is not None:
-        result = dict(result, begin=req.audit_begin)
+def _audit(req, rt, result):
+    # The outcome record of a state change whose begin record _begin wrote.
     audit.record(req.db, _who(req), source_address(req), req.audit_action or rt.action,
-                 _form_params(req, kw), result)
+                 req.audit_params, dict(result, begin=req.audit_begin))
 
 
 def _refuse(req, rt, kw, status, why, message, reauth=False):
@@ -427,7 +427,7 @@ def _api_call(rt, req, kw, changing):
         out = ({"error": str(e)}, e.status)
     except Exception as e:
         if changing:
-            _audit(req, rt, kw, {"status": 500, "error": type(e).__name__})
+            _audit(req, rt, {"status": 500, "error": type(e).__name__})
         raise
     body, status = out if isinstance(out, tuple) else (out, 200)
     resp = flask.make_response(body if isinstance(body, flask.Response) else
@@ -437,7 +437,7 @@ def _api_call(rt, req, kw, changing):
         result = {"status": resp.status_code}
         result.update(req.audit_result if isinstance(req.audit_result, dict) else
                       body if isinstance(body, dict) else {})
-        _audit(req, rt, kw, result)
+        _audit(req, rt, result)
     return resp
 
 
